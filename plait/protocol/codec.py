@@ -1,0 +1,92 @@
+"""The only place that touches msgpack: frames in, validated messages out.
+
+Decoding never executes anything: msgpack yields plain data (extension types
+are refused), and pydantic validates it into one of the known message models.
+Every failure is a :class:`ProtocolError` with a stable code, which the caller
+sends back as an :class:`~plait.protocol.messages.Error` and counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError
+
+from plait.errors import ProtocolError
+from plait.protocol.messages import (
+    MESSAGE_ADAPTER,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    AnyMessage,
+    Error,
+    Message,
+)
+
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError("malformed", f"msgpack extension type {code} is not allowed")
+
+
+def pack(data: Any) -> bytes:
+    """Plain data to msgpack bytes."""
+    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
+    """msgpack bytes to plain data; oversized or malformed frames raise ProtocolError."""
+    if len(frame) > max_size:
+        raise ProtocolError("too_large", f"frame of {len(frame)} bytes exceeds {max_size}")
+    try:
+        return msgpack.unpackb(
+            frame, raw=False, strict_map_key=True, ext_hook=_no_ext,
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, RecursionError) as exc:
+        raise ProtocolError("malformed", f"not a msgpack frame: {exc!r}") from exc
+
+
+def encode(message: Message) -> bytes:
+    """A message to one frame."""
+    return pack(message.model_dump(mode="python"))
+
+
+def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> AnyMessage:
+    """One frame to a validated message, or ProtocolError with a stable code."""
+    data = unpack(frame, max_size=max_size)
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed", f"a message is a map, got {type(data).__name__}")
+    version = data.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"protocol version {version!r} is not supported "
+                                           f"(this process speaks {PROTOCOL_VERSION})")
+    kind = data.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    try:
+        return MESSAGE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ProtocolError("invalid", f"{kind}: {where}: {first.get('msg')}") from exc
+
+
+def error_reply(exc: ProtocolError, correlation: str | None = None) -> Error:
+    """The Error message that answers a frame which failed with ``exc``."""
+    if correlation is None:
+        return Error(code=exc.code, reason=exc.reason)
+    return Error(id=correlation, code=exc.code, reason=exc.reason)
+
+
+def correlation_of(frame: bytes) -> str | None:
+    """Best effort: the ``id`` of a frame that failed validation, to address the reply."""
+    try:
+        data = unpack(frame)
+    except ProtocolError:
+        return None
+    corr = data.get("id") if isinstance(data, dict) else None
+    return corr if isinstance(corr, str) and len(corr) <= 128 else None
