@@ -1,0 +1,468 @@
+"""The supervisor daemon: one per machine, between Flow and the worker processes.
+
+One thread owns both sockets (a DEALER to Flow, a ROUTER for the workers) and
+runs a poll loop; the pool, the canceller and the Flow link are plain objects
+it drives, so that no socket ever crosses a thread.
+
+- Flow link: Hello (tasks served, free slots, attempts in flight) on every
+  (re)connection, heartbeats both ways, and every Propose/Wait/Finish kept
+  until Flow answers it, so that it is re-sent after Flow restarts.
+- Credit: Flow may assign as many attempts as the supervisor has free slots. A
+  worker whose task awaits other nodes counts as free (an extra process stands
+  in for it, up to ``max_workers``); assignments beyond what is free wait here.
+- Routing: Assign goes to an idle worker; Proposed/Resolved go back to the
+  worker that asked; CancelTask goes to the worker running that attempt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import zmq
+from pydantic import BaseModel, ConfigDict, Field
+from zmq.utils.monitor import recv_monitor_message
+
+from plait.errors import PlaitError, ProtocolError
+from plait.protocol import codec
+from plait.protocol.messages import (
+    Ack,
+    Assign,
+    AttemptRef,
+    CancelTask,
+    Credit,
+    Error,
+    Finish,
+    Heartbeat,
+    Hello,
+    Message,
+    Propose,
+    Proposed,
+    Resolved,
+    Wait,
+    Welcome,
+    WorkerReady,
+)
+from plait.supervisor.cancel import Canceller
+from plait.supervisor.pool import Death, PoolSettings, Worker, WorkerPool
+from plait.supervisor.worker import error_dict
+from plait.task import Task, UnknownTask, registered
+
+log = logging.getLogger("plait.supervisor")
+
+_TICK = 0.05  # seconds between reconciliations when nothing arrives
+# The peer is ready for messages after the ZMTP handshake (libzmq >= 4.3), not at TCP connect.
+_CONNECTED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
+
+
+def _default_flow() -> str:
+    return os.environ.get("PLAIT_FLOW", "tcp://127.0.0.1:7100")
+
+
+class SupervisorSettings(BaseModel):
+    """How a supervisor runs (``plait supervisor`` maps its flags onto these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str = Field(default_factory=_default_flow)
+    imports: list[str] = Field(min_length=1)
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    max_workers: int | None = Field(default=None, ge=1)  # None: 4 x workers
+    supervisor_id: str | None = None  # None: host-pid
+    heartbeat_interval: float = Field(default=0.5, gt=0)
+    heartbeat_timeout: float = Field(default=3.0, gt=0)
+    cancel_grace: float = Field(default=5.0, ge=0)
+    kill_grace: float = Field(default=2.0, ge=0)
+    restart_backoff: float = Field(default=0.1, ge=0)
+    restart_backoff_max: float = Field(default=5.0, ge=0)
+    crash_limit: int = Field(default=5, ge=1)
+    max_frame_size: int = Field(default=codec.DEFAULT_MAX_SIZE, gt=0)
+
+
+def import_tasks(modules: list[str]) -> list[Task[Any, Any]]:
+    """Import the task modules; the tasks they define are the ones served."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise PlaitError(f"cannot import task module {name!r}: {exc}") from exc
+    tasks = registered(modules)
+    if not tasks:
+        raise PlaitError(f"no @task in {modules}: nothing to serve")
+    return tasks
+
+
+class FlowLink:
+    """The DEALER to Flow: (re)connection, heartbeats, and requests awaiting replies."""
+
+    def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], settings: SupervisorSettings,
+                 hello: Callable[[], Hello]) -> None:
+        self._zctx = zctx
+        self._address = settings.flow
+        self._hello = hello
+        self.interval = settings.heartbeat_interval
+        self.timeout = settings.heartbeat_timeout
+        # id -> (message, worker identity): answered requests and acknowledged Finishes leave.
+        self.outstanding: dict[str, tuple[Message, bytes | None]] = {}
+        self.sock: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
+        self.connections = 0
+        self.greeting = False  # connected, Hello not yet out: hold everything else
+        self._heard = self._sent = 0.0
+
+    def open(self, now: float) -> None:
+        """A new socket; Hello goes out when the monitor reports the connection."""
+        self.close()
+        sock = self._zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a peer not (yet) there
+        self.monitor = sock.get_monitor_socket(_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self._address)
+        self.sock = sock
+        self.greeting = False
+        self._heard = now
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.disable_monitor()
+            self.sock.close(linger=0)
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
+        self.sock = self.monitor = None
+
+    def on_monitor(self, now: float) -> None:
+        assert self.monitor is not None
+        event = recv_monitor_message(self.monitor)
+        if event["event"] == _CONNECTED:
+            # A (re)connection may reach a restarted Flow that does not know us.
+            self.connections += 1
+            self._heard = now
+            self.greet()
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            log.warning("lost the connection to Flow at %s", self._address)
+
+    def greet(self) -> None:
+        """Hello, then every request Flow has not answered, in order (all idempotent)."""
+        self.greeting = not self.send(self._hello())
+        if not self.greeting:
+            for msg, _ in list(self.outstanding.values()):
+                self.send(msg)
+
+    def send(self, msg: Message, worker: bytes | None = None, *, track: bool = False) -> bool:
+        """Send now if connected; tracked messages also go again on every connection."""
+        if track:
+            self.outstanding[msg.id] = (msg, worker)
+        if self.sock is None or (self.greeting and not isinstance(msg, Hello)):
+            return False
+        try:
+            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._sent = time.monotonic()
+        return True
+
+    def heard(self, now: float) -> None:
+        self._heard = now
+
+    def tick(self, now: float) -> bool:
+        """Heartbeat; True when Flow has been silent too long (the caller reopens)."""
+        if self.greeting:
+            self.greet()
+        if now - self._sent >= self.interval:
+            self.send(Heartbeat())
+        return now - self._heard > self.timeout
+
+    def forget(self, worker: bytes) -> None:
+        """Drop a dead worker's requests (its Finish, sent by the supervisor, stays)."""
+        for mid, (msg, ident) in list(self.outstanding.items()):
+            if ident == worker and not isinstance(msg, Finish):
+                del self.outstanding[mid]
+
+
+class Supervisor:
+    """The poll loop: Flow link, worker ROUTER, pool, credit and routing."""
+
+    def __init__(self, settings: SupervisorSettings, tasks: list[Task[Any, Any]]) -> None:
+        self.settings = settings
+        self.tasks = {t.name: t for t in tasks}
+        self.id = settings.supervisor_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.workers_sock = self.zctx.socket(zmq.ROUTER)
+        self.workers_sock.setsockopt(zmq.LINGER, 0)
+        self.workers_sock.bind("tcp://127.0.0.1:*")
+        endpoint = self.workers_sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        size = settings.workers
+        self.pool = WorkerPool(PoolSettings(
+            endpoint=endpoint, imports=settings.imports, size=size,
+            max_size=max(settings.max_workers or 4 * size, size),
+            backoff_initial=settings.restart_backoff, backoff_max=settings.restart_backoff_max,
+            crash_limit=settings.crash_limit))
+        self.canceller = Canceller(settings.cancel_grace, settings.kill_grace)
+        self.link = FlowLink(self.zctx, settings, self._hello)
+        self.queue: deque[Assign] = deque()
+        self.credit = 0
+        self.welcomed = threading.Event()
+        self.errors = 0
+
+    # --- credit ------------------------------------------------------------------------
+
+    def free(self) -> int:
+        busy = sum(1 for w in self.pool.workers.values() if w.assign is not None)
+        return max(self.pool.target() - busy - len(self.queue), 0)
+
+    def _hello(self) -> Hello:
+        self.credit = self.free()
+        return Hello(supervisor_id=self.id, tasks=[t.info() for t in self.tasks.values()],
+                     slots=self.credit, running=self._running())
+
+    def _running(self) -> list[AttemptRef]:
+        assigns = [w.assign for w in self.pool.workers.values() if w.assign] + list(self.queue)
+        refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
+        refs |= {(m.workflow_id, m.node, m.attempt) for m, _ in self.link.outstanding.values()
+                 if isinstance(m, Finish)}
+        return [AttemptRef(workflow_id=w, node=n, attempt=a) for w, n, a in sorted(refs)]
+
+    def _grant(self) -> None:
+        more = self.free() - self.credit
+        if more > 0 and self.welcomed.is_set():
+            self.credit += more
+            self.link.send(Credit(n=more))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self, ready: threading.Event | None, stop: threading.Event) -> None:
+        now = time.monotonic()
+        self.link.open(now)
+        self.pool.reconcile(now)
+        while not stop.is_set():
+            self._poll_once()
+            now = time.monotonic()
+            for death in self.pool.reconcile(now):
+                self._on_death(death)
+            for ident, sig in self.canceller.due(now):
+                worker = self.pool.workers.get(ident)
+                if worker is not None:
+                    log.warning("cancel: sending signal %d to worker pid %d", sig, worker.pid)
+                    self.pool.signal(worker, sig)
+            if self.link.tick(now):
+                log.warning("Flow silent for %.1f s: reconnecting", self.link.timeout)
+                self.welcomed.clear()
+                self.link.open(now)
+            self._dispatch()
+            self._grant()
+            if ready is not None and self.welcomed.is_set():
+                ready.set()
+
+    def _poll_once(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.workers_sock, zmq.POLLIN)
+        if self.link.sock is not None and self.link.monitor is not None:
+            poller.register(self.link.sock, zmq.POLLIN)
+            poller.register(self.link.monitor, zmq.POLLIN)
+        events = dict(poller.poll(int(_TICK * 1000)))
+        now = time.monotonic()
+        if self.link.monitor is not None and self.link.monitor in events:
+            self.link.on_monitor(now)
+        if self.link.sock is not None and self.link.sock in events:
+            for frame in _drain(self.link.sock):
+                self.link.heard(now)
+                self._from_flow(frame)
+        if self.workers_sock in events:
+            for ident, frame in _drain_router(self.workers_sock):
+                self._from_worker(ident, frame)
+
+    def close(self) -> None:
+        self.pool.stop()
+        self.link.close()
+        self.workers_sock.close(linger=0)
+        self.zctx.term()
+
+    # --- from Flow -------------------------------------------------------------------------
+
+    def _decode(self, frame: bytes) -> Message | None:
+        try:
+            return codec.decode(frame, max_size=self.settings.max_frame_size)
+        except ProtocolError as exc:
+            self.errors += 1
+            log.error("bad frame (%s)", exc)
+            return None
+
+    def _from_flow(self, frame: bytes) -> None:
+        msg = self._decode(frame)
+        if msg is None:
+            return
+        if isinstance(msg, Welcome):
+            self.link.interval, self.link.timeout = msg.heartbeat_interval, msg.heartbeat_timeout
+            self.welcomed.set()
+        elif isinstance(msg, Assign):
+            self.credit = max(self.credit - 1, 0)
+            self._on_assign(msg)
+        elif isinstance(msg, CancelTask):
+            self._on_cancel(msg)
+        elif isinstance(msg, Proposed | Resolved | Error | Ack):
+            self._on_reply(msg)
+        elif not isinstance(msg, Heartbeat):
+            self.errors += 1
+            log.error("unexpected %s from Flow", type(msg).__name__)
+
+    def _on_assign(self, msg: Assign) -> None:
+        if msg.task not in self.tasks:
+            exc = UnknownTask(f"task {msg.task!r} is not served by supervisor {self.id} "
+                              f"(serves {sorted(self.tasks)})")
+            self._finish(msg, error_dict(exc))
+            return
+        key = (msg.workflow_id, msg.node, msg.attempt)
+        known = [w.assign for w in self.pool.workers.values() if w.assign] + list(self.queue)
+        if any((a.workflow_id, a.node, a.attempt) == key for a in known):
+            return  # re-sent by a restarted Flow: already running here
+        self.queue.append(msg)
+
+    def _finish(self, assign: Assign, error: dict[str, Any]) -> None:
+        self.link.send(Finish(workflow_id=assign.workflow_id, node=assign.node,
+                              attempt=assign.attempt, ok=False, error=error), track=True)
+
+    def _on_cancel(self, msg: CancelTask) -> None:
+        for a in list(self.queue):
+            if (a.workflow_id, a.node, a.attempt) == (msg.workflow_id, msg.node, msg.attempt):
+                self.queue.remove(a)
+                self._finish(a, _cancelled(a))
+        worker = self._worker_of(msg.workflow_id, msg.node)
+        if worker is not None and worker.assign is not None \
+                and worker.assign.attempt == msg.attempt:
+            worker.cancelling = True
+            self._to_worker(worker.ident, msg)
+            self.canceller.start(worker.ident, time.monotonic())
+
+    def _on_reply(self, msg: Proposed | Resolved | Error | Ack) -> None:
+        request, ident = self.link.outstanding.pop(msg.id, (None, None))
+        if isinstance(msg, Ack):
+            return
+        if isinstance(msg, Error) and (request is None or isinstance(request, Finish)):
+            log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
+                      msg.reason)
+            return
+        worker = self.pool.workers.get(ident) if ident is not None else None
+        if worker is None and isinstance(msg, Proposed | Resolved):
+            worker = self._worker_of(msg.workflow_id, msg.node)
+        if worker is None:
+            log.info("dropped %s for a worker that is gone", type(msg).__name__)
+            return
+        if isinstance(msg, Resolved):
+            worker.waiting = False
+        self._to_worker(worker.ident, msg)
+
+    def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
+        return next((w for w in self.pool.workers.values()
+                     if w.key() == (workflow_id, node)), None)
+
+    # --- from workers --------------------------------------------------------------------------
+
+    def _from_worker(self, ident: bytes, frame: bytes) -> None:
+        msg = self._decode(frame)
+        worker = self.pool.workers.get(ident)
+        if msg is None or worker is None:
+            return
+        if isinstance(msg, WorkerReady):
+            self.pool.on_ready(ident)
+        elif isinstance(msg, Propose | Wait):
+            worker.waiting = worker.waiting or isinstance(msg, Wait)
+            self.link.send(msg, ident, track=True)
+        elif isinstance(msg, Finish):
+            self.link.send(msg, ident, track=True)
+            worker.assign, worker.waiting, worker.cancelling = None, False, False
+            self.canceller.clear(ident)
+        else:
+            self.errors += 1
+            log.error("unexpected %s from worker pid %d", type(msg).__name__, worker.pid)
+
+    def _to_worker(self, ident: bytes, msg: Message) -> None:
+        self.workers_sock.send_multipart([ident, codec.encode(msg)])
+
+    def _dispatch(self) -> None:
+        while self.queue:
+            worker = self.pool.idle()
+            if worker is None:
+                return
+            worker.assign = self.queue.popleft()
+            self._to_worker(worker.ident, worker.assign)
+
+    def _on_death(self, death: Death) -> None:
+        worker = death.worker
+        self.canceller.clear(worker.ident)
+        self.link.forget(worker.ident)
+        if worker.assign is None:
+            return
+        if worker.cancelling:
+            error = _cancelled(worker.assign)
+        else:
+            error = {"type": "WorkerLost", "message": death.describe(), "traceback": "",
+                     "retryable": True}
+        log.warning("%s running %s/%s", death.describe(), worker.assign.workflow_id,
+                    worker.assign.node)
+        self._finish(worker.assign, error)
+
+
+def _cancelled(assign: Assign) -> dict[str, Any]:
+    return {"type": "WorkflowCancelled", "traceback": "", "retryable": False,
+            "message": f"workflow {assign.workflow_id} was cancelled (node {assign.node})"}
+
+
+def _drain(sock: zmq.Socket[bytes]) -> Iterator[bytes]:
+    while True:
+        try:
+            yield sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def _drain_router(sock: zmq.Socket[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    while True:
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(parts) == 2:
+            yield parts[0], parts[1]
+
+
+@contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop`` (only the main thread may install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_supervisor(settings: SupervisorSettings, ready: threading.Event | None = None,
+                   stop: threading.Event | None = None) -> None:
+    """Serve the tasks of ``settings.imports`` until ``stop`` (or SIGTERM/SIGINT).
+
+    ``ready`` is set once Flow has welcomed this supervisor. Raises PlaitError
+    if the modules cannot be imported or the workers crash in a loop.
+    """
+    tasks = import_tasks(settings.imports)
+    stop = stop or threading.Event()
+    supervisor = Supervisor(settings, tasks)
+    log.info("supervisor %s serving %s for %s", supervisor.id, sorted(supervisor.tasks),
+             settings.flow)
+    try:
+        with _signals(stop):
+            supervisor.run(ready, stop)
+    finally:
+        supervisor.close()

@@ -1,0 +1,302 @@
+"""A worker process: runs one task attempt at a time for its supervisor.
+
+``python -m plait.supervisor.worker --connect ENDPOINT --ident ID --import MODULE...``
+
+The main thread runs task code: sync tasks directly, async tasks in a fresh
+asyncio loop. A second thread, :class:`WorkerLink`, owns the DEALER socket to
+the supervisor (a ZeroMQ socket belongs to one thread): it hands assignments to
+the main thread, completes the futures of the Context's requests with Flow's
+replies, and turns a CancelTask into a cancellation the task sees at its next
+Context call or await. The worker exits when its supervisor goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from plait.context import Context
+from plait.errors import (
+    NonDeterminismError,
+    PlaitError,
+    PlanError,
+    PromiseViolation,
+    ProtocolError,
+    TaskFailed,
+    WorkflowCancelled,
+)
+from plait.protocol import codec
+from plait.protocol.messages import (
+    Assign,
+    CancelTask,
+    Error,
+    Finish,
+    Message,
+    Propose,
+    Proposed,
+    Resolved,
+    Wait,
+    WorkerReady,
+)
+from plait.task import (
+    DEFAULT_RETRY,
+    InvalidArguments,
+    InvalidOutput,
+    Retry,
+    Task,
+    UnknownTask,
+    get_task,
+    registered,
+)
+
+log = logging.getLogger("plait.worker")
+
+# Errors that another attempt cannot fix: the task's own bug, or the plan's verdict.
+FATAL = (InvalidArguments, InvalidOutput, UnknownTask, PlanError, PromiseViolation,
+         NonDeterminismError, WorkflowCancelled, TaskFailed)
+_PARENT_CHECK_MS = 500
+
+
+def error_dict(exc: BaseException, policy: Retry = DEFAULT_RETRY) -> dict[str, Any]:
+    """The wire form of a task failure."""
+    return {"type": type(exc).__name__, "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc)),
+            "retryable": not isinstance(exc, FATAL) and policy.retryable(exc)}
+
+
+class WorkerLink:
+    """The worker's socket thread, and the Context's :class:`~plait.context.Transport`."""
+
+    def __init__(self, endpoint: str, ident: str) -> None:
+        self._endpoint = endpoint
+        self._ident = ident.encode()
+        self._outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.assignments: queue.SimpleQueue[Assign | None] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[Propose | Wait, Future[Message]]] = {}
+        self._current: tuple[str, str, int] | None = None
+        self._cancelled = False
+        self._on_cancel: Callable[[], None] | None = None
+        self._parent = os.getppid()
+        self._thread = threading.Thread(target=self._run, name="plait-worker-link", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # --- called from the task thread -------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        self._outbox.put(message)
+        os.write(self._wake_w, b"x")
+
+    def request(self, message: Propose | Wait) -> Future[Message]:
+        future: Future[Message] = Future()
+        with self._lock:
+            if self._cancelled:
+                future.set_exception(self._cancel_error())
+                return future
+            self._pending[message.id] = (message, future)
+        self.send(message)
+        return future
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def begin(self, assign: Assign, on_cancel: Callable[[], None] | None = None) -> None:
+        with self._lock:
+            self._current = (assign.workflow_id, assign.node, assign.attempt)
+            self._cancelled = False
+            self._on_cancel = on_cancel
+
+    def set_on_cancel(self, on_cancel: Callable[[], None] | None) -> None:
+        with self._lock:
+            self._on_cancel = on_cancel
+
+    def end(self) -> None:
+        with self._lock:
+            self._current, self._on_cancel = None, None
+            self._pending.clear()
+
+    def _cancel_error(self) -> WorkflowCancelled:
+        wf, node, _ = self._current or ("?", "?", 0)
+        return WorkflowCancelled(f"workflow {wf} was cancelled (node {node})")
+
+    # --- the socket thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sock = zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._ident)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self._endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while os.getppid() == self._parent:
+                events = dict(poller.poll(_PARENT_CHECK_MS))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
+                while not self._outbox.empty():
+                    sock.send(codec.encode(self._outbox.get()))
+                if sock in events:
+                    self._receive(sock)
+        finally:
+            sock.close(linger=0)
+            log.warning("worker %d: supervisor is gone; exiting", os.getpid())
+            os._exit(0)
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._dispatch(codec.decode(frame))
+            except ProtocolError as exc:
+                log.error("worker %d: bad frame from supervisor: %s", os.getpid(), exc)
+
+    def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, Assign):
+            self.assignments.put(msg)
+        elif isinstance(msg, CancelTask):
+            self._cancel(msg)
+        elif isinstance(msg, Proposed | Resolved | Error):
+            self._reply(msg)
+        else:
+            log.warning("worker %d: unexpected %s", os.getpid(), type(msg).__name__)
+
+    def _reply(self, msg: Message) -> None:
+        with self._lock:
+            entry = self._pending.pop(msg.id, None)
+            if entry is None:
+                mid = next((mid for mid, (req, _) in self._pending.items()
+                            if _answers(msg, req)), None)
+                entry = self._pending.pop(mid) if mid is not None else None
+        future = entry[1] if entry is not None else None
+        if future is None:
+            log.warning("worker %d: dropped a late %s", os.getpid(), type(msg).__name__)
+        elif not future.done():
+            future.set_result(msg)
+
+    def _cancel(self, msg: CancelTask) -> None:
+        with self._lock:
+            if self._current != (msg.workflow_id, msg.node, msg.attempt):
+                return
+            self._cancelled = True
+            pending = [future for _, future in self._pending.values()]
+            self._pending = {}
+            on_cancel = self._on_cancel
+        for future in pending:
+            if not future.done():
+                future.set_exception(self._cancel_error())
+        if on_cancel is not None:
+            on_cancel()
+
+
+def _answers(reply: Message, request: Propose | Wait) -> bool:
+    """Whether ``reply`` (whose correlation id matched nothing) must be ``request``'s."""
+    if isinstance(reply, Proposed):
+        return isinstance(request, Propose) and reply.node == request.node
+    if isinstance(reply, Resolved):
+        return isinstance(request, Wait) and reply.node == request.node \
+            and set(request.handles) <= set(reply.results)
+    return False
+
+
+# --- running one attempt ----------------------------------------------------------------------
+
+
+async def _run_async(t: Task[Any, Any], ctx: Context, args: list[Any], kwargs: dict[str, Any],
+                     link: WorkerLink) -> Any:
+    loop = asyncio.get_running_loop()
+    job = asyncio.ensure_future(t.fn(ctx, *args, **kwargs))
+    link.set_on_cancel(lambda: _call_soon(loop, job.cancel))
+    try:
+        return await job
+    except asyncio.CancelledError:
+        if link.cancelled:
+            raise WorkflowCancelled(f"workflow {ctx.workflow_id} was cancelled "
+                                    f"(node {ctx.node_id})") from None
+        raise
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+    loop.call_soon_threadsafe(fn)
+
+
+def _finish(assign: Assign, **fields: Any) -> Finish:
+    return Finish(workflow_id=assign.workflow_id, node=assign.node, attempt=assign.attempt,
+                  **fields)
+
+
+def run_attempt(assign: Assign, served: set[str], link: WorkerLink) -> Finish:
+    """Run one attempt to its end; never raises (the Finish says how it went)."""
+    t = get_task(assign.task) if assign.task in served else None
+    if t is None:
+        exc = UnknownTask(f"task {assign.task!r} is not served by this worker "
+                          f"(serves {sorted(served)})")
+        return _finish(assign, ok=False, error=error_dict(exc))
+    link.begin(assign)
+    ctx = Context(workflow_id=assign.workflow_id, node_id=assign.node, transport=link,
+                  attempt=assign.attempt, idempotency_key=assign.idempotency_key)
+    try:
+        args, kwargs = t.decode_inputs(assign.inputs)
+        if t.is_async:
+            value = asyncio.run(_run_async(t, ctx, args, kwargs, link))
+        else:
+            value = t.fn(ctx, *args, **kwargs)
+        output = t.encode_output(value)
+        diff = ctx.take_diff()
+        return _finish(assign, ok=True, output=output, diff=diff.to_dict() if diff else None)
+    except Exception as exc:  # noqa: BLE001 - the task's failure is data for Flow
+        # Unsent proposals of a failed attempt are dropped: a retry proposes them again.
+        return _finish(assign, ok=False, error=error_dict(exc, t.policy()))
+    finally:
+        link.end()
+
+
+def _import(modules: Sequence[str]) -> set[str]:
+    for name in modules:
+        importlib.import_module(name)
+    return {t.name for t in registered(modules)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m plait.supervisor.worker")
+    parser.add_argument("--connect", required=True, help="the supervisor's worker endpoint")
+    parser.add_argument("--ident", required=True, help="this worker's socket identity")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="a module whose tasks this worker runs")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        served = _import(opts.imports)
+    except (ImportError, PlaitError) as exc:
+        print(f"plait worker: cannot import task modules: {exc}", file=sys.stderr)
+        return 3
+    link = WorkerLink(opts.connect, opts.ident)
+    link.start()
+    link.send(WorkerReady(pid=os.getpid()))
+    while (assign := link.assignments.get()) is not None:
+        link.send(run_attempt(assign, served, link))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
