@@ -1,0 +1,457 @@
+"""The ``plait`` command: parses arguments and calls the library, nothing more.
+
+Exit codes are named by cause (:class:`Exit`) so that scripts can tell a
+workflow that failed from a Flow that could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from plait.client import Client, FlowUnavailable, NotFound, Run, outcome_error
+from plait.errors import (
+    NonDeterminismError,
+    PlaitError,
+    PlanError,
+    PromiseViolation,
+    TaskFailed,
+    WorkflowCancelled,
+)
+from plait.protocol.messages import FeedEvent, RunInfo
+
+__all__ = ["Exit", "main"]
+
+
+class Exit(IntEnum):
+    """The process exit codes of every verb."""
+
+    OK = 0
+    ERROR = 1  # anything else (the message says what)
+    USAGE = 2  # bad arguments, unknown target, unreadable input
+    UNREACHABLE = 3  # Flow did not answer
+    FAILED = 4  # the workflow (or the submitted plan) failed
+    VIOLATED = 5  # the workflow broke a promise
+    CANCELLED = 6  # the workflow was cancelled
+    NOT_FOUND = 7  # no such workflow
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class UsageError(PlaitError):
+    """The command line names something that does not exist or cannot be used."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while a verb was blocking."""
+
+
+STATUS_EXIT = {"succeeded": Exit.OK, "failed": Exit.FAILED, "violated": Exit.VIOLATED,
+               "cancelled": Exit.CANCELLED}
+
+# Most specific first: the first matching class decides the exit code.
+ERROR_EXIT: list[tuple[type[BaseException], Exit]] = [
+    (FlowUnavailable, Exit.UNREACHABLE), (NotFound, Exit.NOT_FOUND),
+    (PromiseViolation, Exit.VIOLATED), (WorkflowCancelled, Exit.CANCELLED),
+    (TaskFailed, Exit.FAILED), (PlanError, Exit.FAILED), (NonDeterminismError, Exit.FAILED),
+    (UsageError, Exit.USAGE), (TypeError, Exit.USAGE), (ValueError, Exit.USAGE),
+    (zmq.ZMQError, Exit.USAGE), (PlaitError, Exit.ERROR),
+]
+
+
+# --- small helpers -------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, default=str), flush=True)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.flow, feed=args.feed, timeout=args.timeout)
+
+
+def _arg(text: str) -> Any:
+    """A command-line argument: JSON if it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _keyword(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise ValueError(f"--kw takes NAME=JSON, got {text!r}")
+    return name, _arg(value)
+
+
+def _importable_cwd() -> None:
+    # Like celery and uvicorn: "module:task" names a module of the project the
+    # command runs in, even when the console script's directory is elsewhere.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted inside the block (handlers restored after)."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; Ctrl-C stays KeyboardInterrupt
+        return
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _ready_file(path: str | None) -> threading.Event:
+    """An Event that, once set, writes ``path`` (how Cluster learns a child is ready)."""
+    ready = threading.Event()
+    if path:
+        def mark() -> None:
+            ready.wait()
+            Path(path).write_text(str(os.getpid()))
+        threading.Thread(target=mark, name="ready-file", daemon=True).start()
+    return ready
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+
+
+# --- verbs: processes ---------------------------------------------------------------------
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    """Run Flow until SIGINT/SIGTERM."""
+    from plait.actors.flow import FlowSettings, run_flow
+
+    _setup_logging(args.log_level)
+    feed = args.feed_port if args.feed_port is not None else args.port + 1
+    settings = FlowSettings(db=args.db, port=args.port, feed_port=feed)
+    run_flow(settings, ready=_ready_file(args.ready_file))
+    return Exit.OK
+
+
+def cmd_supervisor(args: argparse.Namespace) -> int:
+    """Run a supervisor until SIGINT/SIGTERM."""
+    from plait.supervisor.daemon import SupervisorSettings, run_supervisor
+
+    _setup_logging(args.log_level)
+    _importable_cwd()
+    settings = SupervisorSettings(flow=args.flow, imports=args.imports, workers=args.workers)
+    run_supervisor(settings, ready=_ready_file(args.ready_file))
+    return Exit.OK
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Flow and one supervisor as child processes, until Ctrl-C."""
+    from plait.demo import examples_path, run_dev
+
+    imports = args.imports or _default_imports()
+    db = Path(args.db) if args.db else Path.cwd() / ".plait" / "plait.db"
+    paths = [p for p in [examples_path()] if p is not None]
+    return run_dev(imports, port=args.port, workers=args.workers, db=db, paths=paths)
+
+
+def _default_imports() -> list[str]:
+    from plait.demo import EXAMPLE_MODULES, examples_path
+
+    if examples_path() is None:
+        raise ValueError("plait dev: pass --import MODULE (the examples are not available here)")
+    return list(EXAMPLE_MODULES)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run every example on a throw-away local cluster and draw their graphs."""
+    from plait.demo import run_demo
+
+    return run_demo(Path(args.out), timeout=args.timeout)
+
+
+# --- verbs: client ------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a workflow; print its id (with --wait: its result)."""
+    from plait.graph import registration
+
+    _importable_cwd()
+    kwargs = dict(_keyword(k) for k in args.kw)
+    try:
+        name, root, diff = registration(args.target, [_arg(a) for a in args.args], kwargs)
+    except PlaitError as exc:
+        raise UsageError(str(exc)) from exc
+    with _client(args) as client:
+        run = client.submit_diff(name, root, diff.to_dict(), workflow_id=args.id)
+        if not args.wait:
+            if args.json:
+                _print_json({"workflow_id": run.id})
+            else:
+                print(run.id)
+            return Exit.OK
+        return _report_result(run, args)
+
+
+def _report_result(run: Run, args: argparse.Namespace) -> int:
+    finished = run.wait(args.wait_timeout)
+    if args.json:
+        _print_json({"workflow_id": run.id, "status": finished.status,
+                     "output": finished.output, "error": finished.error})
+    elif finished.status == "succeeded":
+        print(json.dumps(finished.output, ensure_ascii=False, default=str))
+    else:
+        print(f"{run.id}: {outcome_error(finished)}", file=sys.stderr)
+    return STATUS_EXIT.get(finished.status, Exit.ERROR)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show one workflow's status, or every workflow's."""
+    with _client(args) as client:
+        runs = [client.run_info(args.workflow)] if args.workflow else client.runs()
+    if args.json:
+        _print_json([r.model_dump(mode="json") for r in runs] if not args.workflow
+                    else runs[0].model_dump(mode="json"))
+    else:
+        for line in _status_table(runs):
+            print(line)
+    return Exit.OK
+
+
+def _status_table(runs: Sequence[RunInfo]) -> Iterator[str]:
+    yield f"{'WORKFLOW':<36} {'STATUS':<10} {'NODES':>5}  NAME"
+    for r in runs:
+        yield f"{r.workflow_id:<36} {r.status:<10} {r.nodes:>5}  {r.name}"
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print the mutation feed live (one workflow's, or all); Ctrl-C stops."""
+    with _client(args) as client, _interruptible():
+        for event in client.watch(args.workflow):
+            if args.json:
+                _print_json(event.model_dump(mode="json"))
+            else:
+                print(describe(event), flush=True)
+    return Exit.OK
+
+
+def describe(event: FeedEvent) -> str:
+    """One line for a person, per feed event."""
+    e = event.event
+    kind = e.get("type")
+    head = f"{event.workflow_id} #{event.seq:<4}"
+    if kind == "snapshot":
+        return f"{head} snapshot: {len(e['graph'].get('nodes', []))} nodes"
+    if kind == "diff":
+        diff = e.get("diff", {})
+        nodes = ", ".join(f"{n['id']} ({n['task']})" for n in diff.get("nodes", [])[:8])
+        return (f"{head} diff by {diff.get('proposer') or 'registration'}: +{nodes or 'no nodes'}"
+                f" +{len(diff.get('edges', []))} edges +{len(diff.get('promises', []))} promises")
+    if kind == "state":
+        return f"{head} {e.get('node')} -> {e.get('state')} (attempt {e.get('attempt')})"
+    if kind == "violation":
+        return f"{head} VIOLATION: {e.get('rejection', {}).get('reason')}"
+    if kind == "workflow":
+        return f"{head} workflow {e.get('status')}"
+    return f"{head} {kind}"
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print or write the as-of-now view (or as of --at SEQ)."""
+    from plait.protocol.render import render, to_dot
+
+    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "dot")
+    with _client(args) as client:
+        doc = client.graph(args.workflow, at=args.at, unfold=args.unfold).graph
+    if args.output:
+        print(render(doc, args.output, fmt))
+    elif fmt == "json":
+        print(json.dumps(doc, indent=1, ensure_ascii=False))
+    elif fmt == "dot":
+        sys.stdout.write(to_dot(doc))
+    else:
+        import graphviz
+
+        sys.stdout.buffer.write(graphviz.Source(to_dot(doc)).pipe(format=fmt))
+    return Exit.OK
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Write one frame per applied diff into DIR (frame-0001-seq-5.svg, ...)."""
+    from plait.protocol.render import render
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with _client(args) as client:
+        seqs = [e["seq"] for e in client.history(args.workflow) if e.get("type") == "diff"]
+        for n, seq in enumerate(seqs, start=1):
+            doc = client.graph(args.workflow, at=seq, unfold=args.unfold).graph
+            written.append(render(doc, out / f"frame-{n:04d}-seq-{seq}.{args.format}",
+                                  args.format))
+    if args.json:
+        _print_json([str(p) for p in written])
+    else:
+        print(f"{len(written)} frames in {out}")
+    return Exit.OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print the workflow's event log as JSON lines."""
+    with _client(args) as client:
+        for event in client.history(args.workflow):
+            _print_json(event)
+    return Exit.OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a workflow."""
+    with _client(args) as client:
+        client.cancel(args.workflow)
+    if args.json:
+        _print_json({"workflow_id": args.workflow, "cancelled": True})
+    else:
+        print(f"cancelled {args.workflow}")
+    return Exit.OK
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _client_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--flow", default=None, metavar="ADDRESS",
+                   help="Flow's address (default: $PLAIT_FLOW, else tcp://127.0.0.1:7100)")
+    p.add_argument("--feed", default=None, metavar="ADDRESS",
+                   help="Flow's feed address (default: $PLAIT_FEED, else Flow's port + 1)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for Flow to answer (default: 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def _process_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--log-level", default="info", help="logging level (default: info)")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plait", description="plait: durable workflows, from static to dynamic, "
+                                  "with promises.")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    client, proc = _client_options(), _process_options()
+
+    def verb(name: str, fn: Callable[[argparse.Namespace], int],
+             parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+        doc = (fn.__doc__ or "").strip()
+        p = verbs.add_parser(name, help=doc, description=doc, parents=list(parents))
+        p.set_defaults(func=fn)
+        return p
+
+    p = verb("dev", cmd_dev)
+    p.add_argument("--port", type=int, default=7100, help="Flow's port (feed: port + 1)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="task module to serve (repeatable; default: the examples)")
+    p.add_argument("--db", help="SQLite file (default: ./.plait/plait.db)")
+
+    p = verb("flow", cmd_flow, [proc])
+    p.add_argument("--db", default=str(Path(".plait") / "plait.db"),
+                   help="SQLite file (default: ./.plait/plait.db)")
+    p.add_argument("--port", type=int, default=7100, help="request port (default: 7100)")
+    p.add_argument("--feed-port", type=int, default=None, help="feed port (default: port + 1)")
+
+    p = verb("supervisor", cmd_supervisor, [proc])
+    p.add_argument("--flow", default=os.environ.get("PLAIT_FLOW", "tcp://127.0.0.1:7100"),
+                   metavar="ADDRESS", help="Flow's address (default: $PLAIT_FLOW or port 7100)")
+    p.add_argument("--import", dest="imports", action="append", required=True,
+                   metavar="MODULE", help="task module to import and serve (repeatable)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+
+    p = verb("submit", cmd_submit, [client])
+    p.add_argument("target", metavar="module:task", help="a task or Graph, as module:attr")
+    p.add_argument("args", nargs="*", metavar="ARG_JSON",
+                   help="positional arguments, as JSON (a non-JSON word is a string)")
+    p.add_argument("--kw", action="append", default=[], metavar="NAME=JSON",
+                   help="a keyword argument (repeatable)")
+    p.add_argument("--id", default=None, help="the workflow id (default: NAME-<random>)")
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="S",
+                   help="with --wait: give up after S seconds")
+
+    p = verb("status", cmd_status, [client])
+    p.add_argument("workflow", nargs="?", help="a workflow id (default: all)")
+
+    p = verb("watch", cmd_watch, [client])
+    p.add_argument("workflow", nargs="?", help="a workflow id (default: all)")
+
+    p = verb("graph", cmd_graph, [client])
+    p.add_argument("workflow")
+    p.add_argument("--at", type=int, default=None, metavar="SEQ", help="as of this event")
+    p.add_argument("--format", choices=["dot", "svg", "png", "pdf", "json"], default=None,
+                   help="default: from -o's suffix, else dot")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--unfold", action="store_true", help="do not fold repeated siblings")
+
+    p = verb("trace", cmd_trace, [client])
+    p.add_argument("workflow")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--format", choices=["svg", "png", "dot", "json"], default="svg")
+    p.add_argument("--unfold", action="store_true", help="do not fold repeated siblings")
+
+    p = verb("history", cmd_history, [client])
+    p.add_argument("workflow")
+
+    p = verb("cancel", cmd_cancel, [client])
+    p.add_argument("workflow")
+
+    p = verb("demo", cmd_demo)
+    p.add_argument("--out", default="plait-demo", metavar="DIR",
+                   help="where to write the pictures (default: ./plait-demo)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="give up on an example after S seconds (default: 60)")
+    return parser
+
+
+def exit_code(exc: BaseException) -> Exit:
+    """The exit code an exception escaping a verb means."""
+    for cls, code in ERROR_EXIT:
+        if isinstance(exc, cls):
+            return code
+    return Exit.ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (KeyboardInterrupt, Interrupted):
+        return Exit.INTERRUPTED
+    except (PlaitError, TypeError, ValueError, OSError, zmq.ZMQError) as exc:
+        # The process edge: say what went wrong in one line, exit by cause.
+        print(f"plait {args.verb}: {exc}", file=sys.stderr)
+        return exit_code(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""``plait dev`` and ``plait demo``: a local cluster for people, not tests.
+
+``plait dev`` keeps Flow and one supervisor running (as child processes) until
+Ctrl-C. ``plait demo`` starts a throw-away cluster on free ports, runs every
+example of ``examples/``, draws each workflow's graph as SVG and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plait.client import ResultTimeout, Run, outcome_error
+from plait.protocol.messages import WorkflowResult
+from plait.testing import Cluster
+
+__all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run_dev"]
+
+EXAMPLE_MODULES = (
+    "examples.static", "examples.branching", "examples.random_map", "examples.map_reduce",
+    "examples.subgraph", "examples.broken_promise", "examples.weekly_email",
+)
+
+
+@dataclass(frozen=True)
+class Demo:
+    """One example workflow the demo runs, and how it is expected to end."""
+
+    name: str
+    target: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    expect: str = "succeeded"
+    note: str = ""
+
+
+DEMOS = (
+    Demo("static", "examples.static:pipeline", note="seed 001's DAG, registered whole"),
+    Demo("branching", "examples.branching:coin", note="ends as heads or as tails"),
+    Demo("random_map", "examples.random_map:workflow", note="A -> M* -> B"),
+    Demo("map_reduce", "examples.map_reduce:map_reduce", ([1, 2, 3, 4, 5],),
+         note="a collection in, a collection out, then a sum"),
+    Demo("subgraph", "examples.subgraph:workflow", note="A -> X -> B, X = N->M or J->K"),
+    Demo("broken_promise", "examples.broken_promise:liar", expect="violated",
+         note="breaks its promise: terminated, drawn in red"),
+    Demo("weekly_email", "examples.weekly_email:weekly_email", kwargs={"seed": 3},
+         note="seed 004: emails retried, the workflow retried until it succeeds"),
+)
+
+
+def examples_path() -> Path | None:
+    """The directory holding the ``examples`` package (the checkout, or the cwd)."""
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (base / "examples" / "static.py").is_file():
+            return base
+    return None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _s, _f: stop.set())
+    return stop
+
+
+def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
+            paths: Sequence[Path]) -> int:
+    """Flow on ``port`` (feed ``port + 1``) and one supervisor, until SIGINT/SIGTERM."""
+    stop = _stop_on_signals()
+    with Cluster(imports, workers=workers, db=db, port=port, feed_port=port + 1,
+                 paths=paths, cwd=os.getcwd(), logs=False) as cluster:
+        print(f"plait dev: Flow on {cluster.address} (feed {cluster.feed}), database {db}\n"
+              f"plait dev: one supervisor ({workers} workers) serving {', '.join(imports)}\n"
+              f"plait dev: try `plait submit examples.branching:coin --wait`; Ctrl-C stops",
+              flush=True)
+        ended = cluster.wait(stop.is_set)
+    if ended is True:
+        return 0
+    print(f"plait dev: {ended.name} exited unexpectedly", file=sys.stderr)
+    return 1
+
+
+def run_demo(out: Path, *, timeout: float = 60.0, demos: Sequence[Demo] = DEMOS) -> int:
+    """Run the examples on a temporary cluster; write ``out/<name>.svg``; 0 if all
+    ended as expected."""
+    from plait.protocol.render import render
+
+    base = examples_path()
+    if base is None:
+        print("plait demo: cannot find the examples/ directory (run it from a plait checkout)",
+              file=sys.stderr)
+        return 2
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    print("plait demo: starting Flow and a supervisor on free ports...", flush=True)
+    with Cluster(EXAMPLE_MODULES, workers=2, paths=[base], cwd=str(base)) as cluster:
+        runs = [(d, cluster.client.start(d.target, d.args, d.kwargs)) for d in demos]
+        ok = True
+        deadline = time.monotonic() + timeout
+        for demo, run in runs:
+            try:
+                finished = run.wait(max(deadline - time.monotonic(), 0.1))
+            except ResultTimeout:
+                print(f"  !! {demo.name:<15} did not finish within {timeout:g} s", flush=True)
+                ok = False
+                continue
+            picture = render(run.graph(), out / f"{demo.name}.svg", "svg")
+            ok &= finished.status == demo.expect
+            print(_summary(demo, run, finished, picture), flush=True)
+    took = time.monotonic() - started
+    print(f"plait demo: {'all examples ended as expected' if ok else 'SOME EXAMPLES DID NOT'}"
+          f" ({took:.1f} s); pictures in {out}/")
+    return 0 if ok else 1
+
+
+def _summary(demo: Demo, run: Run, finished: WorkflowResult, picture: Path) -> str:
+    mark = "ok " if finished.status == demo.expect else "!! "
+    if finished.status == "succeeded":
+        outcome = f"-> {_short(finished.output)}"
+    else:
+        outcome = f"({outcome_error(finished)})"
+    return (f"  {mark}{demo.name:<15} {finished.status:<10} {picture}  {demo.note}\n"
+            f"      {run.id} {outcome}")
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
