@@ -422,6 +422,8 @@ class _Watch:
         if not isinstance(event, FeedEvent):
             return
         wid = event.workflow_id
+        if self.workflow_id is not None and wid != self.workflow_id:
+            return  # topics match by prefix: "wf-1" also brings "wf-12"
         if wid not in self.last and event.seq > 1:
             yield self.snapshot(wid)  # joined this workflow late
         last = self.last.get(wid, 0)
@@ -444,8 +446,7 @@ class _Watch:
         for event in self.client.history(workflow_id):
             seq = int(event.get("seq", 0))
             if seq > self.last.get(workflow_id, 0) and not self.done:
-                body = {k: v for k, v in event.items() if k != "seq"}
-                yield from self.deliver(FeedEvent(workflow_id=workflow_id, seq=seq, event=body))
+                yield from self.deliver(FeedEvent(workflow_id=workflow_id, seq=seq, event=event))
 
     def quiet(self) -> Iterator[FeedEvent]:
         if self.idle is not None:

@@ -1,0 +1,92 @@
+"""Tasks the end-to-end tests run through real supervisors and workers.
+
+Each appends what it does to a side file (``log``), one line per event, so that
+a test can count executions across processes and restarts: ``start NAME NODE
+ATTEMPT PID`` and ``done NAME NODE ATTEMPT PID``. ``gated`` blocks until the
+test creates the ``gate`` file, which lets a test act while a task is mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from plait import Context, OnlyNodes, Retry, task
+
+GATE_TIMEOUT = 90.0
+
+
+def note(log: str, *words: object) -> None:
+    # One short write in append mode: lines from concurrent workers do not interleave.
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(" ".join(str(w) for w in words) + "\n")
+
+
+def lines(log: str, kind: str, name: str | None = None) -> list[list[str]]:
+    """The side file's lines of ``kind`` ("start"/"done"), optionally for one name."""
+    try:
+        with open(log, encoding="utf-8") as f:
+            rows = [line.split() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+    return [r for r in rows if r[0] == kind and (name is None or r[1] == name)]
+
+
+@task
+def step(ctx: Context, log: str, name: str) -> str:
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid())
+    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid())
+    return name
+
+
+@task(retry=Retry(max_attempts=3, initial=0.2))
+def gated(ctx: Context, log: str, gate: str, name: str) -> str:
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid())
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never opened {gate}")
+        ctx.heartbeat()  # a cancellation point
+        time.sleep(0.02)  # the task polls a file the test creates
+    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid())
+    return name
+
+
+@task
+async def chain(ctx: Context, log: str, gate: str) -> list[str]:
+    """a, then b (gated), then c; each awaited before the next is spawned."""
+    a = await ctx.spawn(step, log, "a")
+    b = await ctx.spawn(gated, log, gate, "b")
+    c = await ctx.spawn(step, log, "c")
+    return [a, b, c]
+
+
+@task
+def square(ctx: Context, x: int) -> int:
+    return x * x
+
+
+@task
+async def fan(ctx: Context, log: str, gate: str, n: int) -> int:
+    """A gated first step, then ``n`` squares: many events after the gate opens."""
+    await ctx.spawn(gated, log, gate, "first")
+    return sum(await ctx.gather(ctx.map(square, range(n))))
+
+
+@task(retry=Retry(max_attempts=1))
+def boom(ctx: Context, message: str) -> str:
+    raise ValueError(message)
+
+
+@task
+async def here_and_there(ctx: Context) -> list[int]:
+    """Runs here and spawns a task that only another supervisor serves."""
+    theirs = await ctx.spawn("elsewhere")
+    return [os.getpid(), theirs]
+
+
+@task(promises=[OnlyNodes(step)])
+async def sneaky(ctx: Context, log: str) -> str:
+    await ctx.spawn(step, log, "allowed")
+    await ctx.spawn(square, 2)
+    return "never"

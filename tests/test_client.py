@@ -1,0 +1,291 @@
+"""The client: correlation, timeouts, error mapping, the Clone-pattern watch, and
+the whole API against a real Flow, supervisor and workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import e2e
+import e2e_tasks
+import pytest
+import zmq
+
+from plait.client import (
+    Client,
+    FlowUnavailable,
+    NotFound,
+    ResultTimeout,
+    outcome_error,
+)
+from plait.errors import PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
+from plait.protocol import codec
+from plait.protocol.messages import (
+    Error,
+    FeedEvent,
+    GetGraph,
+    GetHistory,
+    GetStatus,
+    GraphReply,
+    HistoryReply,
+    Message,
+    RunInfo,
+    StatusReply,
+    Submit,
+    WorkflowResult,
+)
+from plait.testing import Cluster, free_port, wait_for
+
+# --- a scripted Flow, for what a real one will not do on demand -------------------------
+
+Script = Callable[[Message, "FakeFlow"], list[bytes]]
+
+
+class FakeFlow:
+    """A ROUTER and an XPUB in one thread; ``script`` turns requests into reply frames."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.zmq = zmq.Context()
+        self.router = self.zmq.socket(zmq.ROUTER)
+        self.router.bind("tcp://127.0.0.1:*")
+        self.xpub = self.zmq.socket(zmq.XPUB)
+        self.xpub.bind("tcp://127.0.0.1:*")
+        self.address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.feed = self.xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.seen: list[Message] = []
+        self.subscribed = False
+        self.pending: list[FeedEvent] = []  # published once a subscriber is there
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.xpub, zmq.POLLIN)
+        while not self._stop.is_set():
+            events = dict(poller.poll(20))
+            if self.xpub in events:
+                self.subscribed = self.xpub.recv()[:1] == b"\x01"
+            if self.router in events:
+                ident, frame = self.router.recv_multipart()
+                msg = codec.decode(frame)
+                self.seen.append(msg)
+                for reply in self.script(msg, self):
+                    self.router.send_multipart([ident, reply])
+            if self.subscribed and self.pending:
+                for event in self.pending:
+                    self.xpub.send_multipart([event.workflow_id.encode(), codec.encode(event)])
+                self.pending = []
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.router.close(0)
+        self.xpub.close(0)
+        self.zmq.term()
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[[Script], FakeFlow]]:
+    made: list[FakeFlow] = []
+
+    def make(script: Script) -> FakeFlow:
+        made.append(FakeFlow(script))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def _info(workflow_id: str, status: str = "running") -> RunInfo:
+    return RunInfo(workflow_id=workflow_id, name="wf", status=status, created=0.0)  # type: ignore[arg-type]
+
+
+def test_a_dead_flow_is_a_clear_error_not_a_hang() -> None:
+    started = time.monotonic()
+    with Client(f"tcp://127.0.0.1:{free_port()}", timeout=0.5) as client:
+        with pytest.raises(FlowUnavailable, match="did not answer"):
+            client.runs()
+        with pytest.raises(FlowUnavailable):
+            client.run("nothing").result(timeout=30)
+    assert time.monotonic() - started < 10
+
+
+def test_replies_are_matched_by_correlation_id(fake: Callable[[Script], FakeFlow]) -> None:
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        right = StatusReply(id=msg.id, runs=[_info("right")])
+        stale = StatusReply(id="someone-else", runs=[_info("wrong")])
+        return [codec.encode(stale), b"\xc1 not msgpack", codec.encode(right)]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=5) as client:
+        assert [r.workflow_id for r in client.runs()] == ["right"]
+
+
+def test_an_unanswered_request_times_out_and_the_next_one_works(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        if len(flow.seen) == 1:
+            return []  # the first request is lost
+        return [codec.encode(StatusReply(id=msg.id, runs=[_info("late")]))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=0.5) as client:
+        with pytest.raises(FlowUnavailable):
+            client.runs()
+        assert [r.workflow_id for r in client.runs()] == ["late"]
+
+
+def test_flow_errors_become_exceptions(fake: Callable[[Script], FakeFlow]) -> None:
+    rejection = {"kind": "violation", "reason": "M is not allowed", "proposer": None,
+                 "promise": "OnlyNodes(N)", "owner": "root", "diff": {}}
+
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        if isinstance(msg, Submit) and msg.name == "plan":
+            return [codec.encode(Error(id=msg.id, code="rejected", reason="cycle",
+                                       detail={**rejection, "kind": "plan"}))]
+        if isinstance(msg, Submit):
+            return [codec.encode(Error(id=msg.id, code="rejected", reason="violation",
+                                       detail=rejection))]
+        return [codec.encode(Error(id=msg.id, code="not_found", reason="no such workflow"))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=5) as client:
+        with pytest.raises(NotFound):
+            client.run("missing").graph()
+        with pytest.raises(PromiseViolation) as caught:
+            client.submit_diff("wf", "root", {"nodes": []})
+        assert (caught.value.promise, caught.value.owner) == ("OnlyNodes(N)", "root")
+        with pytest.raises(PlanError):
+            client.submit_diff("plan", "root", {"nodes": []})
+
+
+def test_outcomes_map_to_the_documented_exceptions() -> None:
+    failed = WorkflowResult(workflow_id="w", status="failed", error={
+        "type": "ValueError", "message": "bad", "node": "n", "attempts": 3})
+    error = outcome_error(failed)
+    assert isinstance(error, TaskFailed)
+    assert (error.node, error.attempts, error.cause) == ("n", 3, "ValueError")
+    violated = WorkflowResult(workflow_id="w", status="violated", error={
+        "type": "PromiseViolation", "message": "x broke it", "reason": "it", "promise": "P",
+        "owner": "o", "proposer": "x"})
+    error = outcome_error(violated)
+    assert isinstance(error, PromiseViolation)
+    assert (error.promise, error.owner, error.proposer) == ("P", "o", "x")
+    assert isinstance(outcome_error(WorkflowResult(workflow_id="w", status="cancelled")),
+                      WorkflowCancelled)
+
+
+def test_watch_snapshots_then_fills_a_gap_from_history(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    wid = "wf-1"
+    events = [{"type": "submitted", "name": "wf", "root": "r"},
+              {"type": "diff", "diff": {"nodes": []}},
+              {"type": "state", "node": "r", "state": "running", "attempt": 1},
+              {"type": "state", "node": "r", "state": "succeeded", "attempt": 1},
+              {"type": "diff", "diff": {"nodes": []}},
+              {"type": "workflow", "status": "succeeded"}]
+    stored = [{**e, "seq": i} for i, e in enumerate(events, start=1)]
+
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetGraph):
+            # Published after the snapshot, with event 4 lost on the way.
+            flow.pending = [FeedEvent(workflow_id=wid, seq=s, event=stored[s - 1])
+                            for s in (3, 5)]
+            flow.pending.insert(0, FeedEvent(workflow_id="wf-10", seq=9, event=events[0]))
+            return [codec.encode(GraphReply(id=msg.id, workflow_id=wid, seq=2,
+                                            graph={"nodes": [], "edges": []}))]
+        if isinstance(msg, GetHistory):
+            return [codec.encode(HistoryReply(id=msg.id, workflow_id=wid, events=stored))]
+        assert isinstance(msg, GetStatus)
+        return [codec.encode(StatusReply(id=msg.id, runs=[_info(wid)]))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client:
+        got = [(e.seq, e.event["type"]) for e in client.watch(wid)]
+    assert got == [(2, "snapshot"), (3, "state"), (4, "state"), (5, "diff"), (6, "workflow")]
+
+
+# --- against a real cluster ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with e2e.cluster(["e2e_tasks", "examples.broken_promise"], workers=2) as c:
+        yield c
+
+
+def test_submit_result_status_graph_history(cluster: Cluster, tmp_path: Path) -> None:
+    client = cluster.client
+    run = client.submit(e2e_tasks.step, str(tmp_path / "log"), "one")
+    assert run.result(timeout=e2e.RESULT_TIMEOUT) == "one"
+    assert run.status() == "succeeded"
+    assert run.id in {r.workflow_id for r in client.runs()}
+    nodes, _ = e2e.committed(run.graph())
+    assert nodes == {"step": ("step", "succeeded", None)}
+    history = run.history()
+    assert history[0]["type"] == "submitted"
+    assert history[-1]["type"] == "workflow"
+    assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+    by_name = client.submit("e2e_tasks:square", 7)
+    assert by_name.result(timeout=e2e.RESULT_TIMEOUT) == 49
+
+
+def test_failures_raise_task_failed(cluster: Cluster) -> None:
+    run = cluster.client.submit("e2e_tasks:boom", "no good")
+    with pytest.raises(TaskFailed, match="no good") as caught:
+        run.result(timeout=e2e.RESULT_TIMEOUT)
+    assert caught.value.cause == "ValueError"
+    assert run.status() == "failed"
+
+
+def test_violations_raise_promise_violation(cluster: Cluster, tmp_path: Path) -> None:
+    for target, args in [("examples.broken_promise:liar", ()),
+                         ("e2e_tasks:sneaky", (str(tmp_path / "log"),))]:
+        run = cluster.client.submit(target, *args)
+        with pytest.raises(PromiseViolation) as caught:
+            run.result(timeout=e2e.RESULT_TIMEOUT)
+        assert "OnlyNodes" in caught.value.promise
+        assert caught.value.owner == target.split(":")[1]
+        assert caught.value.proposer == caught.value.owner
+        assert run.status() == "violated"
+
+
+def test_cancel_and_result_timeout(cluster: Cluster, tmp_path: Path) -> None:
+    log, gate = str(tmp_path / "log"), str(tmp_path / "gate")
+    run = cluster.client.submit("e2e_tasks:gated", log, gate, "slow")
+    wait_for(lambda: e2e_tasks.lines(log, "start"), e2e.RESULT_TIMEOUT)
+    with pytest.raises(ResultTimeout):
+        run.result(timeout=0.3)
+    run.cancel()
+    with pytest.raises(WorkflowCancelled):
+        run.result(timeout=e2e.RESULT_TIMEOUT)
+    assert run.status() == "cancelled"
+
+
+def test_unknown_workflows_are_not_found(cluster: Cluster) -> None:
+    run = cluster.client.run("no-such-workflow")
+    for call in (run.status, run.graph, run.history, run.cancel):
+        with pytest.raises(NotFound):
+            call()
+
+
+def test_watch_one_workflow_from_snapshot_to_end(cluster: Cluster, tmp_path: Path) -> None:
+    log, gate = str(tmp_path / "log"), str(tmp_path / "gate")
+    run = cluster.client.submit("e2e_tasks:chain", log, gate)
+    with cluster.new_client() as watcher:
+        feed = watcher.watch(run.id)
+        first = next(feed)
+        assert first.event["type"] == "snapshot"
+        Path(gate).touch()
+        rest = list(feed)
+    seqs = [first.seq] + [e.seq for e in rest]
+    assert seqs == list(range(first.seq, first.seq + len(seqs)))
+    assert rest[-1].event == {**rest[-1].event, "type": "workflow", "status": "succeeded"}
+    assert run.result(timeout=e2e.RESULT_TIMEOUT) == ["a", "b", "c"]
+
