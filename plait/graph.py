@@ -62,11 +62,12 @@ class Graph:
         t = as_task(fn)
         kwargs, attrs = t.split_keywords(attrs) if t is not None else ({}, attrs)
         name, inputs, refs = encode_inputs(fn, args, kwargs)
-        nid = self._new_id(key or name, explicit=key is not None)
         preds = [self._own(a) for a in after]
         for ref in refs:
-            if ref not in self._ids:
-                raise PlanError(f"{self.name}: {nid} refers to {ref}, not a node of this graph")
+            if ref not in self._ids or _foreign(self, (args, kwargs)):
+                raise PlanError(f"{self.name}: an argument refers to {ref}, "
+                                f"not a node of this graph")
+        nid = self._new_id(key or name, explicit=key is not None)
         self.nodes.append(NodeSpec(nid, name, inputs, attrs, creator=None, key=key))
         self.edges += [EdgeSpec(r, nid, data=True) for r in refs]
         self.edges += [EdgeSpec(p, nid) for p in dict.fromkeys(preds) if p not in refs]
@@ -90,7 +91,7 @@ class Graph:
 
     def _own(self, ref: Any) -> str:
         nid = ref if isinstance(ref, str) else ref_of(ref)
-        if nid is None or nid not in self._ids:
+        if nid is None or nid not in self._ids or _foreign(self, ref):
             raise PlanError(f"{self.name}: after= names {ref!r}, not a node of this graph")
         return nid
 
@@ -111,6 +112,17 @@ class Graph:
         """The whole graph as one registration diff."""
         return PlanDiff(proposer=None, nodes=tuple(self.nodes), edges=tuple(self.edges),
                         promises=tuple(self.promises))
+
+
+def _foreign(graph: Graph, value: Any) -> bool:
+    """Whether ``value`` holds a node reference of another graph (ids may coincide)."""
+    if isinstance(value, NodeRef):
+        return value.graph is not graph
+    if isinstance(value, list | tuple):
+        return any(_foreign(graph, v) for v in value)
+    if isinstance(value, dict):
+        return any(_foreign(graph, v) for v in value.values())
+    return False
 
 
 def _resolve(target: str) -> Any:

@@ -329,21 +329,21 @@ class Task(Generic[P, R]):
 
 # --- the registry and the decorator ---------------------------------------------------------
 
-_REGISTRY: dict[str, Task[Any, Any]] = {}
+# Every task ever decorated in this process, and the latest one per name. Two
+# modules may use one name (tests and examples do); a supervisor refuses to
+# serve both (see ``registered``), since Flow knows tasks by name only.
+_ALL: dict[tuple[str, str], Task[Any, Any]] = {}
+_BY_NAME: dict[str, Task[Any, Any]] = {}
 
 
 def _register(t: Task[Any, Any]) -> None:
-    known = _REGISTRY.get(t.name)
-    if known is not None and (known.module, known.fn.__qualname__) != (
-            t.module, t.fn.__qualname__):
-        raise PlaitError(f"task name {t.name!r} is already registered by "
-                         f"{known.module}.{known.fn.__qualname__}; pass @task(name=...)")
-    _REGISTRY[t.name] = t
+    _ALL[(t.module, t.fn.__qualname__)] = t
+    _BY_NAME[t.name] = t
 
 
 def get_task(name: str) -> Task[Any, Any] | None:
-    """The registered task called ``name``, if any."""
-    return _REGISTRY.get(name)
+    """The task registered last under ``name``, if any."""
+    return _BY_NAME.get(name)
 
 
 def as_task(target: Any) -> Task[Any, Any] | None:
@@ -354,12 +354,21 @@ def as_task(target: Any) -> Task[Any, Any] | None:
 
 
 def registered(modules: Iterable[str] | None = None) -> list[Task[Any, Any]]:
-    """Registered tasks; with ``modules``, only those defined in these modules or packages."""
-    tasks = list(_REGISTRY.values())
+    """Registered tasks; with ``modules``, those defined in these modules or packages,
+    whose names must then be unique (PlaitError names the two definitions)."""
     if modules is None:
-        return tasks
+        return list(_BY_NAME.values())
     roots = tuple(modules)
-    return [t for t in tasks if any(t.module == m or t.module.startswith(m + ".") for m in roots)]
+    served: dict[str, Task[Any, Any]] = {}
+    for t in _ALL.values():
+        if not any(t.module == m or t.module.startswith(m + ".") for m in roots):
+            continue
+        other = served.setdefault(t.name, t)
+        if other is not t:
+            raise PlaitError(f"task name {t.name!r} is defined twice: in "
+                             f"{other.module}.{other.fn.__qualname__} and "
+                             f"{t.module}.{t.fn.__qualname__}; pass @task(name=...)")
+    return list(served.values())
 
 
 def encode_inputs(target: Any, args: Sequence[Any],

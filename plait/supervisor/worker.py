@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -57,7 +57,6 @@ from plait.task import (
     Retry,
     Task,
     UnknownTask,
-    get_task,
     registered,
 )
 
@@ -245,9 +244,10 @@ def _finish(assign: Assign, **fields: Any) -> Finish:
                   **fields)
 
 
-def run_attempt(assign: Assign, served: set[str], link: WorkerLink) -> Finish:
+def run_attempt(assign: Assign, served: Mapping[str, Task[Any, Any]],
+                link: WorkerLink) -> Finish:
     """Run one attempt to its end; never raises (the Finish says how it went)."""
-    t = get_task(assign.task) if assign.task in served else None
+    t = served.get(assign.task)
     if t is None:
         exc = UnknownTask(f"task {assign.task!r} is not served by this worker "
                           f"(serves {sorted(served)})")
@@ -271,10 +271,10 @@ def run_attempt(assign: Assign, served: set[str], link: WorkerLink) -> Finish:
         link.end()
 
 
-def _import(modules: Sequence[str]) -> set[str]:
+def _import(modules: Sequence[str]) -> dict[str, Task[Any, Any]]:
     for name in modules:
         importlib.import_module(name)
-    return {t.name for t in registered(modules)}
+    return {t.name: t for t in registered(modules)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,131 @@
+"""Tiny task modules for the SDK and supervisor tests (imported by worker processes too)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from plait.context import Context
+from plait.graph import Graph
+from plait.protocol.promises import MaxNodes, NoNewNodes
+from plait.task import Retry, task
+
+if os.environ.get("PLAIT_TEST_BREAK_IMPORT"):
+    raise ImportError("tasks_sample was told to fail on import (crash-loop test)")
+
+
+class Point(BaseModel):
+    x: int
+    y: int
+
+
+@task
+def add(ctx: Context, a: int, b: int) -> int:
+    return a + b
+
+
+@task(name="sample.double", retry=Retry(max_attempts=5, initial=0.5, non_retryable=[KeyError]),
+      queue="math", timeout=30.0)
+def double(ctx: Context, n: int) -> int:
+    return 2 * n
+
+
+@task(promises=[NoNewNodes()])
+def leaf(ctx: Context, label: str = "x") -> str:
+    return label
+
+
+@task
+def move(ctx: Context, p: Point, dx: int = 1) -> Point:
+    return Point(x=p.x + dx, y=p.y)
+
+
+@task
+def stamp(ctx: Context, when: datetime) -> datetime:
+    return when
+
+
+@task
+def pid(ctx: Context) -> int:
+    return os.getpid()
+
+
+@task
+def block(ctx: Context, path: str) -> None:
+    """Write this worker's pid to ``path``, then run until killed."""
+    Path(path).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+
+@task
+def spin(ctx: Context) -> None:
+    """A long loop that checks in with its Context (so it notices a cancel)."""
+    while True:
+        ctx.heartbeat()
+        time.sleep(0.01)
+
+
+@task
+def stubborn(ctx: Context, path: str) -> None:
+    """Ignores cooperative cancellation and SIGTERM: only SIGKILL stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(path).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+
+@task
+def boom(ctx: Context) -> int:
+    return 1 // 0
+
+
+@task(promises=[MaxNodes(10)])
+async def fan_out(ctx: Context, n: int) -> int:
+    """Spawns ``n`` children and awaits them all (an awaiting parent)."""
+    handles = ctx.map(double, range(n))
+    values = await ctx.gather(handles)
+    return sum(values)
+
+
+@task
+def fan_out_sync(ctx: Context, n: int) -> int:
+    handles = ctx.map(double, range(n))
+    return sum(ctx.gather(handles))
+
+
+@task
+def chain(ctx: Context, a: int) -> int:
+    first = ctx.spawn(add, a, 1)
+    second = ctx.spawn(add, first, 10)  # a data edge: second consumes first's output
+    return int(second.result())
+
+
+@task
+def follow_up(ctx: Context, values: list[Any]) -> int:
+    ctx.set_state({"seen": len(values)})
+    ctx.then(leaf, "after")
+    return len(values)
+
+
+def not_a_task(x: int) -> int:
+    return x
+
+
+def seed_001() -> Graph:
+    """Seed 001's pre-determined workflow: start -> (1, 2) -> end."""
+    g = Graph("seed_001")
+    start = g.add(leaf, "start", key="start")
+    one = g.add(add, 1, 0, key="1", after=[start])
+    two = g.add(add, 2, 0, key="2", after=[start])
+    g.add(add, one, two, key="end")
+    return g
+
+
+diamond = seed_001()

@@ -1,0 +1,249 @@
+"""The Context against a fake transport: batching, data edges, ids, waits, errors."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any
+
+import pytest
+from tasks_sample import Point, add, double, leaf, move
+
+from plait.context import Context, Handle
+from plait.errors import (
+    NonDeterminismError,
+    PlaitError,
+    PlanError,
+    PromiseViolation,
+    TaskFailed,
+    WorkflowCancelled,
+)
+from plait.protocol.diff import EdgeSpec, PlanDiff
+from plait.protocol.messages import Message, NodeResult, Propose, Proposed, Resolved, Wait
+from plait.protocol.promises import MaxNodes, NoNewNodes
+from plait.task import InvalidArguments
+
+
+class FakeTransport:
+    """Answers like Flow would: proposals accepted (unless told otherwise), waits
+    resolved from ``results`` (node id -> NodeResult)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Propose | Wait] = []
+        self.results: dict[str, NodeResult] = {}
+        self.rejection: dict[str, Any] | None = None
+        self.cancelled = False
+
+    def request(self, message: Propose | Wait) -> Future[Message]:
+        self.sent.append(message)
+        future: Future[Message] = Future()
+        if isinstance(message, Propose):
+            future.set_result(Proposed(id=message.id, workflow_id=message.workflow_id,
+                                       node=message.node, ok=self.rejection is None,
+                                       rejection=self.rejection))
+        else:
+            future.set_result(Resolved(id=message.id, workflow_id=message.workflow_id,
+                                       node=message.node,
+                                       results={h: self.results[h] for h in message.handles}))
+        return future
+
+    def diffs(self) -> list[PlanDiff]:
+        return [PlanDiff.from_dict(m.diff) for m in self.sent if isinstance(m, Propose)]
+
+
+def ok(output: Any) -> NodeResult:
+    return NodeResult(state="succeeded", output=output)
+
+
+@pytest.fixture
+def transport() -> FakeTransport:
+    return FakeTransport()
+
+
+@pytest.fixture
+def ctx(transport: FakeTransport) -> Context:
+    return Context(workflow_id="wf-1", node_id="root", transport=transport, attempt=2,
+                   idempotency_key="wf-1/root")
+
+
+def test_identity(ctx: Context) -> None:
+    assert (ctx.workflow_id, ctx.node_id, ctx.attempt, ctx.idempotency_key) == (
+        "wf-1", "root", 2, "wf-1/root")
+
+
+def test_spawns_are_batched_until_the_task_waits(ctx: Context, transport: FakeTransport) -> None:
+    a = ctx.spawn(add, 1, 2)
+    b = ctx.spawn(double, 4, color="red")
+    ctx.promise(MaxNodes(5))
+    assert transport.sent == []
+    transport.results = {a.id: ok(3), b.id: ok(8)}
+    assert ctx.gather([a, b]).result() == [3, 8]
+    propose, wait = transport.sent
+    assert isinstance(propose, Propose)
+    assert isinstance(wait, Wait)
+    assert propose.attempt == 2
+    assert wait.handles == [a.id, b.id]
+    diff = PlanDiff.from_dict(propose.diff)
+    assert diff.proposer == "root"
+    assert [(n.id, n.task, n.creator) for n in diff.nodes] == [
+        ("root.1", "add", "root"), ("root.2", "sample.double", "root")]
+    assert diff.nodes[1].attrs == {"color": "red"}
+    assert diff.nodes[1].inputs["args"] == [4]
+    assert diff.promises == (("root", MaxNodes(5)),)
+    assert ctx.take_diff() is None  # nothing left for Finish
+
+
+def test_a_known_result_is_not_asked_again(ctx: Context, transport: FakeTransport) -> None:
+    a = ctx.spawn(add, 1, 2)
+    transport.results = {a.id: ok(3)}
+    assert a.result() == 3
+    assert a.done()
+    assert a.result() == 3
+    assert len(transport.sent) == 2  # one Propose, one Wait
+
+
+def test_handles_as_arguments_become_data_edges(ctx: Context, transport: FakeTransport) -> None:
+    a = ctx.spawn(add, 1, 2)
+    b = ctx.spawn(add, a, 10)
+    c = ctx.spawn("collect", [a, {"second": b}], after=[a])
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert diff.nodes[1].inputs == {"args": [{"$ref": a.id}, 10], "kwargs": {}}
+    assert diff.nodes[2].inputs == {"args": [[{"$ref": a.id}, {"second": {"$ref": b.id}}]],
+                                    "kwargs": {}}
+    assert sorted(diff.edges, key=lambda e: e.key) == [  # after=[a] adds nothing more
+        EdgeSpec(a.id, b.id, data=True), EdgeSpec(a.id, c.id, data=True),
+        EdgeSpec(b.id, c.id, data=True)]
+
+
+def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:
+    handles = ctx.map(double, range(5))
+    transport.results = {h.id: ok(2 * i) for i, h in enumerate(handles)}
+    assert list(ctx.gather(handles)) == [0, 2, 4, 6, 8]
+    (diff,) = transport.diffs()
+    assert [n.id for n in diff.nodes] == [f"root.{i}" for i in range(1, 6)]
+    assert [n.inputs["args"] for n in diff.nodes] == [[i] for i in range(5)]
+
+
+def test_child_ids_are_deterministic(transport: FakeTransport) -> None:
+    def run() -> list[str]:
+        c = Context(workflow_id="wf", node_id="p", transport=transport)
+        hs = [c.spawn(add, 1, 1), c.spawn(add, 2, 2, key="mine"), c.spawn(leaf)]
+        return [h.id for h in hs]
+
+    assert run() == run() == ["p.1", "p/mine", "p.3"]
+
+
+def test_then_runs_after_this_task(ctx: Context) -> None:
+    h = ctx.then(leaf, "next")
+    dependent = ctx.spawn(add, h, 1)
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert EdgeSpec("root", h.id) in diff.edges
+    assert diff.promises == ((h.id, NoNewNodes()),)  # the child's own @task promises
+    with pytest.raises(PlanError, match="runs after root finishes"):
+        h.result()
+    with pytest.raises(PlanError, match="runs after"):
+        dependent.result()
+
+
+def test_wrong_argument_types_fail_before_anything_is_proposed(
+        ctx: Context, transport: FakeTransport) -> None:
+    with pytest.raises(InvalidArguments, match=r"add\(\): argument a='one'") as info:
+        ctx.spawn(add, "one", 2)
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(InvalidArguments):
+        ctx.map(double, ["x"])
+    with pytest.raises(PlaitError, match="not a task"):
+        ctx.spawn(print, 1)
+    assert ctx.take_diff() is None
+    assert transport.sent == []
+
+
+def test_results_are_typed_by_the_child_return_annotation(
+        ctx: Context, transport: FakeTransport) -> None:
+    h = ctx.spawn(move, Point(x=1, y=1))
+    transport.results = {h.id: ok({"x": 2, "y": 1})}
+    assert h.result() == Point(x=2, y=1)
+
+
+def test_failed_and_cancelled_children(ctx: Context, transport: FakeTransport) -> None:
+    a, b, c = ctx.spawn(add, 1, 1), ctx.spawn(add, 2, 2), ctx.spawn(add, 3, 3)
+    transport.results = {
+        a.id: ok(2),
+        b.id: NodeResult(state="failed", error={"type": "ZeroDivisionError",
+                                                "message": "division by zero", "attempts": 3}),
+        c.id: NodeResult(state="cancelled"),
+    }
+    with pytest.raises(TaskFailed, match=r"root.2 .add. failed: ZeroDivisionError") as info:
+        ctx.gather([a, b, c]).result()
+    assert (info.value.node, info.value.attempts, info.value.cause) == (
+        "root.2", 3, "ZeroDivisionError")
+    values = ctx.gather([a, b, c], return_exceptions=True).result()
+    assert values[0] == 2
+    assert isinstance(values[1], TaskFailed)
+    assert isinstance(values[2], WorkflowCancelled)
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("violation", PromiseViolation), ("plan", PlanError), ("nondeterminism", NonDeterminismError)])
+def test_rejected_proposals_raise(ctx: Context, transport: FakeTransport, kind: str,
+                                  error: type[Exception]) -> None:
+    transport.rejection = {"kind": kind, "reason": "created x", "proposer": "root",
+                           "promise": "NoNewNodes()", "owner": "root", "diff": {}}
+    h = ctx.spawn(add, 1, 1)
+    with pytest.raises(error, match="created x"):
+        h.result()
+    assert [type(m) for m in transport.sent] == [Propose]  # no Wait after a rejection
+
+
+def test_async_await_and_gather(ctx: Context, transport: FakeTransport) -> None:
+    async def body() -> tuple[int, list[int]]:
+        a = ctx.spawn(add, 1, 2)
+        hs = ctx.map(double, [1, 2])
+        transport.results = {a.id: ok(3), hs[0].id: ok(2), hs[1].id: ok(4)}
+        return await a, await ctx.gather(hs)
+
+    assert asyncio.run(body()) == (3, [2, 4])
+    assert [type(m) for m in transport.sent] == [Propose, Wait, Wait]
+
+
+def test_cancellation_is_raised_at_the_next_context_call(
+        ctx: Context, transport: FakeTransport) -> None:
+    h = ctx.spawn(add, 1, 1)
+    transport.cancelled = True
+    for call in (lambda: ctx.spawn(add, 1, 1), ctx.random, lambda: ctx.heartbeat("x"),
+                 h.result, lambda: ctx.set_state(1)):
+        with pytest.raises(WorkflowCancelled, match="wf-1 was cancelled"):
+            call()
+
+
+def test_state_heartbeat_and_leftovers_ride_on_finish(ctx: Context) -> None:
+    ctx.set_state({"step": 1})
+    ctx.set_state({"step": 2})
+    ctx.heartbeat({"offset": 10})
+    ctx.then(leaf, "done")
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert {(a.key, a.node): a.value for a in diff.attrs} == {
+        ("state", "root"): {"step": 2}, ("heartbeat", "root"): {"offset": 10}}
+    assert ctx.heartbeat_details == {"offset": 10}
+    assert [n.task for n in diff.nodes] == ["leaf"]
+
+
+def test_recorded_values(ctx: Context) -> None:
+    r, now, u = ctx.random(), ctx.now(), ctx.uuid4()
+    assert 0 <= r < 1
+    assert isinstance(now, datetime)
+    assert now.tzinfo is not None
+    assert ctx.side_effect(lambda: 42) == 42
+    assert ctx.recorder.values == [("random", r), ("now", now), ("uuid4", u),
+                                   ("side_effect", 42)]
+
+
+def test_respawning_an_id_differently_is_a_plan_error(ctx: Context) -> None:
+    ctx.spawn(add, 1, 1, key="k")
+    with pytest.raises(PlanError, match="two different nodes with id root/k"):
+        ctx.spawn(add, 2, 2, key="k")
+    assert isinstance(ctx.spawn(add, 1, 1, key="k"), Handle)  # the same spawn is the same node
