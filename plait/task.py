@@ -177,6 +177,9 @@ class Task(Generic[P, R]):
     """A registered task. Calling it calls the function (handy in unit tests)."""
 
     __plait_task__: str
+    __name__: str  # copied from the function, like the rest of functools.update_wrapper
+    __qualname__: str
+    __wrapped__: Callable[P, R]
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
                  retry: Retry | None = None, promises: Sequence[Promise] = (),

@@ -65,8 +65,9 @@ def block(ctx: Context, path: str) -> None:
 
 
 @task
-def spin(ctx: Context) -> None:
+def spin(ctx: Context, path: str) -> None:
     """A long loop that checks in with its Context (so it notices a cancel)."""
+    Path(path).write_text(str(os.getpid()))
     while True:
         ctx.heartbeat()
         time.sleep(0.01)

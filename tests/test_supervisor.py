@@ -1,0 +1,348 @@
+"""A real supervisor with real worker processes, against a fake Flow (a ROUTER here)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import tasks_sample
+import zmq
+
+from plait.protocol import codec
+from plait.protocol.diff import PlanDiff
+from plait.protocol.messages import (
+    Ack,
+    Assign,
+    AttemptRef,
+    CancelTask,
+    Credit,
+    Finish,
+    Heartbeat,
+    Hello,
+    Message,
+    NodeResult,
+    Propose,
+    Proposed,
+    Resolved,
+    Wait,
+    Welcome,
+)
+from plait.supervisor.daemon import SupervisorSettings, run_supervisor
+from plait.supervisor.pool import CrashLoop
+from plait.testing import wait_for
+
+M = TypeVar("M", bound=Message)
+TIMEOUT = 20.0
+
+
+class FakeFlow:
+    """Flow's side of the supervisor protocol on a real ROUTER socket, driven by the test.
+
+    It answers Hello with Welcome, heartbeats back to a supervisor it knows,
+    accepts proposals, and acknowledges Finish (unless ``ack`` is False).
+    Everything received is kept in ``received`` for the test to wait on.
+    """
+
+    def __init__(self, port: int | None = None, *, ack: bool = True) -> None:
+        self.zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.zctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(f"tcp://127.0.0.1:{port or '*'}")
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(self.address.rsplit(":", 1)[1])
+        self.ack = ack
+        self.silent = False
+        self.peer: bytes | None = None
+        self.received: list[Message] = []
+        self._cond = threading.Condition()
+        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.sock.poll(10):
+                ident, frame = self.sock.recv_multipart()
+                self._on(ident, codec.decode(frame))
+            while not self._outbox.empty() and self.peer is not None:
+                self.sock.send_multipart([self.peer, self._outbox.get()])
+        self.sock.close(linger=0)
+
+    def _on(self, ident: bytes, msg: Message) -> None:
+        reply: Message | None = None
+        if isinstance(msg, Hello):
+            self.peer = ident
+            reply = Welcome(id=msg.id, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+        elif isinstance(msg, Heartbeat) and ident == self.peer and not self.silent:
+            reply = Heartbeat()
+        elif isinstance(msg, Finish) and self.ack:
+            reply = Ack(id=msg.id)
+        elif isinstance(msg, Propose):
+            reply = Proposed(id=msg.id, workflow_id=msg.workflow_id, node=msg.node, ok=True)
+        if reply is not None:
+            self.sock.send_multipart([ident, codec.encode(reply)])
+        with self._cond:
+            self.received.append(msg)
+            self._cond.notify_all()
+
+    def send(self, msg: Message | bytes) -> None:
+        self._outbox.put(msg if isinstance(msg, bytes) else codec.encode(msg))
+
+    def expect(self, kind: type[M], where: Callable[[M], bool] = lambda m: True,
+               timeout: float = TIMEOUT) -> M:
+        """The first message of ``kind`` satisfying ``where`` (waiting for it)."""
+        def find() -> M | None:
+            return next((m for m in self.received if isinstance(m, kind) and where(m)), None)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: find() is not None, timeout):
+                seen = [type(m).__name__ for m in self.received]
+                raise TimeoutError(f"no {kind.__name__} in {seen}")
+            found = find()
+            assert found is not None
+            return found
+
+    def all(self, kind: type[M]) -> list[M]:
+        with self._cond:
+            return [m for m in self.received if isinstance(m, kind)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.zctx.term()
+
+
+@pytest.fixture
+def flow() -> Iterator[FakeFlow]:
+    fake = FakeFlow()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+@contextmanager
+def supervisor(address: str, **overrides: Any) -> Iterator[list[BaseException]]:
+    """Run ``run_supervisor`` in a thread; stop it (and so its workers) on exit."""
+    settings = SupervisorSettings(**{
+        "flow": address, "imports": [tasks_sample.__name__], "workers": 1,
+        "supervisor_id": "sup-test", "heartbeat_interval": 0.2, "heartbeat_timeout": 1.0,
+        "cancel_grace": 0.5, "kill_grace": 0.5, "restart_backoff": 0.05, **overrides})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            run_supervisor(settings, stop=stop)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        thread.join(15)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def sup(flow: FakeFlow) -> Iterator[FakeFlow]:
+    with supervisor(flow.address) as errors:
+        flow.expect(Hello)
+        yield flow
+    assert errors == []
+
+
+_n = iter(range(1, 1_000_000))
+
+
+def assign(task: str, *args: Any, node: str | None = None, attempt: int = 1) -> Assign:
+    node = node or f"{task}-{next(_n)}"
+    return Assign(workflow_id="wf", node=node, attempt=attempt, task=task,
+                  inputs={"args": list(args), "kwargs": {}}, idempotency_key=f"wf/{node}")
+
+
+def run(flow: FakeFlow, a: Assign) -> Finish:
+    flow.send(a)
+    return flow.expect(Finish, lambda f: (f.node, f.attempt) == (a.node, a.attempt))
+
+
+def pid_file(path: Path) -> int:
+    return int(wait_for(lambda: path.exists() and path.read_text(), TIMEOUT, message="no pid"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_hello_declares_tasks_and_slots(sup: FakeFlow) -> None:
+    hello = sup.expect(Hello)
+    assert hello.supervisor_id == "sup-test"
+    assert hello.slots == 1
+    assert hello.running == []
+    tasks = {t.name: t for t in hello.tasks}
+    assert {"add", "sample.double", "fan_out", "block"} <= set(tasks)
+    assert tasks["sample.double"].queue == "math"
+    assert tasks["sample.double"].timeout == 30.0
+    assert tasks["sample.double"].retry == {"max_attempts": 5, "initial": 0.5, "backoff": 2.0,
+                                            "maximum": 60.0, "non_retryable": ["KeyError"]}
+
+
+def test_an_assignment_runs_and_finishes(sup: FakeFlow) -> None:
+    a = assign("add", 2, 3)
+    done = run(sup, a)
+    assert done.ok
+    assert done.output == 5
+    assert done.diff is None
+    failed = run(sup, assign("boom"))
+    assert not failed.ok
+    assert failed.error is not None
+    assert failed.error["type"] == "ZeroDivisionError"
+    assert failed.error["retryable"] is True
+    assert "1 // 0" in failed.error["traceback"]
+
+
+def test_unknown_task_and_wrong_arguments_are_clear_errors(sup: FakeFlow) -> None:
+    sup.send(b"\x93not a message")  # counted and dropped; the supervisor goes on
+    unknown = run(sup, assign("no_such_task"))
+    assert unknown.error is not None
+    assert unknown.error["type"] == "UnknownTask"
+    assert "'no_such_task' is not served by supervisor sup-test" in unknown.error["message"]
+    assert unknown.error["retryable"] is False
+    wrong = run(sup, assign("add", "two", 3))
+    assert wrong.error is not None
+    assert wrong.error["type"] == "InvalidArguments"
+    assert "argument a='two'" in wrong.error["message"]
+    assert wrong.error["retryable"] is False
+    assert run(sup, assign("add", 1, 1)).output == 2
+
+
+def test_finish_carries_unsent_proposals(sup: FakeFlow) -> None:
+    done = run(sup, assign("follow_up", [1, 2, 3], node="fu"))
+    assert done.output == 3
+    assert done.diff is not None
+    diff = PlanDiff.from_dict(done.diff)
+    assert [(n.id, n.task) for n in diff.nodes] == [("fu.1", "leaf")]
+    assert {a.key: a.value for a in diff.attrs} == {"state": {"seen": 3}}
+
+
+@pytest.mark.parametrize("parent", ["fan_out", "fan_out_sync"])
+def test_an_awaiting_parent_frees_its_slot_for_its_children(sup: FakeFlow, parent: str) -> None:
+    sup.send(assign(parent, 2, node="p"))
+    propose = sup.expect(Propose, lambda m: m.node == "p")
+    assert [n["id"] for n in propose.diff["nodes"]] == ["p.1", "p.2"]
+    wait = sup.expect(Wait, lambda m: m.node == "p")
+    assert wait.handles == ["p.1", "p.2"]
+    assert sup.received.index(propose) < sup.received.index(wait)
+    # One worker, busy with the waiting parent: its slot is granted again, and an
+    # extra worker process runs the children one after the other.
+    results = {}
+    for i, child in enumerate(wait.handles):
+        wait_for(lambda i=i: len(sup.all(Credit)) > i, TIMEOUT, message="no credit")  # type: ignore[misc]
+        results[child] = NodeResult(state="succeeded",
+                                    output=run(sup, assign("sample.double", i, node=child)).output)
+    assert results["p.2"].output == 2
+    sup.send(Resolved(id=wait.id, workflow_id="wf", node="p", results=results))
+    done = sup.expect(Finish, lambda m: m.node == "p")
+    assert done.ok
+    assert done.output == 2
+
+
+def test_a_killed_worker_is_a_lost_attempt_and_is_replaced(sup: FakeFlow, tmp_path: Path) -> None:
+    path = tmp_path / "pid"
+    a = assign("block", str(path))
+    sup.send(a)
+    pid = pid_file(path)
+    os.kill(pid, signal.SIGKILL)
+    lost = sup.expect(Finish, lambda f: f.node == a.node)
+    assert not lost.ok
+    assert lost.error is not None
+    assert lost.error["type"] == "WorkerLost"
+    assert lost.error["message"] == f"worker pid {pid} died (signal 9)"
+    assert lost.error["retryable"] is True
+    replacement = run(sup, assign("pid")).output
+    assert replacement != pid
+    assert alive(replacement)
+
+
+def test_cooperative_cancel_keeps_the_worker(sup: FakeFlow, tmp_path: Path) -> None:
+    path = tmp_path / "pid"
+    a = assign("spin", str(path))
+    sup.send(a)
+    pid = pid_file(path)
+    sup.send(CancelTask(workflow_id="wf", node=a.node, attempt=1))
+    done = sup.expect(Finish, lambda f: f.node == a.node)
+    assert done.error is not None
+    assert done.error["type"] == "WorkflowCancelled"
+    assert done.error["retryable"] is False
+    assert run(sup, assign("pid")).output == pid  # same process: it was not killed
+
+
+def test_cancel_escalates_to_sigkill(sup: FakeFlow, tmp_path: Path) -> None:
+    path = tmp_path / "pid"
+    a = assign("stubborn", str(path))
+    sup.send(a)
+    pid = pid_file(path)
+    sup.send(CancelTask(workflow_id="wf", node=a.node, attempt=1))
+    done = sup.expect(Finish, lambda f: f.node == a.node)
+    assert done.error is not None
+    assert done.error["type"] == "WorkflowCancelled"
+    assert not alive(pid)  # SIGTERM was ignored; SIGKILL was not
+    assert run(sup, assign("pid")).output != pid
+
+
+def test_reconnect_after_flow_restarts_resends_the_unacknowledged_finish() -> None:
+    first = FakeFlow(ack=False)
+    second: FakeFlow | None = None
+    try:
+        with supervisor(first.address):
+            first.expect(Hello)
+            a = assign("add", 20, 22)
+            finish = run(first, a)
+            port = first.port
+            first.close()
+            second = FakeFlow(port)  # Flow restarted on the same port
+            hello = second.expect(Hello)
+            assert AttemptRef(workflow_id="wf", node=a.node, attempt=1) in hello.running
+            again = second.expect(Finish)
+            assert again.id == finish.id
+            assert again.output == 42
+            assert second.received.index(hello) < second.received.index(again)
+            # Acknowledged now: later traffic carries no third copy.
+            assert run(second, assign("add", 1, 1)).output == 2
+            assert [f.id for f in second.all(Finish)].count(finish.id) == 1
+    finally:
+        first.close() if second is None else second.close()
+
+
+def test_a_silent_flow_gets_a_new_connection_and_hello(sup: FakeFlow) -> None:
+    sup.silent = True
+    sup.expect(Hello, lambda m: len(sup.all(Hello)) >= 2, timeout=10)
+    sup.silent = False
+    assert run(sup, assign("add", 3, 4)).output == 7
+
+
+def test_a_crash_loop_stops_the_supervisor_loudly(flow: FakeFlow,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAIT_TEST_BREAK_IMPORT", "1")  # workers cannot import the tasks
+    with supervisor(flow.address, crash_limit=2) as errors:
+        wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
+    assert isinstance(errors[0], CrashLoop)
+    assert "died before they were ready" in str(errors[0])
