@@ -1,0 +1,380 @@
+"""The plan: one uniform graph of task instances, changed only by diffs.
+
+Nodes are task instances; an edge ``a -> b`` means *b runs after a*. There are
+no special node kinds: a map is a node that creates many nodes, a branch is a
+node that creates one of several. Every change is a :class:`PlanDiff`, which
+:meth:`Plan.apply` validates and applies atomically or rejects whole with a
+:class:`Rejection` that says why.
+
+The plan is deterministic and does no I/O; time never enters it. It is
+mutable for speed: validating and applying a diff costs O(size of the diff),
+never O(size of the plan), so the workflow's size does not tax each task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.protocol.diff import (
+    AttrChange,
+    EdgeSpec,
+    NodeSpec,
+    NodeState,
+    PlanDiff,
+    Rejection,
+)
+from plait.protocol.promises import Bound, Promise, Tracker
+from plait.protocol.staging import Region, Staging
+
+__all__ = ["Node", "Outcome", "Plan"]
+
+TERMINAL = frozenset({NodeState.SUCCEEDED, NodeState.FAILED, NodeState.CANCELLED})
+STARTED = TERMINAL | {NodeState.RUNNING, NodeState.SUSPENDED}
+LIVE_PROPOSER = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
+
+_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.PENDING: frozenset({NodeState.READY, NodeState.CANCELLED}),
+    NodeState.READY: frozenset({NodeState.RUNNING, NodeState.PENDING, NodeState.CANCELLED}),
+    NodeState.RUNNING: frozenset(
+        {NodeState.SUSPENDED, NodeState.SUCCEEDED, NodeState.FAILED, NodeState.CANCELLED,
+         NodeState.READY}
+    ),
+    NodeState.SUSPENDED: frozenset(
+        {NodeState.READY, NodeState.RUNNING, NodeState.FAILED, NodeState.CANCELLED}
+    ),
+}
+
+
+class Node:
+    """One task instance. Mutable: its state changes, its identity never does."""
+
+    __slots__ = (
+        "attempt", "attrs", "children", "creator", "error", "id", "inputs", "key",
+        "output", "preds", "rank", "regions", "region", "scope_parent", "spec", "state", "succs",
+        "task", "trackers", "waiting",
+    )
+
+    def __init__(self, spec: NodeSpec, creator: Node | None, rank: int) -> None:
+        self.spec = spec
+        self.rank = rank  # creation order
+        self.id = spec.id
+        self.task = spec.task
+        self.inputs = spec.inputs
+        self.key = spec.key
+        self.attrs: dict[str, Any] = dict(spec.attrs)
+        self.creator = creator
+        self.state = NodeState.PENDING
+        self.attempt = 1
+        self.output: Any = None
+        self.error: str | None = None
+        self.preds: list[str] = []
+        self.succs: list[str] = []
+        self.children: list[str] = []
+        self.trackers: list[Tracker] = []
+        self.waiting = 0
+        # Regions this node lies inside (Shape placeholders of its ancestors), and its own.
+        self.regions: tuple[Region, ...] = ()
+        self.region: Region | None = None
+        # Nearest ancestor that may carry promises: skips finished, promise-less ones.
+        self.scope_parent: Node | None = creator
+
+    @property
+    def live(self) -> bool:
+        return self.state not in TERMINAL
+
+    def __repr__(self) -> str:
+        return f"Node({self.id!r}, {self.task!r}, {self.state.value})"
+
+
+@dataclass
+class Outcome:
+    """What a diff or a state change did: which nodes became ready (or stopped
+    being ready), and any promise broken on the way."""
+
+    rejection: Rejection | None = None
+    ready: list[str] = field(default_factory=list)
+    unready: list[str] = field(default_factory=list)
+    violations: list[Rejection] = field(default_factory=list)
+    duplicate: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.rejection is None and not self.violations
+
+
+class Plan:
+    """A workflow's graph, its promises and its placeholders."""
+
+    def __init__(self, workflow_id: str = "") -> None:
+        self.workflow_id = workflow_id
+        self.nodes: dict[str, Node] = {}
+        self.edges: dict[tuple[str, str], EdgeSpec] = {}
+        self.order: list[str] = []  # creation order, for stable views
+        self.seq = 0  # number of diffs applied
+        self.live_count = 0
+        self.violations: list[Rejection] = []
+        self.rejected: list[tuple[Rejection, PlanDiff]] = []
+
+    # --- queries ------------------------------------------------------------
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def node(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+    def in_force(self, node: Node) -> Iterator[Tracker]:
+        """Every tracker whose scope holds ``node``: its own and its ancestors'."""
+        current: Node | None = node
+        while current is not None:
+            yield from current.trackers
+            current = self._next_scope(current)
+
+    def _next_scope(self, node: Node) -> Node | None:
+        # Path compression: a finished ancestor without promises can never gain one.
+        parent = node.scope_parent
+        while parent is not None and not parent.trackers and not parent.live:
+            parent = parent.scope_parent
+        node.scope_parent = parent
+        return parent
+
+    def bound(self, node: Node) -> Bound:
+        """The tightest statement the promises in force make about ``node``'s future
+        creations; the view draws a ``?`` wildcard from it."""
+        tasks: frozenset[str] | None = None
+        count: int | None = None
+        for tracker in self.in_force(node):
+            b = tracker.bound()
+            if b.closed or b.shaped:
+                return b
+            if b.tasks is not None:
+                tasks = b.tasks if tasks is None else tasks & b.tasks
+            if b.count is not None:
+                count = b.count if count is None else min(count, b.count)
+        if count == 0 or tasks == frozenset():
+            return Bound(closed=True)
+        return Bound(tasks=tasks, count=count)
+
+    def limits(self, node_id: str) -> list[tuple[str, int]]:
+        """MaxParallel limits binding a node, as (key, n); the dispatcher enforces them."""
+        node = self.nodes[node_id]
+        found = []
+        for tracker in self.in_force(node.creator) if node.creator else ():
+            promise = tracker.promise
+            if promise.schedules:
+                label = getattr(promise, "label", None)
+                if label is None or node.attrs.get("label") == label or label in node.attrs.get(
+                    "labels", ()
+                ):
+                    found.append((f"{tracker.owner}:{promise}", int(getattr(promise, "n", 0))))
+        return found
+
+    # --- diffs --------------------------------------------------------------
+
+    def apply(self, diff: PlanDiff) -> Outcome:
+        """Validate ``diff`` and apply it whole, or reject it whole."""
+        staging = Staging(self, diff)
+        rejection = staging.validate()
+        if rejection is None:
+            rejection = self._check_promises(staging)
+        if rejection is not None:
+            self.rejected.append((rejection, diff))
+            if rejection.kind == "violation":
+                self.violations.append(rejection)
+            return Outcome(rejection=rejection)
+        if staging.is_empty():
+            return Outcome(duplicate=True)
+        return self._commit(staging)
+
+    def _check_promises(self, staging: Staging) -> Rejection | None:
+        commits = []
+        proposer = self.nodes.get(staging.diff.proposer or "")
+        trackers = list(self.in_force(proposer)) if proposer is not None else []
+        if trackers and (staging.new_nodes or staging.new_edges):
+            for tracker in trackers:
+                verdict = tracker.check(staging)
+                if isinstance(verdict, str):
+                    return staging.violation(tracker, verdict)
+                if verdict is not None:
+                    commits.append(verdict)
+        for owner, tracker in staging.new_trackers:
+            verdict = staging.adopt(owner, tracker)
+            if isinstance(verdict, str):
+                return staging.violation(tracker, verdict)
+            if verdict is not None:
+                commits.append(verdict)
+        for commit in commits:
+            commit()
+        return None
+
+    def _commit(self, staging: Staging) -> Outcome:
+        out = Outcome()
+        for spec in staging.new_node_specs:
+            self._add_node(spec)
+        for owner, tracker in staging.new_trackers:
+            self._attach(self.nodes[owner], tracker, out)
+        for edge in staging.new_edge_specs:
+            self._add_edge(edge, out)
+        for spec in staging.new_node_specs:
+            node = self.nodes[spec.id]
+            if node.waiting == 0 and node.state is NodeState.PENDING:
+                node.state = NodeState.READY
+                out.ready.append(node.id)
+        for change in staging.diff.attrs:
+            self._set_attr(change)
+        self.seq += 1
+        return out
+
+    def _add_node(self, spec: NodeSpec) -> None:
+        creator = self.nodes[spec.creator] if spec.creator is not None else None
+        node = Node(spec, creator, len(self.order))
+        if creator is not None:
+            creator.children.append(node.id)
+            node.regions = creator.regions + ((creator.region,) if creator.region else ())
+        for region in node.regions:
+            region.live += 1
+        self.live_count += 1
+        self.nodes[node.id] = node
+        self.order.append(node.id)
+
+    def _attach(self, node: Node, tracker: Tracker, out: Outcome) -> None:
+        node.trackers.append(tracker)
+        if tracker.bound().shaped and node.region is None:
+            region = Region(node.id)
+            node.region = region
+            below = self.descendants(node)
+            region.live = node.live + sum(1 for n in below if n.live)
+            for n in below:
+                n.regions = (*n.regions, region)
+        if node.region is not None and tracker.bound().shaped:
+            node.region.trackers.append(tracker)
+
+    def descendants(self, node: Node) -> list[Node]:
+        """``node``'s descendants by lineage, in creation order."""
+        found: list[Node] = []
+        stack = [self.nodes[c] for c in node.children]
+        while stack:
+            current = stack.pop()
+            found.append(current)
+            stack.extend(self.nodes[c] for c in current.children)
+        found.sort(key=lambda n: n.rank)
+        return found
+
+    def _add_edge(self, edge: EdgeSpec, out: Outcome) -> None:
+        src, dst = self.nodes[edge.src], self.nodes[edge.dst]
+        self.edges[(edge.src, edge.dst)] = edge
+        src.succs.append(dst.id)
+        dst.preds.append(src.id)
+        if not self._satisfied(src, dst):
+            dst.waiting += 1
+            if dst.state is NodeState.READY:
+                dst.state = NodeState.PENDING
+                out.unready.append(dst.id)
+
+    def _satisfied(self, src: Node, dst: Node) -> bool:
+        """Whether ``src`` no longer holds ``dst`` back; registers ``dst`` to be
+        released by ``src``'s region when it is ``src``'s placeholder that holds it."""
+        if src.state is not NodeState.SUCCEEDED:
+            return False
+        region = src.region
+        if region is None or region.closed or region in dst.regions:
+            return True
+        region.waiters.append(dst.id)
+        return False
+
+    def _set_attr(self, change: AttrChange) -> None:
+        if change.edge is not None:
+            edge = self.edges[change.edge]
+            self.edges[change.edge] = edge.with_attr(change.key, change.value)
+        elif change.node is not None:
+            self.nodes[change.node].attrs[change.key] = change.value
+
+    # --- state changes -------------------------------------------------------
+
+    def set_state(
+        self, node_id: str, state: NodeState, *, output: Any = None, error: str | None = None
+    ) -> Outcome:
+        """Move a node along its life cycle; returns the nodes this made ready."""
+        node = self.nodes[node_id]
+        if state not in _TRANSITIONS.get(node.state, frozenset()):
+            raise ValueError(f"{node_id}: cannot go from {node.state.value} to {state.value}")
+        out = Outcome()
+        was_live = node.live
+        if state is NodeState.READY and node.state in (NodeState.RUNNING, NodeState.SUSPENDED):
+            if node.state is NodeState.RUNNING:
+                node.attempt += 1  # a retry; resuming a suspended node is the same attempt
+        node.state = state
+        node.output = output if state is NodeState.SUCCEEDED else node.output
+        node.error = error if state is NodeState.FAILED else node.error
+        if state is NodeState.SUCCEEDED:
+            for succ in node.succs:
+                self._release_if(node, self.nodes[succ], out)
+        if was_live and not node.live:
+            self.live_count -= 1
+            self._leave_regions(node, out)
+        return out
+
+    def _release_if(self, src: Node, dst: Node, out: Outcome) -> None:
+        if self._satisfied(src, dst):
+            self._release(dst, out)
+
+    def _release(self, dst: Node, out: Outcome) -> None:
+        dst.waiting -= 1
+        if dst.waiting == 0 and dst.state is NodeState.PENDING:
+            dst.state = NodeState.READY
+            out.ready.append(dst.id)
+
+    def _leave_regions(self, node: Node, out: Outcome) -> None:
+        own = (node.region,) if node.region else ()
+        for region in (*node.regions, *own):
+            region.live -= 1
+            if region.live == 0:
+                self._close(region, out)
+
+    def _close(self, region: Region, out: Outcome) -> None:
+        region.closed = True
+        owner = self.nodes[region.owner]
+        if owner.state is NodeState.SUCCEEDED:
+            for tracker in region.trackers:
+                reason = tracker.matcher.complete()  # type: ignore[attr-defined]
+                if reason is not None:
+                    violation = Rejection.broken(tracker, reason, proposer=owner.id)
+                    self.violations.append(violation)
+                    out.violations.append(violation)
+        for waiter in region.waiters:
+            self._release(self.nodes[waiter], out)
+        region.waiters.clear()
+
+    def cancel(self) -> list[str]:
+        """Cancel every live node; returns those that had started (to be stopped)."""
+        started = []
+        for node_id in self.order:
+            node = self.nodes[node_id]
+            if node.live:
+                if node.state in STARTED:
+                    started.append(node_id)
+                node.state = NodeState.CANCELLED
+                self.live_count -= 1
+        return started
+
+    # --- folding events -------------------------------------------------------
+
+    @classmethod
+    def replay(cls, diffs: Iterable[PlanDiff], workflow_id: str = "") -> Plan:
+        """Rebuild a plan from its applied diffs (states are folded separately)."""
+        plan = cls(workflow_id)
+        for diff in diffs:
+            plan.apply(diff)
+        return plan
+
+    def is_settled(self) -> bool:
+        """No node is live: the workflow has nothing left to do."""
+        return self.live_count == 0
+
+    def promises_of(self, node_id: str) -> list[Promise]:
+        return [t.promise for t in self.nodes[node_id].trackers]

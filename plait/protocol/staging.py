@@ -1,0 +1,227 @@
+"""Validating a diff against a plan before anything changes (and placeholder regions).
+
+:class:`Staging` checks the plan's structural rules on one diff and presents the
+diff's new parts to the promise trackers; only if every check passes does the
+plan commit it. All work is proportional to the diff (plus, for an edge into an
+existing node, the search of what lies downstream of that node).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, Rejection
+from plait.protocol.promises import Tracker, Verdict
+
+if TYPE_CHECKING:
+    from plait.protocol.plan import Plan
+
+_PROPOSING = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
+_NOT_STARTED = frozenset({NodeState.PENDING, NodeState.READY})
+
+
+class Region:
+    """The placeholder of a Shape promise: the promising node and what it creates.
+
+    ``live`` counts the region's nodes that could still add to it; when it falls
+    to zero the region closes, must match its shape, and releases the owner's
+    successors (``waiters``) that were held back by it.
+    """
+
+    __slots__ = ("closed", "live", "owner", "trackers", "waiters")
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.live = 0
+        self.closed = False
+        self.trackers: list[Tracker] = []
+        self.waiters: list[str] = []
+
+
+class _Failed(Exception):
+    """Internal: carries a rejection out of the validation steps."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.reason)
+        self.rejection = rejection
+
+
+class Staging:
+    """One diff, checked against one plan; what it would add, once validated."""
+
+    def __init__(self, plan: Plan, diff: PlanDiff) -> None:
+        self.plan = plan
+        self.diff = diff
+        self.new_node_specs: list[NodeSpec] = []
+        self.new_edge_specs: list[EdgeSpec] = []
+        self.new_trackers: list[tuple[str, Tracker]] = []
+        self._specs: dict[str, NodeSpec] = {}
+        self._in: dict[str, list[str]] = {}
+        self._out: dict[str, list[str]] = {}
+
+    # --- the Staged protocol, as promise trackers see the diff ---------------
+
+    @property
+    def new_nodes(self) -> Sequence[tuple[str, str]]:
+        return [(s.id, s.task) for s in self.new_node_specs]
+
+    @property
+    def new_edges(self) -> Sequence[tuple[str, str]]:
+        return [(e.src, e.dst) for e in self.new_edge_specs]
+
+    def task_of(self, node_id: str) -> str:
+        spec = self._specs.get(node_id)
+        return spec.task if spec is not None else self.plan.nodes[node_id].task
+
+    def preds(self, node_id: str) -> Iterable[str]:
+        node = self.plan.nodes.get(node_id)
+        existing = node.preds if node is not None else []
+        return [*existing, *self._in.get(node_id, ())]
+
+    # --- validation -----------------------------------------------------------
+
+    def validate(self) -> Rejection | None:
+        try:
+            self._check_proposer()
+            self._stage_nodes()
+            self._stage_edges()
+            self._stage_promises()
+            self._check_attrs()
+        except _Failed as failed:
+            return failed.rejection
+        return None
+
+    def is_empty(self) -> bool:
+        return not (self.new_node_specs or self.new_edge_specs or self.new_trackers
+                    or self.diff.attrs)
+
+    def _fail(self, reason: str, kind: str = "plan") -> _Failed:
+        return _Failed(Rejection(kind, reason, self.diff.proposer,  # type: ignore[arg-type]
+                                 diff=self.diff.summary()))
+
+    def violation(self, tracker: Tracker, reason: str) -> Rejection:
+        return Rejection.broken(tracker, reason, proposer=self.diff.proposer,
+                                diff=self.diff.summary())
+
+    def _exists(self, node_id: str) -> bool:
+        return node_id in self.plan.nodes or node_id in self._specs
+
+    def _check_proposer(self) -> None:
+        proposer = self.diff.proposer
+        if proposer is None:
+            return
+        node = self.plan.nodes.get(proposer)
+        if node is None:
+            raise self._fail(f"unknown proposer {proposer!r}")
+        if node.state not in _PROPOSING:
+            raise self._fail(f"{proposer} is {node.state.value}; only a running task proposes")
+
+    def _stage_nodes(self) -> None:
+        proposer = self.diff.proposer
+        for spec in self.diff.nodes:
+            known = self.plan.nodes.get(spec.id)
+            if known is not None:
+                if not known.spec.same_as(spec):
+                    raise self._fail(
+                        f"node {spec.id} was {known.task}{dict(known.inputs)} and is now proposed "
+                        f"as {spec.task}{dict(spec.inputs)}", "nondeterminism")
+                continue
+            if spec.id in self._specs:
+                raise self._fail(f"node {spec.id} is proposed twice in one diff")
+            if proposer is not None and spec.creator != proposer:
+                raise self._fail(f"{proposer} cannot create {spec.id} on behalf of {spec.creator}")
+            if spec.creator is not None and not self._exists(spec.creator):
+                raise self._fail(f"node {spec.id} names unknown creator {spec.creator}")
+            self._specs[spec.id] = spec
+            self.new_node_specs.append(spec)
+
+    def _stage_edges(self) -> None:
+        for edge in self.diff.edges:
+            if edge.key in self.plan.edges or edge.dst in self._out.get(edge.src, ()):
+                continue
+            for end in (edge.src, edge.dst):
+                if not self._exists(end):
+                    raise self._fail(f"edge {edge.src} -> {edge.dst} names unknown node {end}")
+            dst = self.plan.nodes.get(edge.dst)
+            if dst is not None and dst.state not in _NOT_STARTED:
+                raise self._fail(f"edge {edge.src} -> {edge.dst}: {edge.dst} has already started")
+            if edge.src == edge.dst or self._reaches(edge.dst, edge.src):
+                raise self._fail(f"edge {edge.src} -> {edge.dst} would close a cycle")
+            self._out.setdefault(edge.src, []).append(edge.dst)
+            self._in.setdefault(edge.dst, []).append(edge.src)
+            self.new_edge_specs.append(edge)
+
+    def _successors(self, node_id: str) -> Iterator[str]:
+        node = self.plan.nodes.get(node_id)
+        if node is not None:
+            yield from node.succs
+        yield from self._out.get(node_id, ())
+
+    def _reaches(self, start: str, goal: str) -> bool:
+        # Started nodes cannot gain predecessors, so a path that matters runs
+        # only through nodes downstream of `start`: usually a handful.
+        seen = {start}
+        stack = [start]
+        while stack:
+            for succ in self._successors(stack.pop()):
+                if succ == goal:
+                    return True
+                if succ not in seen:
+                    seen.add(succ)
+                    stack.append(succ)
+        return False
+
+    def _stage_promises(self) -> None:
+        proposer = self.diff.proposer
+        for owner, promise in self.diff.promises:
+            if not self._exists(owner):
+                raise self._fail(f"promise {promise} names unknown node {owner}")
+            if proposer is not None and owner != proposer and owner not in self._specs:
+                raise self._fail(f"{proposer} cannot make a promise for {owner}")
+            node = self.plan.nodes.get(owner)
+            if node is not None and any(t.promise == promise for t in node.trackers):
+                continue
+            if any(o == owner and t.promise == promise for o, t in self.new_trackers):
+                continue
+            self.new_trackers.append((owner, promise.tracker(owner)))
+
+    def _check_attrs(self) -> None:
+        for change in self.diff.attrs:
+            if change.node is not None and not self._exists(change.node):
+                raise self._fail(f"attribute change names unknown node {change.node}")
+            if change.edge is not None and change.edge not in self.plan.edges:
+                if change.edge[1] not in self._out.get(change.edge[0], ()):
+                    raise self._fail(f"attribute change names unknown edge {change.edge}")
+
+    # --- promises made in this diff -------------------------------------------
+
+    def adopt(self, owner: str, tracker: Tracker) -> Verdict:
+        """Let a new promise look at what its scope already holds: the owner's
+        existing descendants, and this diff's nodes when the owner proposed it."""
+        return tracker.adopt(_Adoption(self, owner))
+
+
+class _Adoption:
+    """The Staged view a promise made at run time gets of its scope so far."""
+
+    def __init__(self, staging: Staging, owner: str) -> None:
+        self._staging = staging
+        plan = staging.plan
+        members: list[tuple[str, str]] = []
+        node = plan.nodes.get(owner)
+        if node is not None:
+            members = [(n.id, n.task) for n in plan.descendants(node)]
+        if owner == staging.diff.proposer:
+            members += staging.new_nodes
+        ids = {m[0] for m in members} | {owner}
+        self.new_nodes: Sequence[tuple[str, str]] = members
+        self.new_edges: Sequence[tuple[str, str]] = [
+            (p, m) for m, _ in members for p in staging.preds(m) if p in ids
+        ]
+
+    def task_of(self, node_id: str) -> str:
+        return self._staging.task_of(node_id)
+
+    def preds(self, node_id: str) -> Iterable[str]:
+        return self._staging.preds(node_id)
