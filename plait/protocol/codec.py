@@ -32,7 +32,8 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 def pack(data: Any) -> bytes:
     """Plain data to msgpack bytes."""
-    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
 
 
 def unpack(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:

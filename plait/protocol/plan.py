@@ -52,7 +52,7 @@ class Node:
 
     __slots__ = (
         "attempt", "attrs", "children", "creator", "error", "id", "inputs", "key",
-        "output", "preds", "rank", "regions", "region", "scope_parent", "spec", "state", "succs",
+        "output", "preds", "rank", "region", "regions", "scope_parent", "spec", "state", "succs",
         "task", "trackers", "waiting",
     )
 
@@ -305,9 +305,8 @@ class Plan:
             raise ValueError(f"{node_id}: cannot go from {node.state.value} to {state.value}")
         out = Outcome()
         was_live = node.live
-        if state is NodeState.READY and node.state in (NodeState.RUNNING, NodeState.SUSPENDED):
-            if node.state is NodeState.RUNNING:
-                node.attempt += 1  # a retry; resuming a suspended node is the same attempt
+        if state is NodeState.READY and node.state is NodeState.RUNNING:
+            node.attempt += 1  # a retry; resuming a suspended node keeps its attempt
         node.state = state
         node.output = output if state is NodeState.SUCCEEDED else node.output
         node.error = error if state is NodeState.FAILED else node.error

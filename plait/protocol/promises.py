@@ -103,7 +103,7 @@ def promise_from_dict(data: dict[str, Any]) -> Promise:
     cls = Promise._kinds.get(data["kind"])
     if cls is None:
         raise ValueError(f"unknown promise kind {data['kind']!r}")
-    return cls._from_fields({k: v for k, v in data.items() if k != "kind"})  # type: ignore[attr-defined,no-any-return]
+    return cls._from_fields({k: v for k, v in data.items() if k != "kind"})  # type: ignore[attr-defined]
 
 
 def _names(refs: Iterable[TaskRef]) -> tuple[str, ...]:

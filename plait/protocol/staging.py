@@ -190,9 +190,10 @@ class Staging:
         for change in self.diff.attrs:
             if change.node is not None and not self._exists(change.node):
                 raise self._fail(f"attribute change names unknown node {change.node}")
-            if change.edge is not None and change.edge not in self.plan.edges:
-                if change.edge[1] not in self._out.get(change.edge[0], ()):
-                    raise self._fail(f"attribute change names unknown edge {change.edge}")
+            edge = change.edge
+            if (edge is not None and edge not in self.plan.edges
+                    and edge[1] not in self._out.get(edge[0], ())):
+                raise self._fail(f"attribute change names unknown edge {change.edge}")
 
     # --- promises made in this diff -------------------------------------------
 
