@@ -334,18 +334,19 @@ class _MaxNodesTracker(Tracker):
     adopt = _count
 
     def bound(self) -> Bound:
-        left = self.promise.n - self.created
-        if self.promise.task is None:
-            return Bound(count=left)
-        return Bound(count=left, tasks=frozenset([self.promise.task])) if left == 0 else UNBOUNDED
+        # A per-task budget says nothing about other tasks, so only the plain form
+        # bounds a wildcard; saying less is allowed, saying wrong is not.
+        if self.promise.task is not None:
+            return UNBOUNDED
+        return Bound(count=self.promise.n - self.created)
 
 
 @dataclass(frozen=True, slots=True, init=False)
 class MaxNodes(Promise):
     """At most ``n`` nodes (of ``task``, if given) are ever created in scope.
 
-    With a task, a wildcard is bounded only once that task's budget is spent
-    (other tasks stay unbounded), so the view shows the tighter form then.
+    Nodes created before the promise was made count too. Only the form without a
+    task bounds the ``?`` wildcard's count in the view.
     """
 
     n: int

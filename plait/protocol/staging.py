@@ -177,9 +177,13 @@ class Staging:
         for owner, promise in self.diff.promises:
             if not self._exists(owner):
                 raise self._fail(f"promise {promise} names unknown node {owner}")
-            if proposer is not None and owner != proposer and owner not in self._specs:
-                raise self._fail(f"{proposer} cannot make a promise for {owner}")
             node = self.plan.nodes.get(owner)
+            # A task promises for itself and for what it creates (a replay re-proposes
+            # promises about children that already exist).
+            mine = owner == proposer or owner in self._specs or (
+                node is not None and node.creator is not None and node.creator.id == proposer)
+            if proposer is not None and not mine:
+                raise self._fail(f"{proposer} cannot make a promise for {owner}")
             if node is not None and any(t.promise == promise for t in node.trackers):
                 continue
             if any(o == owner and t.promise == promise for o, t in self.new_trackers):
