@@ -1,0 +1,161 @@
+"""The Dispatcher: ready queues per task, supervisor credits, MaxParallel.
+
+Keepers tell it which nodes are ready; supervisors grant credit (one per free
+worker slot). Whenever both meet, it spends a credit and tells the node's
+keeper to start it there, round robin over the supervisors serving the task.
+The keeper checks that the node is still ready at that attempt; if not (the
+workflow was cancelled, the entry is a leftover), it refunds the credit: queue
+entries are deleted lazily, so nothing here ever scans a workflow.
+
+``MaxParallel`` limits (``plan.limits(node)``: key and size) are counted here:
+an entry whose limit is full waits in that limit's line until a node bound by
+it stops running.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from plait.actors.mail import Join, Leave, Ready, Refund, Resumed, Start, Stopped, Supply
+from plait.actors.registry import Counters, Registry
+
+__all__ = ["Dispatcher"]
+
+Limits = tuple[tuple[str, int], ...]
+
+
+@dataclass
+class Supervisor:
+    identity: bytes
+    tasks: frozenset[str]
+    credit: int
+
+
+class Dispatcher(pykka.ThreadingActor):
+    """Matches ready nodes with supervisor credit; see the module docstring."""
+
+    def __init__(self, registry: Registry, counters: Counters) -> None:
+        super().__init__()
+        self.registry = registry
+        self.counters = counters
+        self.queues: dict[str, deque[Ready]] = {}
+        self.supervisors: dict[str, Supervisor] = {}
+        self.serving: dict[str, list[str]] = {}  # task -> supervisor ids, in join order
+        self.turn: Counter[str] = Counter()  # task -> next supervisor to try
+        self.held: dict[str, deque[Ready]] = {}  # limit key -> entries waiting for a slot
+        self.running: Counter[str] = Counter()  # limit key -> nodes running under it
+        self.active: dict[tuple[str, str], Limits] = {}  # (workflow, node) -> its limits
+        self.assigned = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Ready):
+            self.queues.setdefault(message.task, deque()).append(message)
+            self._pump(message.task)
+        elif isinstance(message, Supply | Refund):
+            self._supply(message)
+        elif isinstance(message, Stopped):
+            self._release(message.workflow_id, message.node)
+        elif isinstance(message, Resumed):
+            self._hold(message.workflow_id, message.node, message.limits)
+        elif isinstance(message, Join):
+            self._join(message)
+        elif isinstance(message, Leave):
+            self._leave(message.supervisor)
+        else:
+            return super().on_receive(message)
+        return None
+
+    # --- supervisors ----------------------------------------------------------------
+
+    def _join(self, msg: Join) -> None:
+        self._leave(msg.supervisor)
+        self.supervisors[msg.supervisor] = Supervisor(msg.identity, msg.tasks, msg.slots)
+        for task in msg.tasks:
+            self.serving.setdefault(task, []).append(msg.supervisor)
+        self._pump_for(msg.supervisor)
+
+    def _leave(self, supervisor: str) -> None:
+        sup = self.supervisors.pop(supervisor, None)
+        if sup is None:
+            return
+        for task in sup.tasks:
+            self.serving[task].remove(supervisor)
+
+    def _supply(self, msg: Supply | Refund) -> None:
+        if isinstance(msg, Refund):
+            self._release(msg.workflow_id, msg.node)
+        sup = self.supervisors.get(msg.supervisor)
+        if sup is None:
+            return
+        sup.credit += msg.n if isinstance(msg, Supply) else 1
+        self._pump_for(msg.supervisor)
+
+    def _pump_for(self, supervisor: str) -> None:
+        tasks = sorted(self.supervisors[supervisor].tasks)
+        if not tasks:
+            return
+        start = self.assigned % len(tasks)  # rotate, so no task starves the others
+        for task in tasks[start:] + tasks[:start]:
+            self._pump(task)
+
+    # --- matching -------------------------------------------------------------------
+
+    def _pump(self, task: str) -> None:
+        queue = self.queues.get(task)
+        while queue:
+            supervisor = self._pick(task)
+            if supervisor is None:
+                return
+            entry = queue.popleft()
+            full = next((key for key, n in entry.limits if self.running[key] >= n), None)
+            if full is not None:
+                self.held.setdefault(full, deque()).append(entry)
+                continue
+            self._dispatch(entry, supervisor)
+
+    def _pick(self, task: str) -> str | None:
+        """The next supervisor serving ``task`` that has credit (round robin)."""
+        sids = self.serving.get(task) or []
+        start = self.turn[task]
+        for i in range(len(sids)):
+            sid = sids[(start + i) % len(sids)]
+            if self.supervisors[sid].credit > 0:
+                self.turn[task] = (start + i + 1) % len(sids)
+                return sid
+        return None
+
+    def _dispatch(self, entry: Ready, supervisor: str) -> None:
+        sup = self.supervisors[supervisor]
+        start = Start(entry.node, entry.attempt, supervisor, sup.identity)
+        if not self.registry.tell(entry.workflow_id, start):
+            self.counters.add("dispatch.gone")  # the workflow ended: a stale entry
+            return
+        sup.credit -= 1
+        self.assigned += 1
+        self._hold(entry.workflow_id, entry.node, entry.limits)
+
+    # --- MaxParallel ----------------------------------------------------------------
+
+    def _hold(self, workflow_id: str, node: str, limits: Limits) -> None:
+        if limits and (workflow_id, node) not in self.active:
+            self.active[(workflow_id, node)] = limits
+            for key, _ in limits:
+                self.running[key] += 1
+
+    def _release(self, workflow_id: str, node: str) -> None:
+        limits = self.active.pop((workflow_id, node), ())
+        for key, _ in limits:
+            self.running[key] -= 1
+            if self.running[key] <= 0:
+                del self.running[key]
+            line = self.held.get(key)
+            if line:
+                entry = line.popleft()  # one slot freed: one entry gets another look
+                if not line:
+                    del self.held[key]
+                self.queues.setdefault(entry.task, deque()).appendleft(entry)
+                self._pump(entry.task)

@@ -1,0 +1,247 @@
+"""Flow: the process that owns all durable state (``plait flow``).
+
+Inside, each box is an actor with its own thread (DESIGN.md section 1):
+
+- Gateway: the ROUTER socket, for clients and supervisors;
+- PlanKeeper: one per live workflow, the only one changing its plan;
+- Dispatcher: ready queues per task, supervisor credits, MaxParallel;
+- Store: the only writer (SQLite, WAL, group commit), and a Reader;
+- Publisher: the PUB mutation feed;
+- Membership: supervisor liveness; Timers: backoff and ticks.
+
+:func:`run_flow` starts them (rebuilding every unfinished workflow from the
+Store first), serves until SIGTERM/SIGINT or ``stop``, and stops them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import zmq
+
+from plait.actors.dispatcher import Dispatcher
+from plait.actors.gateway import Gateway
+from plait.actors.history import WorkflowState
+from plait.actors.mail import Tick
+from plait.actors.membership import Membership
+from plait.actors.plan_keeper import KeeperContext, PlanKeeper
+from plait.actors.publisher import Publisher
+from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
+from plait.actors.store import Reader, Store, load
+from plait.actors.timers import Timers
+from plait.protocol.codec import DEFAULT_MAX_SIZE
+from plait.protocol.messages import Welcome
+
+__all__ = ["Flow", "FlowSettings", "run_flow"]
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class FlowSettings:
+    """Flow's configuration. ``port`` 0 binds any free port (see ``Flow.endpoint``);
+    ``feed_port`` defaults to ``port + 1`` (any free port when ``port`` is 0).
+    ``retry_scale`` multiplies every retry delay (tests make it tiny)."""
+
+    db: str = ".plait/flow.db"
+    host: str = "127.0.0.1"
+    port: int = 7100
+    feed_port: int | None = None
+    max_message_size: int = DEFAULT_MAX_SIZE
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 3.0
+    retry_scale: float = 1.0
+
+    def endpoint(self, port: int) -> str:
+        return f"tcp://{self.host}:{port if port else '*'}"
+
+    def feed(self) -> int:
+        if self.feed_port is not None:
+            return self.feed_port
+        return self.port + 1 if self.port else 0
+
+
+class Flow:
+    """Flow's actors, started and stopped together. ``run_flow`` is the usual door;
+    tests that need the counters or the bound endpoints use this directly."""
+
+    def __init__(self, settings: FlowSettings,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.failure: BaseException | None = None
+        self._on_fatal = on_fatal
+        self.endpoint = ""
+        self.feed_endpoint = ""
+        self._actors: list[pykka.ActorRef[Any]] = []
+        self.registry = Registry()
+
+    def start(self) -> Flow:
+        s = self.settings
+        os.makedirs(os.path.dirname(os.path.abspath(s.db)), exist_ok=True)
+        known, streams = load(s.db)
+        self.zctx: zmq.Context[Any] = zmq.Context()
+        outbox = f"inproc://plait-flow-{id(self):x}"
+        self.registry = Registry(known)
+        self.sessions, self.catalog, self.timers = Sessions(), Catalog(), Timers()
+        try:
+            self._start_actors(outbox)
+            self._restore(streams)
+            self.endpoint = self.gateway.start()
+        except BaseException:
+            self.stop()
+            raise
+        self.timers.start()
+        membership = self.membership
+        self.timers.every(s.heartbeat_interval, lambda: _tell(membership, Tick()))
+        log.info("flow serving on %s, feed on %s, %d workflows restored",
+                 self.endpoint, self.feed_endpoint, len(streams))
+        return self
+
+    def _start_actors(self, outbox: str) -> None:
+        s, z = self.settings, self.zctx
+        publisher = self._add(Publisher.start(z, s.endpoint(s.feed())))
+        self.feed_endpoint = publisher.proxy().bound().get(timeout=STOP_TIMEOUT)
+        self.store = self._add(Store.start(s.db, z, outbox, publisher, self._fatal))
+        reader = self._add(Reader.start(s.db, z, outbox))
+        self.dispatcher = self._add(Dispatcher.start(self.registry, self.counters))
+        self.membership = self._add(Membership.start(
+            z, outbox, sessions=self.sessions, registry=self.registry,
+            dispatcher=self.dispatcher, counters=self.counters,
+            heartbeat_timeout=s.heartbeat_timeout))
+        self.keeper_ctx = KeeperContext(
+            store=self.store, dispatcher=self.dispatcher, registry=self.registry,
+            catalog=self.catalog, counters=self.counters, timers=self.timers,
+            retry_scale=s.retry_scale, orphan_timeout=s.heartbeat_timeout)
+        self.gateway = Gateway(
+            z, s.endpoint(s.port), outbox, registry=self.registry, sessions=self.sessions,
+            catalog=self.catalog, counters=self.counters, reader=reader,
+            dispatcher=self.dispatcher, membership=self.membership,
+            spawn_keeper=self._spawn_keeper, max_message_size=s.max_message_size,
+            welcome=Welcome(heartbeat_interval=s.heartbeat_interval,
+                            heartbeat_timeout=s.heartbeat_timeout))
+
+    def _add(self, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+        self._actors.append(ref)
+        return ref
+
+    def _spawn_keeper(self, workflow_id: str) -> pykka.ActorRef[Any]:
+        return PlanKeeper.start(workflow_id, self.keeper_ctx)
+
+    def _restore(self, streams: list[tuple[str, list[tuple[int, float, dict[str, Any]]]]]
+                 ) -> None:
+        """Rebuild every unfinished workflow by folding its events."""
+        for workflow_id, events in streams:
+            try:
+                state = WorkflowState.rebuild(workflow_id, events)
+            except (ValueError, KeyError, TypeError):
+                log.exception("flow: workflow %s cannot be rebuilt; left as is", workflow_id)
+                continue
+            self.registry.add(workflow_id,
+                              PlanKeeper.start(workflow_id, self.keeper_ctx, state))
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.failure = exc
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    def stop(self) -> None:
+        """Stop everything, inputs first, the Store after everything that writes."""
+        if hasattr(self, "gateway"):
+            self.gateway.stop()
+        self.timers.stop()
+        for keeper in self.registry.keepers():
+            _stop(keeper)
+        for ref in reversed(self._actors):  # membership, dispatcher, reader, store, publisher
+            _stop(ref)
+        self._actors.clear()
+        self.zctx.term()
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    safe_tell(ref, message)
+
+
+def _stop(ref: pykka.ActorRef[Any]) -> None:
+    try:
+        ref.stop(block=True, timeout=STOP_TIMEOUT)
+    except pykka.Timeout:
+        log.error("flow: %s did not stop in time", ref)
+
+
+def run_flow(settings: FlowSettings, ready: threading.Event | None = None,
+             stop: threading.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (main thread only) or ``stop`` is set. Blocks."""
+    stop = stop or threading.Event()
+    failed: list[BaseException] = []
+
+    def fatal(exc: BaseException) -> None:
+        failed.append(exc)
+        stop.set()
+
+    with _signals(stop):
+        flow = Flow(settings, on_fatal=fatal).start()
+        try:
+            if ready is not None:
+                ready.set()
+            stop.wait()
+        finally:
+            flow.stop()
+    if failed:
+        raise RuntimeError("flow stopped: the store could not commit") from failed[0]
+
+
+@contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda signum, frame: stop.set()  # noqa: E731 - the smallest handler there is
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m plait.actors.flow``: Flow without the CLI (tests use it)."""
+    p = argparse.ArgumentParser(prog="python -m plait.actors.flow")
+    p.add_argument("--db", default=FlowSettings.db)
+    p.add_argument("--host", default=FlowSettings.host)
+    p.add_argument("--port", type=int, default=FlowSettings.port)
+    p.add_argument("--feed-port", type=int, default=None)
+    p.add_argument("--max-message-size", type=int, default=FlowSettings.max_message_size)
+    p.add_argument("--heartbeat-interval", type=float, default=FlowSettings.heartbeat_interval)
+    p.add_argument("--heartbeat-timeout", type=float, default=FlowSettings.heartbeat_timeout)
+    p.add_argument("--retry-scale", type=float, default=FlowSettings.retry_scale)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = FlowSettings(**vars(args))
+    stop = threading.Event()
+    with _signals(stop):
+        flow = Flow(settings, on_fatal=lambda exc: stop.set()).start()
+        try:
+            # One line for whoever started us (tests): where we listen, ports resolved.
+            print(f"flow ready {flow.endpoint} {flow.feed_endpoint}", flush=True)
+            stop.wait()
+        finally:
+            flow.stop()
+    return 1 if flow.failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

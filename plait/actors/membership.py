@@ -1,0 +1,75 @@
+"""Membership: which supervisors are alive, and what happens when one is not.
+
+The Gateway records every supervisor's Hello and every frame it sends in the
+shared :class:`~plait.actors.registry.Sessions`; Membership, on each tick,
+heartbeats every supervisor and declares dead one silent for
+``heartbeat_timeout``: the Dispatcher forgets its credit and every keeper fails
+its attempts there (``SupervisorLost``, retryable). On a Hello, the keepers
+learn which attempts the supervisor still runs; any other attempt Flow had
+given it was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+import zmq
+
+from plait.actors.gateway import Outbox
+from plait.actors.mail import Leave, Lost, Request, Tick, Welcomed
+from plait.actors.registry import Counters, Registry, Sessions
+from plait.protocol.messages import Heartbeat, Hello
+
+__all__ = ["Membership"]
+
+log = logging.getLogger(__name__)
+
+
+class Membership(pykka.ThreadingActor):
+    def __init__(self, zctx: zmq.Context[Any], outbox_address: str, *, sessions: Sessions,
+                 registry: Registry, dispatcher: pykka.ActorRef[Any], counters: Counters,
+                 heartbeat_timeout: float) -> None:
+        super().__init__()
+        self._zctx = zctx
+        self._outbox_address = outbox_address
+        self.sessions = sessions
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.counters = counters
+        self.timeout = heartbeat_timeout
+
+    def on_start(self) -> None:
+        self.outbox = Outbox(self._zctx, self._outbox_address)
+
+    def on_stop(self) -> None:
+        self.outbox.close()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Tick):
+            self._tick()
+        elif isinstance(message, Request) and isinstance(message.message, Hello):
+            self._hello(message.identity, message.message)
+        else:
+            return super().on_receive(message)
+        return None
+
+    def _hello(self, identity: bytes, msg: Hello) -> None:
+        log.info("supervisor %s joined with %d slots, %d attempts running",
+                 msg.supervisor_id, msg.slots, len(msg.running))
+        claims = frozenset((a.workflow_id, a.node, a.attempt) for a in msg.running)
+        self.registry.broadcast(Welcomed(msg.supervisor_id, identity, claims))
+
+    def _tick(self) -> None:
+        dead, live = self.sessions.expire(self.timeout)
+        for identity in live:
+            self.outbox.send(identity, Heartbeat())
+        for supervisor in dead:
+            self._dead(supervisor)
+
+    def _dead(self, supervisor: str) -> None:
+        log.warning("supervisor %s is silent for %.1fs: declared dead", supervisor, self.timeout)
+        self.counters.add("supervisors.lost")
+        self.dispatcher.tell(Leave(supervisor))
+        self.registry.broadcast(Lost(supervisor))

@@ -1,0 +1,59 @@
+"""The Publisher: the mutation feed, a PUB socket of committed events.
+
+Each message is ``[topic = workflow id, FeedEvent frame]`` with the Store's
+sequence number. A late subscriber subscribes first, then asks for a snapshot
+(``GetHistory`` or ``GetGraph``, whose reply carries the seq) and applies only
+feed events after it: the ZeroMQ guide's "Clone" pattern. The Store tells the
+Publisher only after a commit, so the feed never shows what could be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+import zmq
+
+from plait.actors.mail import Publish
+from plait.protocol.codec import encode
+from plait.protocol.messages import FeedEvent
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(pykka.ThreadingActor):
+    """Owns the PUB socket; binds it in its own thread."""
+
+    def __init__(self, zctx: zmq.Context[Any], endpoint: str) -> None:
+        super().__init__()
+        self._zctx = zctx
+        self._endpoint = endpoint
+        self.endpoint = ""
+        self.sent = 0
+
+    def on_start(self) -> None:
+        self.sock = self._zctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self._endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def on_stop(self) -> None:
+        self.sock.close()
+
+    def bound(self) -> str:
+        """The endpoint the feed is bound to (asked once, at start, by Flow)."""
+        return self.endpoint
+
+    def on_receive(self, message: Any) -> Any:
+        if not isinstance(message, Publish):
+            return super().on_receive(message)
+        for e in message.events:
+            frame = encode(FeedEvent(workflow_id=e.workflow_id, seq=e.seq,
+                                     event={**e.event, "seq": e.seq, "ts": e.ts}))
+            self.sock.send_multipart([e.workflow_id.encode(), frame])
+            self.sent += 1
+        return None

@@ -1,0 +1,439 @@
+"""Flow over its real sockets, driven by a fake client and fake supervisors.
+
+Each test starts a Flow (in this process, on free loopback ports, with its own
+SQLite file) and speaks the wire protocol to it through DEALER sockets: the
+client submits and asks, the supervisor says Hello, receives Assign and
+answers with Propose, Wait and Finish as a worker would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+from flowkit import FakeSupervisor, Peer, diff, free_port, spec, wait_for
+
+from plait.actors.flow import Flow, FlowSettings, run_flow
+from plait.actors.history import WorkflowState
+from plait.protocol.codec import decode
+from plait.protocol.diff import EdgeSpec
+from plait.protocol.messages import (
+    Ack,
+    Assign,
+    AwaitResult,
+    CancelTask,
+    CancelWorkflow,
+    Error,
+    FeedEvent,
+    GetGraph,
+    GetHistory,
+    GetStatus,
+    Resolved,
+    Submit,
+    TaskInfo,
+    WorkflowResult,
+)
+from plait.protocol.promises import MaxParallel, NoNewNodes
+
+SupervisorFactory = Callable[..., FakeSupervisor]
+
+
+def settings(tmp_path: Any, **kw: Any) -> FlowSettings:
+    base: dict[str, Any] = {"db": str(tmp_path / "flow.db"), "port": 0,
+                            "heartbeat_interval": 0.2, "heartbeat_timeout": 30.0,
+                            "retry_scale": 0.001}
+    return FlowSettings(**{**base, **kw})
+
+
+@pytest.fixture
+def flow(tmp_path: Any) -> Iterator[Flow]:
+    f = Flow(settings(tmp_path)).start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def client(flow: Flow) -> Iterator[Peer]:
+    peer = Peer(flow.endpoint)
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def supervisor(flow: Flow) -> Iterator[SupervisorFactory]:
+    started: list[FakeSupervisor] = []
+
+    def make(*tasks: str | TaskInfo, **kw: Any) -> FakeSupervisor:
+        sup = FakeSupervisor(flow.endpoint, tasks, **kw)
+        started.append(sup)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.close()
+
+
+def submit(client: Peer, d: dict[str, Any], root: str = "a", **kw: Any) -> str:
+    reply = client.request(Submit(name="wf", root=root, diff=d, **kw))
+    assert reply.type == "submitted", reply
+    return str(reply.workflow_id)
+
+
+def history(client: Peer, wf: str) -> list[dict[str, Any]]:
+    return list(client.request(GetHistory(workflow_id=wf)).events)
+
+
+def result(client: Peer, wf: str, timeout: float = 10.0) -> WorkflowResult:
+    reply = client.request(AwaitResult(workflow_id=wf), timeout=timeout)
+    assert isinstance(reply, WorkflowResult), reply
+    return reply
+
+
+def states(events: list[dict[str, Any]], node: str) -> list[tuple[str, int]]:
+    return [(e["state"], e["attempt"]) for e in events
+            if e["type"] == "state" and e["node"] == node]
+
+
+# --- the happy paths ------------------------------------------------------------------
+
+
+def test_run_flow_in_a_thread_serves_and_stops(tmp_path: Any) -> None:
+    port = free_port()
+    ready, stop = threading.Event(), threading.Event()
+    s = settings(tmp_path, port=port, feed_port=0)
+    thread = threading.Thread(target=run_flow, args=(s,), kwargs={"ready": ready, "stop": stop})
+    thread.start()
+    try:
+        assert ready.wait(10)
+        endpoint = f"tcp://127.0.0.1:{port}"
+        client, sup = Peer(endpoint), FakeSupervisor(endpoint, ["a"])
+        wf = submit(client, diff(spec("a", "a", 20)))
+        a = sup.assign()
+        assert a.inputs == {"args": [20], "kwargs": {}}
+        sup.finish(a, 21)
+        assert result(client, wf).output == 21
+        client.close()
+        sup.close()
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive()
+
+
+def test_static_graph_runs_in_order_with_data_resolved(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("a", "b")
+    d = diff(spec("a", "a", 1), spec("b", "b", {"x": [{"$ref": "a"}]}),
+             edges=[EdgeSpec("a", "b", data=True)])
+    wf = submit(client, d, root="b", workflow_id="static-1")
+    assert wf == "static-1"
+    waiting = client.send(AwaitResult(workflow_id=wf))  # long poll: answered at the end
+    a = sup.assign()
+    assert (a.node, a.attempt, a.idempotency_key) == ("a", 1, "static-1/a")
+    sup.none(Assign, within=0.2)  # b waits for a
+    sup.finish(a, {"n": 41})
+    b = sup.assign()
+    assert b.inputs == {"args": [{"x": [{"n": 41}]}], "kwargs": {}}
+    client.none(lambda m: m.id == waiting.id, within=0.05)
+    sup.finish(b, 42)
+    done = client.next(lambda m: m.id == waiting.id)
+    assert (done.status, done.output) == ("succeeded", 42)
+
+
+def test_spawn_wait_resolved_and_finish(client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent", "parent")), root="parent")
+    p = sup.assign(node="parent")
+    kids = diff(spec("parent.1", "child", 1, creator="parent"),
+                spec("parent.2", "child", 2, creator="parent"), proposer="parent")
+    assert sup.propose(p, kids).ok
+    assert sup.propose(p, kids).ok  # re-sent after a reconnect: a no-op
+    wait = sup.wait(p, ["parent.1", "parent.2", "parent.1"])
+    c1, c2 = sup.assign(node="parent.1"), sup.assign(node="parent.2")
+    graph = client.request(GetGraph(workflow_id=wf, unfold=True)).graph
+    assert {n["id"]: n["state"] for n in graph["nodes"] if not n["provisional"]} == {
+        "parent": "suspended", "parent.1": "running", "parent.2": "running"}
+    sup.finish(c1, 10)
+    sup.none(Resolved, within=0.05)
+    sup.finish(c2, ok=False, error={"type": "KeyError", "message": "x", "retryable": False})
+    resolved = sup.next(lambda m: m.id == wait.id)
+    assert isinstance(resolved, Resolved)
+    assert resolved.results["parent.1"].output == 10
+    assert resolved.results["parent.2"].state == "failed"
+    assert resolved.results["parent.2"].error["type"] == "KeyError"
+    sup.finish(p, "handled")
+    done = result(client, wf)
+    assert done.status == "failed"  # a node failed, even though its parent coped
+    assert done.error is not None and done.error["node"] == "parent.2"
+    assert states(history(client, wf), "parent") == [
+        ("running", 1), ("suspended", 1), ("running", 1), ("succeeded", 1)]
+
+
+# --- retries and exactly-once -------------------------------------------------------------
+
+
+def test_retry_after_failure_counts_the_result_once(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    sup.finish(first, ok=False, error={"type": "IOError", "message": "flaky",
+                                        "retryable": True})
+    second = sup.assign()
+    assert (second.node, second.attempt) == ("a", 2)
+    assert second.idempotency_key == first.idempotency_key
+    dropped = flow.counters.get("dropped.finish")
+    assert isinstance(sup.finish(first, "late"), Ack)  # the lost attempt's result: dropped
+    sup.finish(second, "ok")
+    assert isinstance(sup.finish(second, "again"), Ack)  # a duplicate: dropped
+    assert flow.counters.get("dropped.finish") == dropped + 2
+    assert result(client, wf).output == "ok"
+    assert states(history(client, wf), "a") == [
+        ("running", 1), ("ready", 2), ("running", 2), ("succeeded", 2)]
+
+
+def test_retry_policy_from_hello(client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 2, "initial": 0.0,
+                                               "non_retryable": ["ValueError"]}),
+                     TaskInfo(name="b"))
+    wf = submit(client, diff(spec("a"), spec("b")))
+    boom = {"type": "RuntimeError", "message": "boom", "retryable": True}
+    sup.finish(sup.assign(node="a"), ok=False, error=boom)
+    sup.finish(sup.assign(node="a"), ok=False, error=boom)  # attempt 2 of 2
+    sup.finish(sup.assign(node="b"), ok=False,
+               error={"type": "ValueError", "message": "bad", "retryable": False})
+    done = result(client, wf)
+    assert done.status == "failed"
+    assert done.error is not None and (done.error["node"], done.error["attempts"]) == ("a", 2)
+    events = history(client, wf)
+    assert states(events, "a")[-1] == ("failed", 2)
+    assert states(events, "b") == [("running", 1), ("failed", 1)]
+
+
+def test_failure_cancels_what_can_no_longer_run(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("a", "b", "c")
+    wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "b"), ("b", "c")]))
+    sup.finish(sup.assign(), ok=False, error={"type": "E", "message": "", "retryable": False})
+    done = result(client, wf)
+    assert done.status == "failed"
+    events = history(client, wf)
+    assert states(events, "b") == [("cancelled", 1)]
+    assert states(events, "c") == [("cancelled", 1)]
+
+
+# --- promises, cancellation --------------------------------------------------------------
+
+
+def test_violation_terminates_the_workflow(client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("r", "s", "child")
+    wf = submit(client, diff(spec("r"), spec("s"), promises=[("r", NoNewNodes())]), root="r")
+    r, s = sup.assign(node="r"), sup.assign(node="s")
+    proposed = sup.propose(r, diff(spec("r.1", "child", creator="r"), proposer="r"))
+    assert not proposed.ok
+    assert proposed.rejection is not None and proposed.rejection["kind"] == "violation"
+    cancels = {sup.next(CancelTask).node, sup.next(CancelTask).node}
+    assert cancels == {"r", "s"}
+    done = result(client, wf)
+    assert done.status == "violated"
+    assert done.error is not None and done.error["type"] == "PromiseViolation"
+    assert done.error["owner"] == "r"
+    graph = client.request(GetGraph(workflow_id=wf)).graph
+    assert graph["violations"] and graph["violations"][0]["promise"] == "NoNewNodes()"
+    assert isinstance(sup.finish(s, "late"), Ack)
+    sup.none(Assign, within=0.1)
+
+
+def test_plan_error_is_refused_without_ending_the_workflow(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    bad = sup.propose(a, diff(spec("a.1", "a", creator="a"), edges=[("a.1", "ghost")],
+                              proposer="a"))
+    assert not bad.ok and bad.rejection is not None and bad.rejection["kind"] == "plan"
+    sup.finish(a, 1)
+    assert result(client, wf).status == "succeeded"
+    assert [e["type"] for e in history(client, wf)].count("rejected") == 1
+
+
+def test_cancel_stops_running_attempts(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("a", "b")
+    wf = submit(client, diff(spec("a"), spec("b"), edges=[("a", "b")]))
+    a = sup.assign()
+    assert isinstance(client.request(CancelWorkflow(workflow_id=wf)), Ack)
+    cancel = sup.next(CancelTask)
+    assert (cancel.node, cancel.attempt) == ("a", 1)
+    assert result(client, wf).status == "cancelled"
+    sup.finish(a, 1)
+    sup.none(Assign, within=0.1)
+    assert isinstance(client.request(CancelWorkflow(workflow_id=wf)), Ack)  # idempotent
+    status = client.request(GetStatus(workflow_id=wf))
+    assert status.runs[0].status == "cancelled"
+
+
+def test_max_parallel_limits_running_children(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("root", "kid", slots=8)
+    wf = submit(client, diff(spec("root"), promises=[("root", MaxParallel(2))]), root="root")
+    root = sup.assign(node="root")
+    kids = [spec(f"root.{i}", "kid", i, creator="root") for i in range(5)]
+    assert sup.propose(root, diff(*kids, proposer="root")).ok
+    running = [sup.assign(), sup.assign()]
+    sup.none(Assign, within=0.2)
+    for _ in range(3):
+        sup.finish(running.pop(0), 0)
+        running.append(sup.assign())
+        sup.none(Assign, within=0.05)
+    for a in running:
+        sup.finish(a, 0)
+    sup.finish(root, "done")
+    assert result(client, wf).output == "done"
+
+
+# --- errors, queries ------------------------------------------------------------------------
+
+
+def test_submit_errors(client: Peer) -> None:
+    bad = client.request(Submit(name="x", root="a", diff=diff(spec("a"), edges=[("a", "z")])))
+    assert isinstance(bad, Error) and bad.code == "rejected"
+    assert bad.detail["kind"] == "plan" and "z" in bad.detail["reason"]
+    malformed = client.request(Submit(name="x", root="a", diff={"nodes": [{"task": "t"}]}))
+    assert isinstance(malformed, Error) and malformed.code == "invalid"
+    submit(client, diff(spec("a")), workflow_id="taken")
+    taken = client.request(Submit(name="x", root="a", workflow_id="taken", diff=diff(spec("a"))))
+    assert isinstance(taken, Error) and taken.code == "invalid"
+    for ask in (GetHistory(workflow_id="nope"), GetGraph(workflow_id="nope"),
+                AwaitResult(workflow_id="nope"), CancelWorkflow(workflow_id="nope"),
+                GetStatus(workflow_id="nope")):
+        reply = client.request(ask)
+        assert isinstance(reply, Error) and reply.code == "not_found", (ask, reply)
+
+
+def test_graph_history_and_status(client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("a", "b")
+    wf = submit(client, diff(spec("a"), spec("b"), edges=[("a", "b")]), workflow_id="q-1")
+    sup.finish(sup.assign(), 1)
+    live = client.request(GetGraph(workflow_id=wf))
+    stored = client.request(GetGraph(workflow_id=wf, at=live.seq))
+    assert live.seq == stored.seq >= 4  # b may have started already
+    assert live.graph == stored.graph
+    at2 = client.request(GetGraph(workflow_id=wf, at=2)).graph
+    assert {n["id"]: n["state"] for n in at2["nodes"] if not n["provisional"]} == {
+        "a": "ready", "b": "pending"}
+    sup.finish(sup.assign(), 2)
+    assert result(client, wf).output == 1  # root "a"
+    events = history(client, wf)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0] == {**events[0], "type": "submitted", "name": "wf", "root": "a"}
+    assert events[-1]["type"] == "workflow" and all("ts" in e for e in events)
+    runs = client.request(GetStatus()).runs
+    assert [(r.workflow_id, r.status, r.nodes) for r in runs] == [("q-1", "succeeded", 2)]
+    final = client.request(GetGraph(workflow_id=wf, unfold=True))
+    assert final.seq == len(events)
+    assert final.graph == WorkflowState.rebuild(
+        wf, [(e["seq"], e["ts"], e) for e in events]).view_json(unfold=True)
+
+
+# --- the feed -------------------------------------------------------------------------------
+
+
+class FeedMirror:
+    """A late subscriber: subscribe, snapshot (history), then apply newer feed events."""
+
+    def __init__(self, feed: str, client: Peer, wf: str) -> None:
+        self.client, self.wf = client, wf
+        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.sub.setsockopt(zmq.SUBSCRIBE, wf.encode())
+        self.sub.connect(feed)
+        assert monitor.poll(5000), "feed connection"  # subscribed before the snapshot
+        self.sub.disable_monitor()
+        monitor.close(linger=0)
+        self.events: dict[int, dict[str, Any]] = {}
+        self.snapshots = 0
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        self.snapshots += 1
+        for e in history(self.client, self.wf):
+            self.events[e["seq"]] = e
+
+    def pump(self) -> int:
+        while self.sub.poll(10):
+            topic, frame = self.sub.recv_multipart()
+            msg = decode(frame)
+            assert isinstance(msg, FeedEvent) and topic.decode() == msg.workflow_id == self.wf
+            self.events.setdefault(msg.seq, msg.event)
+        if self.events and len(self.events) != max(self.events):
+            self.snapshot()  # a gap: the Clone pattern's answer is a fresh snapshot
+        return max(self.events, default=0)
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+
+
+def test_feed_late_joiner_converges(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("step")
+    chain = [spec(f"s{i}", "step", i) for i in range(6)]
+    wf = submit(client, diff(*chain, edges=[(f"s{i}", f"s{i + 1}") for i in range(5)]),
+                root="s5")
+    for _ in range(3):
+        sup.finish(sup.assign(), 0)
+    mirror = FeedMirror(flow.feed_endpoint, client, wf)
+    try:
+        for _ in range(3):
+            sup.finish(sup.assign(), 0)
+        assert result(client, wf).status == "succeeded"
+        final = client.request(GetGraph(workflow_id=wf, unfold=True))
+        wait_for(lambda: mirror.pump() == final.seq, what="the mirror to reach the end")
+        ordered = [(seq, e["ts"], e) for seq, e in sorted(mirror.events.items())]
+        assert WorkflowState.rebuild(wf, ordered).view_json(unfold=True) == final.graph
+        assert mirror.snapshots == 1  # the feed alone carried everything after the snapshot
+    finally:
+        mirror.close()
+
+
+# --- supervisors -----------------------------------------------------------------------------
+
+
+def test_silent_supervisor_is_declared_dead_and_its_attempts_retried(tmp_path: Any) -> None:
+    flow = Flow(settings(tmp_path, heartbeat_interval=0.05, heartbeat_timeout=0.5)).start()
+    client = Peer(flow.endpoint)
+    silent = FakeSupervisor(flow.endpoint, ["a"], supervisor_id="silent", heartbeats=False)
+    try:
+        wf = submit(client, diff(spec("a")))
+        lost = silent.assign()
+        healthy = FakeSupervisor(flow.endpoint, ["a"], supervisor_id="healthy")
+        try:
+            again = healthy.assign(timeout=10)
+            assert (again.node, again.attempt) == ("a", 2)
+            assert flow.counters.get("supervisors.lost") == 1
+            silent.finish(lost, "zombie")  # unknown now: acknowledged, not counted
+            healthy.finish(again, "ok")
+            assert result(client, wf).output == "ok"
+            error = next(e["error"] for e in history(client, wf) if e.get("state") == "ready")
+            assert (error["type"], error["retryable"]) == ("SupervisorLost", True)
+        finally:
+            healthy.close()
+    finally:
+        silent.close()
+        client.close()
+        flow.stop()
+
+
+def test_unknown_supervisor_heartbeat_asks_for_hello(client: Peer) -> None:
+    from plait.protocol.messages import Credit, Heartbeat
+
+    reply = client.request(Heartbeat())
+    assert isinstance(reply, Error) and reply.code == "unavailable"
+    reply = client.request(Credit(n=1))
+    assert isinstance(reply, Error) and reply.code == "unavailable"
