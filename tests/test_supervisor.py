@@ -23,6 +23,7 @@ from plait.protocol.messages import (
     AttemptRef,
     CancelTask,
     Credit,
+    Error,
     Finish,
     Heartbeat,
     Hello,
@@ -60,6 +61,7 @@ class FakeFlow:
         self.ack = ack
         self.silent = False
         self.peer: bytes | None = None
+        self.hellos: list[bytes] = []  # the socket identity each Hello came from
         self.received: list[Message] = []
         self._cond = threading.Condition()
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -80,9 +82,11 @@ class FakeFlow:
         reply: Message | None = None
         if isinstance(msg, Hello):
             self.peer = ident
+            self.hellos.append(ident)
             reply = Welcome(id=msg.id, heartbeat_interval=0.2, heartbeat_timeout=1.0)
-        elif isinstance(msg, Heartbeat) and ident == self.peer and not self.silent:
-            reply = Heartbeat()
+        elif isinstance(msg, Heartbeat) and not self.silent:
+            reply = Heartbeat() if ident == self.peer else Error(
+                id=msg.id, code="not_found", reason="unknown supervisor")
         elif isinstance(msg, Finish) and self.ack:
             reply = Ack(id=msg.id)
         elif isinstance(msg, Propose):
@@ -334,8 +338,16 @@ def test_reconnect_after_flow_restarts_resends_the_unacknowledged_finish() -> No
 
 def test_a_silent_flow_gets_a_new_connection_and_hello(sup: FakeFlow) -> None:
     sup.silent = True
-    sup.expect(Hello, lambda m: len(sup.all(Hello)) >= 2, timeout=10)
+    wait_for(lambda: len(sup.hellos) >= 2, TIMEOUT, message="no second Hello")
+    assert sup.hellos[0] != sup.hellos[1]  # from a new socket
     sup.silent = False
+    assert run(sup, assign("add", 3, 4)).output == 7
+
+
+def test_a_flow_that_forgot_the_supervisor_gets_hello_again(sup: FakeFlow) -> None:
+    sup.peer = None  # as if Flow lost its membership table: heartbeats now get an Error
+    wait_for(lambda: len(sup.hellos) >= 2, TIMEOUT, message="no second Hello")
+    assert sup.hellos[0] == sup.hellos[1]  # same socket: the Error, not silence, caused it
     assert run(sup, assign("add", 3, 4)).output == 7
 
 

@@ -117,6 +117,7 @@ class FlowLink:
         self.monitor: zmq.Socket[bytes] | None = None
         self.connections = 0
         self.greeting = False  # connected, Hello not yet out: hold everything else
+        self.last_beat = ""  # a Flow that answers our heartbeat with an Error forgot us
         self._heard = self._sent = 0.0
 
     def open(self, now: float) -> None:
@@ -178,7 +179,9 @@ class FlowLink:
         if self.greeting:
             self.greet()
         if now - self._sent >= self.interval:
-            self.send(Heartbeat())
+            beat = Heartbeat()
+            if self.send(beat):
+                self.last_beat = beat.id
         return now - self._heard > self.timeout
 
     def forget(self, worker: bytes) -> None:
@@ -245,6 +248,7 @@ class Supervisor:
         self.pool.reconcile(now)
         while not stop.is_set():
             self._poll_once()
+            self._dispatch()  # before reconciling, so an idle worker is not retired first
             now = time.monotonic()
             for death in self.pool.reconcile(now):
                 self._on_death(death)
@@ -346,6 +350,10 @@ class Supervisor:
         request, ident = self.link.outstanding.pop(msg.id, (None, None))
         if isinstance(msg, Ack):
             return
+        if isinstance(msg, Error) and msg.id == self.link.last_beat:
+            log.warning("Flow does not know this supervisor (%s): saying Hello again", msg.code)
+            self.link.greet()
+            return
         if isinstance(msg, Error) and (request is None or isinstance(request, Finish)):
             log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
                       msg.reason)
@@ -372,13 +380,14 @@ class Supervisor:
         if msg is None or worker is None:
             return
         if isinstance(msg, WorkerReady):
-            self.pool.on_ready(ident)
+            self.pool.on_ready(ident, time.monotonic())
         elif isinstance(msg, Propose | Wait):
             worker.waiting = worker.waiting or isinstance(msg, Wait)
             self.link.send(msg, ident, track=True)
         elif isinstance(msg, Finish):
             self.link.send(msg, ident, track=True)
             worker.assign, worker.waiting, worker.cancelling = None, False, False
+            worker.idle_since = time.monotonic()
             self.canceller.clear(ident)
         else:
             self.errors += 1

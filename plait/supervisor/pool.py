@@ -48,6 +48,7 @@ class Worker:
     waiting: bool = False  # its task awaits other nodes (Wait sent, no Resolved yet)
     cancelling: bool = False
     retiring: bool = False
+    idle_since: float = 0.0
 
     @property
     def pid(self) -> int:
@@ -83,6 +84,7 @@ class PoolSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     crash_limit: int = 5
+    linger: float = 10.0  # an extra idle worker is retired after this many seconds
     path: Sequence[str] = field(default_factory=lambda: list(sys.path))
 
 
@@ -117,7 +119,9 @@ class WorkerPool:
             for _ in range(self.target() - len(live)):
                 self._start(now)
         elif len(live) > self.target():
-            for w in [w for w in live if w.idle][: len(live) - self.target()]:
+            # Waits come and go quickly; keeping a spare a while avoids restart churn.
+            spare = [w for w in live if w.idle and now - w.idle_since >= self.settings.linger]
+            for w in spare[: len(live) - self.target()]:
                 w.retiring = True
                 self.signal(w, signal.SIGTERM)
         return deaths
@@ -163,10 +167,10 @@ class WorkerPool:
 
     # --- observed events ----------------------------------------------------------------------
 
-    def on_ready(self, ident: bytes) -> Worker | None:
+    def on_ready(self, ident: bytes, now: float) -> Worker | None:
         worker = self.workers.get(ident)
         if worker is not None:
-            worker.ready = True
+            worker.ready, worker.idle_since = True, now
             self._failures = 0
         return worker
 

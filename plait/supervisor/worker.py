@@ -154,10 +154,12 @@ class WorkerLink:
                     sock.send(codec.encode(self._outbox.get()))
                 if sock in events:
                     self._receive(sock)
+            log.warning("worker %d: supervisor is gone; exiting", os.getpid())
+        except Exception:  # the process edge: without its link a worker is useless
+            log.exception("worker %d: link failed; exiting", os.getpid())
         finally:
             sock.close(linger=0)
-            log.warning("worker %d: supervisor is gone; exiting", os.getpid())
-            os._exit(0)
+            os._exit(0)  # the main thread may be deep in task code: do not wait for it
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while True:
