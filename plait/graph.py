@@ -102,11 +102,15 @@ class Graph:
 
     @property
     def root(self) -> str:
-        """The node whose result is the workflow's: the single sink, else the first node."""
+        """The ``root`` a Submit carries for this graph: a name no node has, which
+        tells Flow that the workflow's output is its single sink's, else a dict of
+        its sinks' outputs (a Graph has no root node of its own)."""
         if not self.nodes:
             raise PlaitError(f"graph {self.name} has no nodes")
-        sinks = self.sinks()
-        return sinks[0] if len(sinks) == 1 else self.nodes[0].id
+        root = self.name
+        while root in self._ids:
+            root += "#graph"
+        return root
 
     def diff(self) -> PlanDiff:
         """The whole graph as one registration diff."""

@@ -35,7 +35,10 @@ def test_refs_are_data_edges_and_after_is_runs_after() -> None:
     assert g.nodes[2].attrs == {"label": "sum"}
     assert c.task == "add"
     assert g.sinks() == ["add#2"]
-    assert g.root == "add#2"
+    assert g.root == "edges"  # no node: Flow takes the sinks' outputs
+    same = Graph("add")
+    same.add(add, 1, 1)
+    assert same.root == "add#graph"
 
 
 def test_refs_must_belong_to_the_graph() -> None:
@@ -82,7 +85,7 @@ def test_registration_by_module_attr_string() -> None:
     mod = tasks_sample.__name__
     assert registration(f"{mod}:add", (1, 2))[:2] == ("add", "add")
     name, root, diff = registration(f"{mod}:diamond")
-    assert (name, root) == ("seed_001", "end")
+    assert (name, root) == ("seed_001", "seed_001")
     assert [n.id for n in diff.nodes] == ["start", "1", "2", "end"]
 
 
