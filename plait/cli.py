@@ -49,6 +49,9 @@ class Exit(IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
+DEFAULT_DB = str(Path(".plait") / "flow.db")
+
+
 class UsageError(PlaitError):
     """The command line names something that does not exist or cannot be used."""
 
@@ -144,8 +147,10 @@ def cmd_flow(args: argparse.Namespace) -> int:
     from plait.actors.flow import FlowSettings, run_flow
 
     _setup_logging(args.log_level)
-    feed = args.feed_port if args.feed_port is not None else args.port + 1
-    settings = FlowSettings(db=args.db, port=args.port, feed_port=feed)
+    settings = FlowSettings(db=args.db, host=args.host, port=args.port, feed_port=args.feed_port,
+                            heartbeat_interval=args.heartbeat_interval,
+                            heartbeat_timeout=args.heartbeat_timeout,
+                            retry_scale=args.retry_scale)
     run_flow(settings, ready=_ready_file(args.ready_file))
     return Exit.OK
 
@@ -166,7 +171,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from plait.demo import examples_path, run_dev
 
     imports = args.imports or _default_imports()
-    db = Path(args.db) if args.db else Path.cwd() / ".plait" / "plait.db"
+    db = Path(args.db or DEFAULT_DB).resolve()
     paths = [p for p in [examples_path()] if p is not None]
     return run_dev(imports, port=args.port, workers=args.workers, db=db, paths=paths)
 
@@ -277,7 +282,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     """Print or write the as-of-now view (or as of --at SEQ)."""
     from plait.protocol.render import render, to_dot
 
-    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "dot")
+    fmt = args.format or ("json" if args.json else
+                          Path(args.output).suffix.lstrip(".") if args.output else "dot")
     with _client(args) as client:
         doc = client.graph(args.workflow, at=args.at, unfold=args.unfold).graph
     if args.output:
@@ -373,13 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="task module to serve (repeatable; default: the examples)")
-    p.add_argument("--db", help="SQLite file (default: ./.plait/plait.db)")
+    p.add_argument("--db", help=f"SQLite file (default: {DEFAULT_DB})")
 
     p = verb("flow", cmd_flow, [proc])
-    p.add_argument("--db", default=str(Path(".plait") / "plait.db"),
-                   help="SQLite file (default: ./.plait/plait.db)")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default: {DEFAULT_DB})")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     p.add_argument("--port", type=int, default=7100, help="request port (default: 7100)")
     p.add_argument("--feed-port", type=int, default=None, help="feed port (default: port + 1)")
+    p.add_argument("--heartbeat-interval", type=float, default=0.5, metavar="S",
+                   help="seconds between heartbeats (default: 0.5)")
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
+                   help="a supervisor silent this long is dead (default: 3)")
+    p.add_argument("--retry-scale", type=float, default=1.0, metavar="X",
+                   help="multiply every retry delay by X (default: 1)")
 
     p = verb("supervisor", cmd_supervisor, [proc])
     p.add_argument("--flow", default=os.environ.get("PLAIT_FLOW", "tcp://127.0.0.1:7100"),

@@ -228,6 +228,8 @@ class Client:
     # --- the request/reply edge -----------------------------------------------
 
     def _sock(self) -> zmq.Socket[bytes]:
+        if self._zmq.closed:
+            raise PlaitError("this Client is closed")
         if self._socket is None:
             sock = self._zmq.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)

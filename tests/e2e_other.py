@@ -9,4 +9,4 @@ from plait import Context, task
 
 @task
 def elsewhere(ctx: Context) -> int:
-    return os.getpid()
+    return os.getppid()  # the supervisor that runs this worker

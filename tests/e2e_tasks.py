@@ -2,7 +2,8 @@
 
 Each appends what it does to a side file (``log``), one line per event, so that
 a test can count executions across processes and restarts: ``start NAME NODE
-ATTEMPT PID`` and ``done NAME NODE ATTEMPT PID``. ``gated`` blocks until the
+ATTEMPT PID PPID`` and ``done NAME NODE ATTEMPT PID PPID`` (the parent of a
+worker is its supervisor). ``gated`` blocks until the
 test creates the ``gate`` file, which lets a test act while a task is mid-run.
 """
 
@@ -33,31 +34,31 @@ def lines(log: str, kind: str, name: str | None = None) -> list[list[str]]:
 
 
 @task
-def step(ctx: Context, log: str, name: str) -> str:
-    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid())
-    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid())
+def record(ctx: Context, log: str, name: str) -> str:
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
+    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
     return name
 
 
 @task(retry=Retry(max_attempts=3, initial=0.2))
 def gated(ctx: Context, log: str, gate: str, name: str) -> str:
-    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid())
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
     deadline = time.monotonic() + GATE_TIMEOUT
     while not os.path.exists(gate):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the test never opened {gate}")
         ctx.heartbeat()  # a cancellation point
         time.sleep(0.02)  # the task polls a file the test creates
-    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid())
+    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
     return name
 
 
 @task
 async def chain(ctx: Context, log: str, gate: str) -> list[str]:
     """a, then b (gated), then c; each awaited before the next is spawned."""
-    a = await ctx.spawn(step, log, "a")
+    a = await ctx.spawn(record, log, "a")
     b = await ctx.spawn(gated, log, gate, "b")
-    c = await ctx.spawn(step, log, "c")
+    c = await ctx.spawn(record, log, "c")
     return [a, b, c]
 
 
@@ -80,13 +81,14 @@ def boom(ctx: Context, message: str) -> str:
 
 @task
 async def here_and_there(ctx: Context) -> list[int]:
-    """Runs here and spawns a task that only another supervisor serves."""
+    """Runs here and spawns a task that only another supervisor serves; the
+    supervisors' pids (each worker's parent)."""
     theirs = await ctx.spawn("elsewhere")
-    return [os.getpid(), theirs]
+    return [os.getppid(), theirs]
 
 
-@task(promises=[OnlyNodes(step)])
+@task(promises=[OnlyNodes(record)])
 async def sneaky(ctx: Context, log: str) -> str:
-    await ctx.spawn(step, log, "allowed")
+    await ctx.spawn(record, log, "allowed")
     await ctx.spawn(square, 2)
     return "never"

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import e2e
 import e2e_tasks
@@ -103,7 +104,8 @@ def fake() -> Iterator[Callable[[Script], FakeFlow]]:
 
 
 def _info(workflow_id: str, status: str = "running") -> RunInfo:
-    return RunInfo(workflow_id=workflow_id, name="wf", status=status, created=0.0)  # type: ignore[arg-type]
+    return RunInfo.model_validate({"workflow_id": workflow_id, "name": "wf", "status": status,
+                                   "created": 0.0})
 
 
 def test_a_dead_flow_is_a_clear_error_not_a_hang() -> None:
@@ -142,8 +144,9 @@ def test_an_unanswered_request_times_out_and_the_next_one_works(
 
 
 def test_flow_errors_become_exceptions(fake: Callable[[Script], FakeFlow]) -> None:
-    rejection = {"kind": "violation", "reason": "M is not allowed", "proposer": None,
-                 "promise": "OnlyNodes(N)", "owner": "root", "diff": {}}
+    rejection: dict[str, Any] = {
+        "kind": "violation", "reason": "M is not allowed", "proposer": None,
+        "promise": "OnlyNodes(N)", "owner": "root", "diff": {}}
 
     def script(msg: Message, _: FakeFlow) -> list[bytes]:
         if isinstance(msg, Submit) and msg.name == "plan":
@@ -184,7 +187,7 @@ def test_outcomes_map_to_the_documented_exceptions() -> None:
 def test_watch_snapshots_then_fills_a_gap_from_history(
         fake: Callable[[Script], FakeFlow]) -> None:
     wid = "wf-1"
-    events = [{"type": "submitted", "name": "wf", "root": "r"},
+    events: list[dict[str, Any]] = [{"type": "submitted", "name": "wf", "root": "r"},
               {"type": "diff", "diff": {"nodes": []}},
               {"type": "state", "node": "r", "state": "running", "attempt": 1},
               {"type": "state", "node": "r", "state": "succeeded", "attempt": 1},
@@ -222,12 +225,12 @@ def cluster() -> Iterator[Cluster]:
 
 def test_submit_result_status_graph_history(cluster: Cluster, tmp_path: Path) -> None:
     client = cluster.client
-    run = client.submit(e2e_tasks.step, str(tmp_path / "log"), "one")
+    run = client.submit(e2e_tasks.record, str(tmp_path / "log"), "one")
     assert run.result(timeout=e2e.RESULT_TIMEOUT) == "one"
     assert run.status() == "succeeded"
     assert run.id in {r.workflow_id for r in client.runs()}
     nodes, _ = e2e.committed(run.graph())
-    assert nodes == {"step": ("step", "succeeded", None)}
+    assert nodes == {"record": ("record", "succeeded", None)}
     history = run.history()
     assert history[0]["type"] == "submitted"
     assert history[-1]["type"] == "workflow"

@@ -1,0 +1,262 @@
+"""The ``plait`` command: help, exit codes by cause, and every verb against a real
+cluster (client verbs in-process; dev, demo and a waiting submit as subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import e2e
+import e2e_tasks
+import pytest
+
+from plait.cli import Exit, main
+from plait.client import Client, FlowUnavailable
+from plait.demo import DEMOS
+from plait.testing import Cluster, descendants, free_port, wait_for
+
+VERBS = ["dev", "flow", "supervisor", "submit", "status", "watch", "graph", "trace", "history",
+         "cancel", "demo"]
+
+
+def plait(*argv: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m plait ARGV`` in a child process, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "plait", *argv], cwd=e2e.ROOT, text=True,
+                          capture_output=True, timeout=timeout, check=False, **kwargs)
+
+
+# --- no cluster needed ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([verb, "--help"])
+    assert exited.value.code == 0
+    assert f"usage: plait {verb}" in capsys.readouterr().out
+
+
+def test_python_m_plait() -> None:
+    done = plait("--help", timeout=60)
+    assert done.returncode == 0
+    assert all(verb in done.stdout for verb in VERBS)
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["graph"], ["status", "--at", "x"]])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == Exit.USAGE
+
+
+def test_an_unknown_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = f"tcp://127.0.0.1:{free_port()}"
+    assert main(["submit", "no_such_module:main", "--flow", unreachable]) == Exit.USAGE
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_an_unreachable_flow_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = f"tcp://127.0.0.1:{free_port()}"
+    assert main(["status", "--flow", unreachable, "--timeout", "0.3"]) == Exit.UNREACHABLE
+    assert "did not answer" in capsys.readouterr().err
+
+
+# --- client verbs against a cluster -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with e2e.cluster(["e2e_tasks", "examples.static", "examples.broken_promise"]) as c:
+        yield c
+
+
+class Cli:
+    """Runs ``plait VERB ... --flow <cluster>`` in this process; (exit code, stdout)."""
+
+    def __init__(self, cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+        self.cluster = cluster
+        self.capsys = capsys
+
+    def __call__(self, verb: str, *argv: str) -> tuple[int, str]:
+        self.capsys.readouterr()
+        code = main([verb, *argv, "--flow", self.cluster.address, "--feed", self.cluster.feed])
+        return code, self.capsys.readouterr().out
+
+    def json(self, verb: str, *argv: str) -> Any:
+        code, out = self(verb, *argv, "--json")
+        assert code == Exit.OK, out
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(cluster, capsys)
+
+
+@pytest.fixture(scope="module")
+def static_run(cluster: Cluster) -> str:
+    run = cluster.client.submit("examples.static:pipeline")
+    run.wait(e2e.RESULT_TIMEOUT)
+    return run.id
+
+
+def test_submit_and_wait(cli: Cli) -> None:
+    code, out = cli("submit", "e2e_tasks:square", "6", "--wait")
+    assert (code, json.loads(out)) == (Exit.OK, 36)
+    done = cli.json("submit", "e2e_tasks:record", "--kw", "log=/dev/null", "--kw", "name=x",
+                    "--wait")
+    assert (done["status"], done["output"]) == ("succeeded", "x")
+    code, out = cli("submit", "e2e_tasks:square", "5")
+    assert code == Exit.OK
+    assert out.strip().startswith("square-")
+
+
+def test_submit_exit_codes_by_outcome(cli: Cli) -> None:
+    assert cli("submit", "e2e_tasks:boom", '"bad"', "--wait")[0] == Exit.FAILED
+    assert cli("submit", "examples.broken_promise:liar", "--wait")[0] == Exit.VIOLATED
+
+
+def test_submit_wait_on_a_cancelled_workflow_exits_6(cli: Cli, cluster: Cluster,
+                                                    tmp_path: Path) -> None:
+    log, gate, wid = str(tmp_path / "log"), str(tmp_path / "gate"), "to-cancel"
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "plait", "submit", "e2e_tasks:gated", json.dumps(log),
+         json.dumps(gate), '"n"', "--id", wid, "--wait", "--flow", cluster.address],
+        cwd=e2e.ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(e2e.ROOT), str(e2e.TESTS)])}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: e2e_tasks.lines(log, "start"), e2e.RESULT_TIMEOUT)
+        assert cli("cancel", wid)[0] == Exit.OK
+        assert waiting.wait(e2e.RESULT_TIMEOUT) == Exit.CANCELLED
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert cli.json("status", wid)["status"] == "cancelled"
+
+
+def test_status(cli: Cli, static_run: str) -> None:
+    assert cli.json("status", static_run)["status"] == "succeeded"
+    assert static_run in {r["workflow_id"] for r in cli.json("status")}
+    code, out = cli("status")
+    assert code == Exit.OK
+    assert static_run in out
+
+
+@pytest.mark.parametrize("verb", ["status", "graph", "history", "cancel", "watch"])
+def test_unknown_workflow_exits_7(cli: Cli, verb: str) -> None:
+    assert cli(verb, "no-such-workflow")[0] == Exit.NOT_FOUND
+
+
+def test_graph_in_each_format(cli: Cli, static_run: str, tmp_path: Path) -> None:
+    code, dot = cli("graph", static_run)
+    assert code == Exit.OK
+    assert dot.startswith("digraph")
+    doc = cli.json("graph", static_run)
+    assert {n["id"] for n in doc["nodes"]} == {"start", "1", "2", "end"}
+    assert cli.json("graph", static_run, "--format", "json") == doc
+    magic = {"svg": b"<svg", "png": b"\x89PNG", "dot": b"digraph", "json": b"{"}
+    for fmt, head in magic.items():
+        out = tmp_path / f"g.{fmt}"
+        assert cli("graph", static_run, "-o", str(out))[0] == Exit.OK
+        assert head in out.read_bytes()[:300], fmt
+    first = cli.json("graph", static_run, "--at", "2")
+    assert first["seq"] == 2
+    assert {n["state"] for n in first["nodes"]} <= {"pending", "ready"}
+
+
+def test_trace_writes_one_frame_per_diff(cli: Cli, static_run: str, cluster: Cluster,
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "frames"
+    frames = cli.json("trace", static_run, str(out))
+    diffs = [e for e in cluster.client.history(static_run) if e["type"] == "diff"]
+    assert len(frames) == len(diffs) == len(list(out.glob("frame-*.svg")))
+    assert all(Path(f).read_bytes().lstrip().startswith((b"<?xml", b"<svg")) for f in frames)
+
+
+def test_history_is_json_lines(cli: Cli, static_run: str) -> None:
+    code, out = cli("history", static_run)
+    assert code == Exit.OK
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["type"] == "submitted"
+    assert events[-1] == {**events[-1], "type": "workflow", "status": "succeeded"}
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_watch_a_finished_workflow(cli: Cli, static_run: str) -> None:
+    code, out = cli("watch", static_run, "--json")
+    assert code == Exit.OK
+    first = json.loads(out.splitlines()[0])
+    assert first["event"]["type"] == "snapshot"
+    code, text = cli("watch", static_run)
+    assert "snapshot" in text
+
+
+# --- whole-process verbs -----------------------------------------------------------------------
+
+
+def _port_pair() -> int:
+    """A free port whose successor is free too (Flow's requests and its feed)."""
+    def pair() -> int:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                return 0
+        return port
+    return wait_for(pair, 10)
+
+
+def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
+    port = _port_pair()
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "plait", "dev", "--port", str(port), "--db",
+         str(tmp_path / "dev.db"), "--import", "examples.static", "--workers", "1"],
+        cwd=e2e.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=2) as client:
+            wait_for(lambda: _answers(client), e2e.RESULT_TIMEOUT)
+            run = client.submit("examples.static:pipeline")
+            assert run.result(timeout=e2e.RESULT_TIMEOUT) is not None
+        children = descendants(dev.pid)
+        assert len(children) >= 3  # Flow, a supervisor, its worker
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(60) == 0
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()
+                    and "Z" not in _state(pid)]
+    finally:
+        dev.kill()
+        dev.wait()
+    assert (tmp_path / "dev.db").exists()
+
+
+def _answers(client: Client) -> bool:
+    try:
+        client.runs()
+    except FlowUnavailable:
+        return False
+    return True
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "Z"
+    return stat[stat.rindex(")") + 2]
+
+
+def test_demo_runs_every_example_and_exits_by_itself(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = plait("demo", "--out", str(out), timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all examples ended as expected" in done.stdout
+    for demo in DEMOS:
+        assert (out / f"{demo.name}.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
