@@ -24,8 +24,8 @@ from plait.protocol.messages import (
     Heartbeat,
     Hello,
     Message,
-    Proposed,
     Propose,
+    Proposed,
     TaskInfo,
     Wait,
     Welcome,
@@ -106,12 +106,12 @@ class Peer:
                 return self.backlog.pop(i)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            msg = self._recv(min(left, 0.1))
-            if msg is None:
+            got = self._recv(min(left, 0.1))
+            if got is None:
                 continue
-            if test(msg):
-                return msg
-            self.backlog.append(msg)
+            if test(got):
+                return got
+            self.backlog.append(got)
         raise AssertionError(f"no matching message within {timeout}s; backlog {self.backlog}")
 
     def none(self, match: Callable[[Message], bool] | type[Message], within: float) -> None:
@@ -141,7 +141,7 @@ class FakeSupervisor(Peer):
         assert isinstance(welcome, Welcome), welcome
 
     def assign(self, timeout: float = 10.0, node: str | None = None) -> Assign:
-        return self.next(  # type: ignore[no-any-return]
+        return self.next(
             lambda m: isinstance(m, Assign) and (node is None or m.node == node), timeout)
 
     def finish(self, a: Assign, output: Any = None, *, ok: bool = True,
@@ -153,10 +153,10 @@ class FakeSupervisor(Peer):
             output=output, error=error, diff=diff))
         if credit:
             self.send(Credit(n=1))
-        return ack  # type: ignore[no-any-return]
+        return ack
 
     def propose(self, a: Assign, d: dict[str, Any]) -> Proposed:
-        return self.request(Propose(workflow_id=a.workflow_id, node=a.node,  # type: ignore[no-any-return]
+        return self.request(Propose(workflow_id=a.workflow_id, node=a.node,
                                     attempt=a.attempt, diff=d))
 
     def wait(self, a: Assign, handles: list[str]) -> Wait:

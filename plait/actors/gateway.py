@@ -183,6 +183,10 @@ class Gateway:
         except ProtocolError as exc:
             self._fail(identity, exc, frame)
             return
+        except Exception as exc:  # a codec bug must not close the door: answer, go on
+            log.exception("gateway: decoding raised")
+            self._fail(identity, ProtocolError("malformed", f"undecodable: {exc!r}"), frame)
+            return
         supervisor = self.sessions.touch(identity)
         try:
             self._route(identity, msg, supervisor)

@@ -1,0 +1,163 @@
+"""The Store: events and projection in one transaction, group commit, nothing
+sent before it is committed, and the streams Flow rebuilds from at start."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+import zmq
+from flowkit import diff, spec, wait_for
+
+from plait.actors.history import WorkflowState, state_event
+from plait.actors.mail import Publish, StoredEvent, Write
+from plait.actors.store import Database, Store, load
+from plait.protocol.diff import NodeState
+
+WF = "wf-1"
+
+
+def stream(wf: str = WF, end: bool = True) -> list[StoredEvent]:
+    events: list[dict[str, Any]] = [
+        {"type": "submitted", "name": "wf", "root": "a"},
+        {"type": "diff", "diff": diff(spec("a"), spec("b"), edges=[("a", "b")])},
+        state_event("a", NodeState.RUNNING, 1, supervisor="s"),
+        state_event("a", NodeState.SUCCEEDED, 1, output={"x": [1, 2]}),
+    ]
+    if end:
+        events.append({"type": "workflow", "status": "succeeded", "output": {"x": [1, 2]}})
+    return [StoredEvent(wf, i + 1, 1000.0 + i, e) for i, e in enumerate(events)]
+
+
+@pytest.fixture
+def db(tmp_path: Any) -> Iterator[Database]:
+    database = Database(str(tmp_path / "flow.db"))
+    yield database
+    database.close()
+
+
+def test_durable_settings(db: Database) -> None:
+    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_events_and_projection_in_one_transaction(db: Database) -> None:
+    db.append(stream())
+    assert [seq for seq, _, _ in db.events(WF)] == [1, 2, 3, 4, 5]
+    assert db.events(WF, upto=2)[-1][2]["type"] == "diff"
+    (run,) = db.runs(WF)
+    assert (run.name, run.status, run.nodes, run.created, run.finished) == (
+        "wf", "succeeded", 2, 1000.0, 1004.0)
+    assert db.result(WF) == ("succeeded", {"x": [1, 2]}, None)
+    nodes = dict(db.conn.execute("SELECT id, state FROM nodes WHERE wf = ?", (WF,)).fetchall())
+    assert nodes == {"a": "succeeded", "b": "pending"}
+    assert db.conn.execute("SELECT seq FROM workflows").fetchone()[0] == 5
+
+
+def test_a_failed_batch_leaves_nothing_behind(db: Database) -> None:
+    db.append(stream(end=False)[:2])
+    batch = [StoredEvent("wf-2", 1, 1.0, {"type": "submitted", "name": "n", "root": "r"}),
+             StoredEvent(WF, 2, 1.0, {"type": "workflow", "status": "failed"})]  # seq taken
+    with pytest.raises(sqlite3.IntegrityError):
+        db.append(batch)
+    assert db.runs("wf-2") == []
+    assert db.result(WF) == ("running", None, None)
+
+
+def test_load_returns_unfinished_streams_that_rebuild(tmp_path: Any, db: Database) -> None:
+    db.append(stream("done"))
+    db.append(stream("live", end=False))
+    known, streams = load(str(tmp_path / "flow.db"))
+    assert known == {"done", "live"}
+    assert [wf for wf, _ in streams] == ["live"]
+    state = WorkflowState.rebuild("live", streams[0][1])
+    assert state.seq == 4
+    assert state.status == "running"
+    assert state.plan.nodes["a"].output == {"x": [1, 2]}
+    assert state.plan.nodes["b"].state is NodeState.READY  # the plan released it itself
+    assert state.supervisor == {"a": "s"}
+
+
+class Recorder(pykka.ThreadingActor):
+    """Stands in for the Publisher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[StoredEvent] = []
+
+    def on_receive(self, message: Any) -> Any:
+        assert isinstance(message, Publish)
+        self.published.extend(message.events)
+
+    def seen(self) -> int:
+        return len(self.published)
+
+
+def test_group_commit_sends_only_what_is_committed(tmp_path: Any) -> None:
+    path = str(tmp_path / "flow.db")
+    zctx: zmq.Context[Any] = zmq.Context()
+    pull = zctx.socket(zmq.PULL)
+    pull.bind("inproc://store-test")
+    publisher = Recorder.start()
+    fatal: list[BaseException] = []
+    store = Store.start(path, zctx, "inproc://store-test", publisher, fatal.append)
+    reader = sqlite3.connect(path)
+    gate = threading.Event()
+    try:
+        def hold() -> None:  # keeps the Store's thread busy while writes pile up
+            gate.wait(10)
+
+        store.tell(Write(then=hold))
+        first = stream(end=False)[0]
+        store.tell(Write([first], [(b"peer", b"submitted")]))
+        for i in range(2, 302):
+            event = {"type": "rejected", "rejection": {}, "n": i}
+            store.tell(Write([StoredEvent(WF, i, 0.0, event)], [(b"peer", str(i).encode())]))
+        gate.set()
+        frames = []
+        for _ in range(301):
+            assert pull.poll(10_000)
+            frames.append(pull.recv_multipart())
+            count = reader.execute("SELECT count(*) FROM events").fetchone()[0]
+            assert count == 301  # every frame left after the one commit that holds it
+        assert frames[0] == [b"peer", b"submitted"]
+        assert [int(f[1]) for f in frames[1:]] == list(range(2, 302))
+        assert store.proxy().commits.get(timeout=10) == 1  # 301 writes, one transaction
+        wait_for(lambda: publisher.proxy().seen().get() == 301)
+        assert not fatal
+    finally:
+        gate.set()
+        store.stop(block=True, timeout=10)
+        publisher.stop(block=True, timeout=10)
+        reader.close()
+        pull.close(linger=0)
+        zctx.term()
+
+
+def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None:
+    path = str(tmp_path / "flow.db")
+    zctx: zmq.Context[Any] = zmq.Context()
+    pull = zctx.socket(zmq.PULL)
+    pull.bind("inproc://store-fail")
+    publisher = Recorder.start()
+    fatal: list[BaseException] = []
+    store = Store.start(path, zctx, "inproc://store-fail", publisher, fatal.append)
+    try:
+        event = stream(end=False)[0]
+        store.tell(Write([event], [(b"p", b"one")]))
+        assert pull.poll(10_000)
+        assert pull.recv_multipart() == [b"p", b"one"]
+        store.tell(Write([event], [(b"p", b"two")]))  # the same (wf, seq) again
+        wait_for(lambda: fatal, what="the fatal callback")
+        assert isinstance(fatal[0], sqlite3.IntegrityError)
+        store.tell(Write([], [(b"p", b"three")]))  # after a failure nothing leaves
+        assert not pull.poll(200)
+    finally:
+        store.stop(block=True, timeout=10)
+        publisher.stop(block=True, timeout=10)
+        pull.close(linger=0)
+        zctx.term()
