@@ -1,0 +1,121 @@
+"""The supervisor's connection to Flow: (re)connection, Hello, heartbeats, resends.
+
+A DEALER socket with ``IMMEDIATE`` set, so that nothing queues for a Flow that
+is not there, and a socket monitor, so that every (re)connection, which may
+reach a restarted Flow that does not know this supervisor, is greeted with
+Hello followed by every request Flow has not answered yet (Propose, Wait and
+Finish are idempotent on Flow's side). A Flow silent for ``timeout`` gets a
+brand new socket; one that answers a heartbeat with an Error gets Hello again.
+Used only by the supervisor's loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from plait.protocol import codec
+from plait.protocol.messages import Finish, Heartbeat, Hello, Message
+
+if TYPE_CHECKING:
+    from plait.supervisor.daemon import SupervisorSettings
+
+log = logging.getLogger("plait.supervisor")
+
+# The peer is ready for messages after the ZMTP handshake (libzmq >= 4.3), not at TCP connect.
+_CONNECTED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
+
+
+class FlowLink:
+    """The DEALER to Flow: (re)connection, heartbeats, and requests awaiting replies."""
+
+    def __init__(self, zctx: zmq.Context[zmq.Socket[bytes]], settings: SupervisorSettings,
+                 hello: Callable[[], Hello]) -> None:
+        self._zctx = zctx
+        self._address = settings.flow
+        self._hello = hello
+        self.interval = settings.heartbeat_interval
+        self.timeout = settings.heartbeat_timeout
+        # id -> (message, worker identity): answered requests and acknowledged Finishes leave.
+        self.outstanding: dict[str, tuple[Message, bytes | None]] = {}
+        self.sock: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
+        self.connections = 0
+        self.greeting = False  # connected, Hello not yet out: hold everything else
+        self.last_beat = ""  # a Flow that answers our heartbeat with an Error forgot us
+        self._heard = self._sent = 0.0
+
+    def open(self, now: float) -> None:
+        """A new socket; Hello goes out when the monitor reports the connection."""
+        self.close()
+        sock = self._zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a peer not (yet) there
+        self.monitor = sock.get_monitor_socket(_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self._address)
+        self.sock = sock
+        self.greeting = False
+        self._heard = now
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.disable_monitor()
+            self.sock.close(linger=0)
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
+        self.sock = self.monitor = None
+
+    def on_monitor(self, now: float) -> None:
+        assert self.monitor is not None
+        event = recv_monitor_message(self.monitor)
+        if event["event"] == _CONNECTED:
+            # A (re)connection may reach a restarted Flow that does not know us.
+            self.connections += 1
+            self._heard = now
+            self.greet()
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            log.warning("lost the connection to Flow at %s", self._address)
+
+    def greet(self) -> None:
+        """Hello, then every request Flow has not answered, in order (all idempotent)."""
+        self.greeting = not self.send(self._hello())
+        if not self.greeting:
+            for msg, _ in list(self.outstanding.values()):
+                self.send(msg)
+
+    def send(self, msg: Message, worker: bytes | None = None, *, track: bool = False) -> bool:
+        """Send now if connected; tracked messages also go again on every connection."""
+        if track:
+            self.outstanding[msg.id] = (msg, worker)
+        if self.sock is None or (self.greeting and not isinstance(msg, Hello)):
+            return False
+        try:
+            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._sent = time.monotonic()
+        return True
+
+    def heard(self, now: float) -> None:
+        self._heard = now
+
+    def tick(self, now: float) -> bool:
+        """Heartbeat; True when Flow has been silent too long (the caller reopens)."""
+        if self.greeting:
+            self.greet()
+        if now - self._sent >= self.interval:
+            beat = Heartbeat()
+            if self.send(beat):
+                self.last_beat = beat.id
+        return now - self._heard > self.timeout
+
+    def forget(self, worker: bytes) -> None:
+        """Drop a dead worker's requests (its Finish, sent by the supervisor, stays)."""
+        for mid, (msg, ident) in list(self.outstanding.items()):
+            if ident == worker and not isinstance(msg, Finish):
+                del self.outstanding[mid]
