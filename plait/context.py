@@ -167,6 +167,7 @@ class Context:
         self._promises: list[tuple[str, Promise]] = []
         self._attrs: dict[tuple[str, str | None], AttrChange] = {}
         self.heartbeat_details: Any = None
+        self._turn: asyncio.Lock | None = None
 
     # --- identity -------------------------------------------------------------------
 
@@ -336,14 +337,19 @@ class Context:
 
     async def _await_values(self, handles: Sequence[Handle],
                             return_exceptions: bool) -> list[Any]:
-        steps = self._wait_steps(handles)
-        try:
-            request = next(steps)
-            while True:
-                future = self._transport.request(request)  # type: ignore[arg-type]
-                request = steps.send(await asyncio.wrap_future(future))
-        except StopIteration:
-            pass
+        # Concurrent awaits (asyncio.gather over handles) take turns, so that a
+        # Wait never overtakes the Propose that creates the nodes it names.
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        async with self._turn:
+            steps = self._wait_steps(handles)
+            try:
+                request = next(steps)
+                while True:
+                    future = self._transport.request(request)  # type: ignore[arg-type]
+                    request = steps.send(await asyncio.wrap_future(future))
+            except StopIteration:
+                pass
         return self._outcomes(handles, return_exceptions)
 
     async def _await_one(self, handle: Handle) -> Any:

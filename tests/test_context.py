@@ -34,19 +34,29 @@ class FakeTransport:
         self.results: dict[str, NodeResult] = {}
         self.rejection: dict[str, Any] | None = None
         self.cancelled = False
+        self.deferred = False  # answer on the event loop's next turn, like a real peer
+        self.unanswered: list[Future[Message]] = []
+        self.overtaken = False  # a Wait was sent while a Propose was unanswered
 
     def request(self, message: Propose | Wait) -> Future[Message]:
         self.sent.append(message)
+        self.unanswered = [f for f in self.unanswered if not f.done()]
+        self.overtaken |= isinstance(message, Wait) and bool(self.unanswered)
         future: Future[Message] = Future()
-        if isinstance(message, Propose):
-            future.set_result(Proposed(id=message.id, workflow_id=message.workflow_id,
-                                       node=message.node, ok=self.rejection is None,
-                                       rejection=self.rejection))
+        reply = self._reply(message)
+        if self.deferred and isinstance(message, Propose):
+            self.unanswered.append(future)
+            asyncio.get_running_loop().call_soon(future.set_result, reply)
         else:
-            future.set_result(Resolved(id=message.id, workflow_id=message.workflow_id,
-                                       node=message.node,
-                                       results={h: self.results[h] for h in message.handles}))
+            future.set_result(reply)
         return future
+
+    def _reply(self, message: Propose | Wait) -> Message:
+        if isinstance(message, Propose):
+            return Proposed(id=message.id, workflow_id=message.workflow_id, node=message.node,
+                            ok=self.rejection is None, rejection=self.rejection)
+        return Resolved(id=message.id, workflow_id=message.workflow_id, node=message.node,
+                        results={h: self.results[h] for h in message.handles})
 
     def diffs(self) -> list[PlanDiff]:
         return [PlanDiff.from_dict(m.diff) for m in self.sent if isinstance(m, Propose)]
@@ -206,6 +216,19 @@ def test_async_await_and_gather(ctx: Context, transport: FakeTransport) -> None:
         return await a, await ctx.gather(hs)
 
     assert asyncio.run(body()) == (3, [2, 4])
+    assert [type(m).__name__ for m in transport.sent] == ["Propose", "Wait", "Wait"]
+
+
+def test_concurrent_awaits_never_wait_before_proposing(
+        ctx: Context, transport: FakeTransport) -> None:
+    async def body() -> list[int]:
+        a, b = ctx.spawn(add, 1, 1), ctx.spawn(add, 2, 2)
+        transport.results = {a.id: ok(2), b.id: ok(4)}
+        return list(await asyncio.gather(a, b))
+
+    transport.deferred = True
+    assert asyncio.run(body()) == [2, 4]
+    assert not transport.overtaken
     assert [type(m).__name__ for m in transport.sent] == ["Propose", "Wait", "Wait"]
 
 
