@@ -122,10 +122,13 @@ def rejection_error(rejection: Mapping[str, Any]) -> PlaitError:
         return PlanError(reason)
     if kind == "nondeterminism":
         return NonDeterminismError(reason)
-    return PromiseViolation(
-        reason, promise=str(rejection.get("promise") or ""), owner=rejection.get("owner"),
-        proposer=rejection.get("proposer"), diff=dict(rejection.get("diff") or {}),
+    violation = PromiseViolation(
+        str(rejection.get("message") or reason), promise=str(rejection.get("promise") or ""),
+        owner=rejection.get("owner"), proposer=rejection.get("proposer"),
+        diff=dict(rejection.get("diff") or {}),
     )
+    violation.reason = reason  # str() is the whole story; .reason just the broken rule
+    return violation
 
 
 def outcome_error(result: WorkflowResult) -> PlaitError:

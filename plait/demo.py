@@ -90,8 +90,6 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
 def run_demo(out: Path, *, timeout: float = 60.0, demos: Sequence[Demo] = DEMOS) -> int:
     """Run the examples on a temporary cluster; write ``out/<name>.svg``; 0 if all
     ended as expected."""
-    from plait.protocol.render import render
-
     base = examples_path()
     if base is None:
         print("plait demo: cannot find the examples/ directory (run it from a plait checkout)",
@@ -113,13 +111,25 @@ def run_demo(out: Path, *, timeout: float = 60.0, demos: Sequence[Demo] = DEMOS)
                 print(f"  !! {demo.name:<15} did not finish within {timeout:g} s", flush=True)
                 ok = False
                 continue
-            picture = render(run.graph(), out / f"{demo.name}.svg", "svg")
+            picture = _draw(run.graph(), out / demo.name)
             ok &= finished.status == demo.expect
             print(_summary(demo, run, finished, picture), flush=True)
     took = time.monotonic() - started
     print(f"plait demo: {'all examples ended as expected' if ok else 'SOME EXAMPLES DID NOT'}"
           f" ({took:.1f} s); pictures in {out}/")
     return 0 if ok else 1
+
+
+def _draw(graph: dict[str, Any], stem: Path) -> Path:
+    """SVG through Graphviz; without the ``dot`` program, the DOT text instead."""
+    import graphviz
+
+    from plait.protocol.render import render
+
+    try:
+        return render(graph, stem.with_suffix(".svg"), "svg")
+    except graphviz.ExecutableNotFound:
+        return render(graph, stem.with_suffix(".dot"), "dot")
 
 
 def _summary(demo: Demo, run: Run, finished: WorkflowResult, picture: Path) -> str:
