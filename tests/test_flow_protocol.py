@@ -206,6 +206,22 @@ def test_retry_after_failure_counts_the_result_once(
         ("running", 1), ("ready", 2), ("running", 2), ("succeeded", 2)]
 
 
+def test_timeout_stops_and_retries_the_attempt(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor(TaskInfo(name="a", timeout=0.5))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    cancel = sup.next(CancelTask)
+    assert (cancel.node, cancel.attempt) == ("a", 1)
+    second = sup.assign()
+    assert second.attempt == 2
+    sup.finish(first, "too late")
+    sup.finish(second, "in time")
+    assert result(client, wf).output == "in time"
+    assert flow.counters.get("attempts.timed_out") == 1
+    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire")
+
+
 def test_retry_policy_from_hello(client: Peer, supervisor: SupervisorFactory) -> None:
     sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 2, "initial": 0.0,
                                                "non_retryable": ["ValueError"]}),

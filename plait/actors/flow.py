@@ -86,6 +86,7 @@ class Flow:
         self.endpoint = ""
         self.feed_endpoint = ""
         self._actors: list[pykka.ActorRef[Any]] = []
+        self._stopped = False
         self.registry = Registry()
 
     def start(self) -> Flow:
@@ -159,6 +160,9 @@ class Flow:
 
     def stop(self) -> None:
         """Stop everything, inputs first, the Store after everything that writes."""
+        if self._stopped:
+            return
+        self._stopped = True
         if hasattr(self, "gateway"):
             self.gateway.stop()
         self.timers.stop()

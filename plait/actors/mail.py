@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from plait.protocol.messages import Message
 
 __all__ = [
-    "Join", "Leave", "Lost", "OrphanCheck", "Publish", "Ready", "Refund", "Request",
+    "Expire", "Join", "Leave", "Lost", "OrphanCheck", "Publish", "Ready", "Refund", "Request",
     "Resumed", "RetryDue", "Start", "Stopped", "StoredEvent", "Supply", "Tick", "Welcomed",
     "Write",
 ]
@@ -162,6 +162,14 @@ class OrphanCheck:
 @dataclass(frozen=True, slots=True)
 class RetryDue:
     """A retry's backoff elapsed: queue the node (if still at this attempt)."""
+
+    node: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """A task's start-to-close timeout elapsed for this attempt."""
 
     node: str
     attempt: int

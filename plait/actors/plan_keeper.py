@@ -23,6 +23,7 @@ import pykka
 
 from plait.actors.history import WorkflowState, state_event, violation_error
 from plait.actors.mail import (
+    Expire,
     Lost,
     OrphanCheck,
     Ready,
@@ -153,6 +154,8 @@ class PlanKeeper(pykka.ThreadingActor):
             if (not self.st.ended and node is not None and node.state is NodeState.READY
                     and node.attempt == message.attempt):
                 self._enqueue(message.node)
+        elif isinstance(message, Expire):
+            self._expire(message)
         elif isinstance(message, Welcomed):
             self._welcomed(message)
         elif isinstance(message, Lost):
@@ -389,13 +392,16 @@ class PlanKeeper(pykka.ThreadingActor):
     def _cancel_downstream(self, start: list[str]) -> None:
         """Cancel nodes that can never run because something they follow failed."""
         nodes = self.st.plan.nodes
-        stack = list(start)
+        stack, outcomes = list(start), []
         while stack:
             node = nodes[stack.pop()]
             if node.state in (NodeState.PENDING, NodeState.READY):
-                self._record(state_event(node.id, NodeState.CANCELLED, node.attempt))
+                outcomes.append(self._record(state_event(node.id, NodeState.CANCELLED,
+                                                         node.attempt)))
                 self._wake(node.id)
                 stack.extend(node.succs)
+        for out in outcomes:  # a region may close, releasing or breaking something
+            self._react(out)
 
     def _wake(self, node_id: str) -> None:
         """``node_id`` ended: answer every wait that was only missing it."""
@@ -409,6 +415,8 @@ class PlanKeeper(pykka.ThreadingActor):
                 self._send(rec.identity, self._resolved(waiter, rec.correlation, rec.handles))
 
     def _react(self, out: Outcome) -> None:
+        if self.st.ended:
+            return  # nothing runs after the end; cancellation already stopped it all
         for node_id in out.ready:
             self._enqueue(node_id)
         for violation in out.violations:
@@ -439,6 +447,20 @@ class PlanKeeper(pykka.ThreadingActor):
         self._send(msg.identity, Assign(
             workflow_id=self.wf, node=node.id, attempt=node.attempt, task=node.task,
             inputs=self._resolve(node.inputs), idempotency_key=f"{self.wf}/{node.id}"))
+        info = self.ctx.catalog.get(node.task)
+        if info is not None and info.timeout:
+            self._tell_later(info.timeout, Expire(node.id, node.attempt))
+
+    def _expire(self, msg: Expire) -> None:
+        """Start-to-close timeout: stop the attempt, fail it (retryable)."""
+        if not self._current(msg.node, msg.attempt):
+            return
+        rec = self.attempts.get(msg.node)
+        self._send(rec.identity if rec else None,
+                   CancelTask(workflow_id=self.wf, node=msg.node, attempt=msg.attempt))
+        self.ctx.counters.add("attempts.timed_out")
+        self._failed(msg.node, {"type": "TimeoutError", "retryable": True,
+                                "message": f"attempt {msg.attempt} ran past its timeout"})
 
     def _resolve(self, value: Any) -> Any:
         """Inputs with every ``{"$ref": id}`` replaced by that node's output."""
@@ -455,6 +477,8 @@ class PlanKeeper(pykka.ThreadingActor):
 
     def _welcomed(self, msg: Welcomed) -> None:
         for node_id, rec in list(self.attempts.items()):
+            if self.st.ended or node_id not in self.attempts:
+                return  # an earlier failure ended the workflow
             attempt = self.st.plan.nodes[node_id].attempt
             if (self.wf, node_id, attempt) in msg.claims:
                 rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
