@@ -25,7 +25,7 @@ from plait.protocol.diff import (
     PlanDiff,
     Rejection,
 )
-from plait.protocol.promises import Bound, Promise, Tracker
+from plait.protocol.promises import Bound, Promise, ShapeTracker, Tracker
 from plait.protocol.staging import Region, Staging
 
 __all__ = ["Node", "Outcome", "Plan"]
@@ -217,7 +217,7 @@ class Plan:
         for spec in staging.new_node_specs:
             self._add_node(spec)
         for owner, tracker in staging.new_trackers:
-            self._attach(self.nodes[owner], tracker, out)
+            self._attach(self.nodes[owner], tracker)
         for edge in staging.new_edge_specs:
             self._add_edge(edge, out)
         for spec in staging.new_node_specs:
@@ -242,17 +242,18 @@ class Plan:
         self.nodes[node.id] = node
         self.order.append(node.id)
 
-    def _attach(self, node: Node, tracker: Tracker, out: Outcome) -> None:
+    def _attach(self, node: Node, tracker: Tracker) -> None:
         node.trackers.append(tracker)
-        if tracker.bound().shaped and node.region is None:
+        if not isinstance(tracker, ShapeTracker):
+            return
+        if node.region is None:
             region = Region(node.id)
             node.region = region
             below = self.descendants(node)
             region.live = node.live + sum(1 for n in below if n.live)
             for n in below:
                 n.regions = (*n.regions, region)
-        if node.region is not None and tracker.bound().shaped:
-            node.region.trackers.append(tracker)
+        node.region.trackers.append(tracker)
 
     def descendants(self, node: Node) -> list[Node]:
         """``node``'s descendants by lineage, in creation order."""
@@ -340,7 +341,7 @@ class Plan:
         owner = self.nodes[region.owner]
         if owner.state is NodeState.SUCCEEDED:
             for tracker in region.trackers:
-                reason = tracker.matcher.complete()  # type: ignore[attr-defined]
+                reason = tracker.matcher.complete()
                 if reason is not None:
                     violation = Rejection.broken(tracker, reason, proposer=owner.id)
                     self.violations.append(violation)

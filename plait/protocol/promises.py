@@ -406,7 +406,9 @@ class MaxParallel(Promise):
 # --- shapes ------------------------------------------------------------------
 
 
-class _ShapeTracker(Tracker):
+class ShapeTracker(Tracker):
+    """Matches a Shape region incrementally; the plan asks it whether the region is complete."""
+
     promise: Shape
 
     def __init__(self, promise: Shape, owner: str) -> None:
@@ -448,7 +450,7 @@ class Shape(Promise):
         return {"kind": self.kind, "expr": self.expr.to_dict()}
 
     def tracker(self, owner: str) -> Tracker:
-        return _ShapeTracker(self, owner)
+        return ShapeTracker(self, owner)
 
 
 PROMISE_KINDS = tuple(Promise._kinds)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, Rejection
-from plait.protocol.promises import Tracker, Verdict
+from plait.protocol.promises import ShapeTracker, Tracker, Verdict
 
 if TYPE_CHECKING:
     from plait.protocol.plan import Plan
@@ -35,7 +35,7 @@ class Region:
         self.owner = owner
         self.live = 0
         self.closed = False
-        self.trackers: list[Tracker] = []
+        self.trackers: list[ShapeTracker] = []
         self.waiters: list[str] = []
 
 
@@ -59,16 +59,22 @@ class Staging:
         self._specs: dict[str, NodeSpec] = {}
         self._in: dict[str, list[str]] = {}
         self._out: dict[str, list[str]] = {}
+        self._nodes_view: list[tuple[str, str]] | None = None
+        self._edges_view: list[tuple[str, str]] | None = None
 
     # --- the Staged protocol, as promise trackers see the diff ---------------
 
     @property
     def new_nodes(self) -> Sequence[tuple[str, str]]:
-        return [(s.id, s.task) for s in self.new_node_specs]
+        if self._nodes_view is None:  # asked once per tracker: build it once
+            self._nodes_view = [(s.id, s.task) for s in self.new_node_specs]
+        return self._nodes_view
 
     @property
     def new_edges(self) -> Sequence[tuple[str, str]]:
-        return [(e.src, e.dst) for e in self.new_edge_specs]
+        if self._edges_view is None:
+            self._edges_view = [(e.src, e.dst) for e in self.new_edge_specs]
+        return self._edges_view
 
     def task_of(self, node_id: str) -> str:
         spec = self._specs.get(node_id)

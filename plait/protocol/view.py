@@ -333,7 +333,7 @@ class _Builder:
                     if region not in self.plan.nodes[s].regions]
         expander = _Expander(owner.id)
         for tracker in region.trackers:
-            residual = tracker.matcher.remaining()  # type: ignore[attr-defined]
+            residual = tracker.matcher.remaining()
             if residual is None:
                 continue
             entries, exits = expander.expand(residual, (1, 1), None)
