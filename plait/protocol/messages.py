@@ -184,6 +184,10 @@ class TaskInfo(BaseModel):
     queue: str = "default"
     retry: dict[str, Any] | None = None  # Retry.to_dict(); None = the default policy
     timeout: float | None = None  # start-to-close, seconds
+    schedule_to_start: float | None = None  # seconds a ready node may wait for a worker
+    heartbeat_timeout: float | None = None  # seconds between ctx.heartbeat() calls, at most
+    cache: bool = False  # reuse the recorded result of an identical call, across workflows
+    version: str = ""  # part of the cache key: change it when the task's meaning changes
 
 
 class Hello(Message):
@@ -211,9 +215,58 @@ class Credit(Message):
     n: int = Field(ge=1)
 
 
+class Recorded(BaseModel):
+    """One value a task drew through a replay-safe helper, at ``seq`` of its attempt.
+
+    ``kind`` is ``random``, ``now``, ``uuid4``, ``side_effect`` or ``version``
+    (``value`` is then ``[change_id, bool]``); ``site`` is the caller's
+    ``file:line``, shown when a replay diverges.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(ge=0)
+    kind: str
+    value: Any = None
+    site: str = ""
+
+
+class PreviousChild(BaseModel):
+    """A child an earlier attempt spawned at spawn sequence ``seq``: a new attempt
+    that spawns the same task with the same inputs at that ``seq`` reuses it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int
+    id: str
+    task: str
+    inputs: dict[str, Any]
+
+
+class History(BaseModel):
+    """What a resumed (or retried) node's task replays from.
+
+    ``recorded``, ``signals`` (``[seq, payload]`` pairs) and ``timers`` (seqs of
+    fired sleeps) belong to the current attempt only, so that a retry draws fresh
+    values; ``results`` holds every finished child of the node; ``previous``
+    lists earlier attempts' children; ``heartbeat`` is the last details sent.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recorded: list[Recorded] = Field(default_factory=list)
+    results: dict[str, NodeResult] = Field(default_factory=dict)
+    signals: list[tuple[int, Any]] = Field(default_factory=list)
+    timers: list[int] = Field(default_factory=list)
+    previous: list[PreviousChild] = Field(default_factory=list)
+    heartbeat: Any = None
+
+
 class Assign(Message):
     """Flow -> supervisor -> worker: run one attempt of one node. ``inputs`` are
-    the node's arguments with data edges already resolved to outputs."""
+    the node's arguments with data edges already resolved to outputs. ``history``
+    is set when the node resumes after a suspension or retries: the task body
+    runs again and replays it (completed children are never run again)."""
 
     type: Literal["assign"] = "assign"
     workflow_id: str
@@ -222,6 +275,7 @@ class Assign(Message):
     task: str
     inputs: dict[str, Any]
     idempotency_key: str
+    history: History | None = None
 
 
 class CancelTask(Message):
@@ -242,6 +296,7 @@ class Propose(Message):
     node: str
     attempt: int
     diff: dict[str, Any]
+    recorded: list[Recorded] = Field(default_factory=list)
 
 
 class Proposed(Message):
@@ -256,14 +311,27 @@ class Proposed(Message):
 
 
 class Wait(Message):
-    """Worker -> Flow: the node awaits these nodes. Reply: :class:`Resolved`, sent
-    as soon as every one of them has finished (at once if they have)."""
+    """Worker -> Flow: the node awaits ``handles`` (nodes), or a durable ``timer``
+    (seconds; Flow's clock decides when it fires), or the signal ``signal``;
+    ``seq`` is the record sequence of a timer or signal wait.
+
+    ``resident`` is set by the supervisor: True while the worker keeps the task in
+    memory (reply :class:`Resolved` as soon as the wait is satisfied, at once if it
+    is); False when the worker was evicted (timers and signals always are): Flow
+    replies :class:`Ack`, the node is suspended without a process, and when the
+    wait is satisfied Flow assigns it again with its :class:`History`.
+    """
 
     type: Literal["wait"] = "wait"
     workflow_id: str
     node: str
     attempt: int
-    handles: list[str]
+    handles: list[str] = Field(default_factory=list)
+    timer: float | None = None
+    signal: str | None = None
+    seq: int = 0
+    resident: bool = True
+    recorded: list[Recorded] = Field(default_factory=list)
 
 
 class NodeResult(BaseModel):
@@ -278,7 +346,8 @@ class Resolved(Message):
     type: Literal["resolved"] = "resolved"
     workflow_id: str
     node: str
-    results: dict[str, NodeResult]
+    results: dict[str, NodeResult] = Field(default_factory=dict)
+    value: Any = None  # a signal's payload
 
 
 class Finish(Message):
@@ -295,6 +364,38 @@ class Finish(Message):
     output: Any = None
     error: dict[str, Any] | None = None
     diff: dict[str, Any] | None = None
+    recorded: list[Recorded] = Field(default_factory=list)
+
+
+class TaskHeartbeat(Message):
+    """Worker -> Flow: the attempt is alive; ``details`` are kept for a retry
+    (``ctx.heartbeat(details)``). Reply: :class:`Ack`."""
+
+    type: Literal["task_heartbeat"] = "task_heartbeat"
+    workflow_id: str
+    node: str
+    attempt: int
+    details: Any = None
+
+
+class SetState(Message):
+    """Worker -> Flow: ``ctx.set_state(value)``, readable by :class:`Query` at once.
+    Reply: :class:`Ack`."""
+
+    type: Literal["set_state"] = "set_state"
+    workflow_id: str
+    node: str
+    attempt: int
+    value: Any = None
+
+
+class Evict(Message):
+    """Supervisor -> worker: drop the waiting task (it will be replayed later)."""
+
+    type: Literal["evict"] = "evict"
+    workflow_id: str
+    node: str
+    attempt: int
 
 
 class WorkerReady(Message):
@@ -302,6 +403,107 @@ class WorkerReady(Message):
 
     type: Literal["worker_ready"] = "worker_ready"
     pid: int
+
+
+# --- operator controls: client -> Flow ---------------------------------------------
+
+
+class PauseWorkflow(Message):
+    """No new task of the workflow starts; running ones finish. Reply: Ack."""
+
+    type: Literal["pause_workflow"] = "pause_workflow"
+    workflow_id: str
+
+
+class ResumeWorkflow(Message):
+    """Undo a pause. Reply: Ack."""
+
+    type: Literal["resume_workflow"] = "resume_workflow"
+    workflow_id: str
+
+
+class RestartNode(Message):
+    """Run ``node`` and everything downstream of it (by edges and by lineage) again,
+    as new attempts; earlier attempts stay as history. Reply: Ack; Error
+    ``not_found`` or ``rejected`` (a node that is still running)."""
+
+    type: Literal["restart_node"] = "restart_node"
+    workflow_id: str
+    node: str
+
+
+class SetAttrs(Message):
+    """Cosmetic changes (``AttrChange`` dicts) applied as an operator diff. Reply: Ack."""
+
+    type: Literal["set_attrs"] = "set_attrs"
+    workflow_id: str
+    changes: list[dict[str, Any]]
+
+
+class SendSignal(Message):
+    """Deliver a signal; kept until a task awaits it. Reply: Ack."""
+
+    type: Literal["send_signal"] = "send_signal"
+    workflow_id: str
+    name: str
+    payload: Any = None
+
+
+class Query(Message):
+    """Read the state tasks set with ``ctx.set_state``. Reply: :class:`QueryReply`."""
+
+    type: Literal["query"] = "query"
+    workflow_id: str
+
+
+class QueryReply(Message):
+    """``state`` is the latest value any node set; ``nodes`` maps node -> its latest."""
+
+    type: Literal["query_reply"] = "query_reply"
+    workflow_id: str
+    state: Any = None
+    nodes: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    cron: str
+    overlap: Literal["skip", "queue", "cancel"] = "skip"
+    target: str
+    last_fired: float | None = None
+    next_fire: float | None = None
+    last_run: str | None = None
+
+
+class AddSchedule(Message):
+    """Submit ``submit`` (its name, root and registration diff) on every cron tick.
+    A tick missed while Flow was down fires once, never twice; runs of one schedule
+    never overlap unless ``overlap`` says how. Reply: Ack; Error ``invalid`` for a
+    bad cron expression."""
+
+    type: Literal["add_schedule"] = "add_schedule"
+    schedule: ScheduleInfo
+    submit: Submit
+
+
+class RemoveSchedule(Message):
+    """Reply: Ack; Error ``not_found``."""
+
+    type: Literal["remove_schedule"] = "remove_schedule"
+    name: str
+
+
+class ListSchedules(Message):
+    """Reply: :class:`ScheduleList`."""
+
+    type: Literal["list_schedules"] = "list_schedules"
+
+
+class ScheduleList(Message):
+    type: Literal["schedule_list"] = "schedule_list"
+    schedules: list[ScheduleInfo]
 
 
 # --- the mutation feed -------------------------------------------------------------
@@ -321,7 +523,9 @@ AnyMessage = Annotated[
     Error | Ack | Heartbeat | Submit | Submitted | GetStatus | StatusReply | AwaitResult
     | WorkflowResult | GetGraph | GraphReply | GetHistory | HistoryReply | CancelWorkflow
     | Hello | Welcome | Credit | Assign | CancelTask | Propose | Proposed | Wait | Resolved
-    | Finish | WorkerReady | FeedEvent,
+    | Finish | WorkerReady | FeedEvent | TaskHeartbeat | SetState | Evict | PauseWorkflow
+    | ResumeWorkflow | RestartNode | SetAttrs | SendSignal | Query | QueryReply | AddSchedule
+    | RemoveSchedule | ListSchedules | ScheduleList,
     Field(discriminator="type"),
 ]
 
