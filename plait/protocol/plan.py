@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from plait.protocol import restart
 from plait.protocol.diff import (
     AttrChange,
     EdgeSpec,
@@ -53,7 +54,7 @@ class Node:
     __slots__ = (
         "attempt", "attrs", "children", "creator", "error", "id", "inputs", "key",
         "output", "preds", "rank", "region", "regions", "scope_parent", "spec", "state", "succs",
-        "task", "trackers", "waiting",
+        "superseded", "task", "trackers", "waiting",
     )
 
     def __init__(self, spec: NodeSpec, creator: Node | None, rank: int) -> None:
@@ -79,6 +80,7 @@ class Node:
         self.region: Region | None = None
         # Nearest ancestor that may carry promises: skips finished, promise-less ones.
         self.scope_parent: Node | None = creator
+        self.superseded = False  # history of a restarted creator, until re-proposed
 
     @property
     def live(self) -> bool:
@@ -214,14 +216,15 @@ class Plan:
 
     def _commit(self, staging: Staging) -> Outcome:
         out = Outcome()
+        for node in staging.revived:
+            restart.revive(self, node, out)
         for spec in staging.new_node_specs:
             self._add_node(spec)
         for owner, tracker in staging.new_trackers:
             self._attach(self.nodes[owner], tracker)
         for edge in staging.new_edge_specs:
             self._add_edge(edge, out)
-        for spec in staging.new_node_specs:
-            node = self.nodes[spec.id]
+        for node in (*staging.revived, *(self.nodes[s.id] for s in staging.new_node_specs)):
             if node.waiting == 0 and node.state is NodeState.PENDING:
                 node.state = NodeState.READY
                 out.ready.append(node.id)
@@ -271,13 +274,13 @@ class Plan:
         self.edges[(edge.src, edge.dst)] = edge
         src.succs.append(dst.id)
         dst.preds.append(src.id)
-        if not self._satisfied(src, dst):
+        if not self.satisfied(src, dst):
             dst.waiting += 1
             if dst.state is NodeState.READY:
                 dst.state = NodeState.PENDING
                 out.unready.append(dst.id)
 
-    def _satisfied(self, src: Node, dst: Node) -> bool:
+    def satisfied(self, src: Node, dst: Node) -> bool:
         """Whether ``src`` no longer holds ``dst`` back; registers ``dst`` to be
         released by ``src``'s region when it is ``src``'s placeholder that holds it."""
         if src.state is not NodeState.SUCCEEDED:
@@ -320,7 +323,7 @@ class Plan:
         return out
 
     def _release_if(self, src: Node, dst: Node, out: Outcome) -> None:
-        if self._satisfied(src, dst):
+        if self.satisfied(src, dst):
             self._release(dst, out)
 
     def _release(self, dst: Node, out: Outcome) -> None:
@@ -349,6 +352,12 @@ class Plan:
         for waiter in region.waiters:
             self._release(self.nodes[waiter], out)
         region.waiters.clear()
+
+    def restart(self, node_id: str) -> Outcome:
+        """Run ``node_id`` and everything downstream of it again (see :mod:`restart`)."""
+        out = Outcome()
+        out.rejection = restart.restart(self, node_id, out)
+        return out
 
     def cancel(self) -> list[str]:
         """Cancel every live node; returns those that had started (to be stopped)."""

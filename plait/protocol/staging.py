@@ -15,7 +15,7 @@ from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, Rejecti
 from plait.protocol.promises import ShapeTracker, Tracker, Verdict
 
 if TYPE_CHECKING:
-    from plait.protocol.plan import Plan
+    from plait.protocol.plan import Node, Plan
 
 _PROPOSING = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
 _NOT_STARTED = frozenset({NodeState.PENDING, NodeState.READY})
@@ -56,6 +56,7 @@ class Staging:
         self.new_node_specs: list[NodeSpec] = []
         self.new_edge_specs: list[EdgeSpec] = []
         self.new_trackers: list[tuple[str, Tracker]] = []
+        self.revived: list[Node] = []  # superseded by a restart, proposed again
         self._specs: dict[str, NodeSpec] = {}
         self._in: dict[str, list[str]] = {}
         self._out: dict[str, list[str]] = {}
@@ -100,7 +101,7 @@ class Staging:
 
     def is_empty(self) -> bool:
         return not (self.new_node_specs or self.new_edge_specs or self.new_trackers
-                    or self.diff.attrs)
+                    or self.diff.attrs or self.revived)
 
     def _fail(self, reason: str, kind: str = "plan") -> _Failed:
         return _Failed(Rejection(kind, reason, self.diff.proposer,  # type: ignore[arg-type]
@@ -132,6 +133,8 @@ class Staging:
                     raise self._fail(
                         f"node {spec.id} was {known.task}{dict(known.inputs)} and is now proposed "
                         f"as {spec.task}{dict(spec.inputs)}", "nondeterminism")
+                if known.superseded and spec.creator == proposer:
+                    self.revived.append(known)
                 continue
             if spec.id in self._specs:
                 raise self._fail(f"node {spec.id} is proposed twice in one diff")

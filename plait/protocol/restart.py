@@ -1,0 +1,115 @@
+"""Restarting a node and everything downstream of it, keeping history.
+
+``restart(plan, n)`` takes the closure of ``n`` by edges and by lineage. A node
+in it that some restarted node created is *superseded*: it becomes history
+(cancelled, attempt kept) because its creator will run again and decide anew
+whether to create it. If the creator's new attempt re-proposes it (same id,
+same task and inputs) it is *revived* as a new attempt; if not, it stays as
+the earlier attempt's record. Every other node of the closure is reset to
+pending as a new attempt. Identities never vanish, so the as-of-now view keeps
+telling the truth across a restart.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from plait.protocol.diff import NodeState, Rejection
+
+if TYPE_CHECKING:
+    from plait.protocol.plan import Node, Outcome, Plan
+    from plait.protocol.staging import Region
+
+_BUSY = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
+
+
+def closure(plan: Plan, start: Node) -> list[Node]:
+    """``start`` and every node after it by edges or below it by lineage, in creation order."""
+    seen = {start.id}
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        for nid in (*node.succs, *node.children):
+            if nid not in seen:
+                seen.add(nid)
+                stack.append(plan.nodes[nid])
+    return sorted((plan.nodes[n] for n in seen), key=lambda n: n.rank)
+
+
+def restart(plan: Plan, node_id: str, out: Outcome) -> Rejection | None:
+    """Restart ``node_id`` and its downstream; fills ``out.ready`` / ``out.unready``."""
+    nodes = closure(plan, plan.nodes[node_id])
+    busy = [n.id for n in nodes if n.state in _BUSY]
+    if busy:
+        return Rejection("plan", f"cannot restart {node_id}: {', '.join(busy[:5])} still "
+                                 f"running; cancel or wait first", None)
+    members = {n.id for n in nodes}
+    reset = []
+    for node in nodes:
+        if node.id != node_id and _created_within(node, members):
+            _supersede(plan, node, out)
+        else:
+            _reset(plan, node)
+            reset.append(node)
+    for node in reset:
+        node.waiting = sum(1 for pred in node.preds if _holds(plan, plan.nodes[pred], node))
+        if node.waiting == 0:
+            node.state = NodeState.READY
+            out.ready.append(node.id)
+    return None
+
+
+def _created_within(node: Node, members: set[str]) -> bool:
+    creator = node.creator
+    while creator is not None:
+        if creator.id in members:
+            return True
+        creator = creator.creator
+    return False
+
+
+def _reset(plan: Plan, node: Node) -> None:
+    if not node.live:
+        plan.live_count += 1
+        for region in _regions(node):
+            region.live += 1
+            region.closed = False
+    node.state = NodeState.PENDING
+    node.attempt += 1
+    node.output = None
+    node.error = None
+    node.superseded = False
+
+
+def _supersede(plan: Plan, node: Node, out: Outcome) -> None:
+    if node.live:
+        plan.live_count -= 1
+        for region in _regions(node):
+            region.live -= 1  # never to zero here: the restarted owner is live again
+        if node.state is NodeState.READY:
+            out.unready.append(node.id)
+        node.state = NodeState.CANCELLED
+    node.superseded = True
+
+
+def revive(plan: Plan, node: Node, out: Outcome) -> None:
+    """A superseded node re-proposed by its creator's new attempt runs again."""
+    _reset(plan, node)
+    node.scope_parent = node.creator  # its creator may make new promises this time
+    node.waiting = sum(1 for pred in node.preds if _holds(plan, plan.nodes[pred], node))
+    for succ_id in node.succs:
+        succ = plan.nodes[succ_id]
+        if succ.state in (NodeState.PENDING, NodeState.READY) and not succ.superseded:
+            succ.waiting += 1
+            if succ.state is NodeState.READY:
+                succ.state = NodeState.PENDING
+                out.unready.append(succ.id)
+
+
+def _holds(plan: Plan, pred: Node, node: Node) -> bool:
+    """Whether ``pred`` holds ``node`` back; superseded history holds nothing."""
+    return not pred.superseded and not plan.satisfied(pred, node)
+
+
+def _regions(node: Node) -> tuple[Region, ...]:
+    return (*node.regions, *((node.region,) if node.region else ()))

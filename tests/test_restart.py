@@ -1,0 +1,82 @@
+"""Restarting a node and its downstream: new attempts, earlier ones kept as history."""
+
+from __future__ import annotations
+
+from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, child_id
+from plait.protocol.plan import Plan
+from plait.protocol.promises import Shape
+from plait.protocol.shape import Repeat
+
+S = NodeState
+
+
+def _run(plan: Plan, node_id: str) -> list[str]:
+    plan.set_state(node_id, S.RUNNING)
+    return plan.set_state(node_id, S.SUCCEEDED).ready
+
+
+def _map_plan(copies: int) -> tuple[Plan, tuple[NodeSpec, ...]]:
+    plan = Plan("w")
+    diff = PlanDiff(None, (NodeSpec("A", "A"), NodeSpec("B", "B")), (EdgeSpec("A", "B"),),
+                    (("A", Shape(Repeat("M"))),))
+    assert plan.apply(diff).ok
+    plan.set_state("A", S.RUNNING)
+    ms = tuple(NodeSpec(child_id("A", i), "M", {"i": i}, creator="A") for i in range(copies))
+    assert plan.apply(PlanDiff("A", ms)).ok
+    plan.set_state("A", S.SUCCEEDED)
+    for m in ms:
+        _run(plan, m.id)
+    _run(plan, "B")
+    assert plan.is_settled()
+    return plan, ms
+
+
+def test_restart_resets_downstream_and_supersedes_children() -> None:
+    plan, ms = _map_plan(3)
+    out = plan.restart("A")
+    assert out.rejection is None
+    assert out.ready == ["A"]
+    assert (plan.nodes["A"].attempt, plan.nodes["B"].attempt) == (2, 2)
+    assert plan.nodes["B"].state is S.PENDING
+    assert all(plan.nodes[m.id].superseded for m in ms)
+    assert all(plan.nodes[m.id].state is S.SUCCEEDED for m in ms)  # kept as history
+    assert not plan.is_settled()
+
+
+def test_reproposed_children_are_revived_and_the_rest_stay_history() -> None:
+    plan, ms = _map_plan(3)
+    plan.restart("A")
+    plan.set_state("A", S.RUNNING)
+    out = plan.apply(PlanDiff("A", ms[:2]))
+    assert out.ok
+    assert sorted(out.ready) == [ms[0].id, ms[1].id]
+    assert plan.nodes[ms[0].id].attempt == 2
+    assert plan.nodes[ms[2].id].superseded
+    plan.set_state("A", S.SUCCEEDED)
+    assert plan.nodes["B"].state is S.PENDING  # the region is open again
+    _run(plan, ms[0].id)
+    assert _run(plan, ms[1].id) == ["B"]
+
+
+def test_restart_refuses_while_downstream_runs() -> None:
+    plan, _ = _map_plan(1)
+    plan.restart("A")
+    plan.set_state("A", S.RUNNING)
+    out = plan.restart("A")
+    assert out.rejection is not None
+    assert "still running" in out.rejection.reason
+
+
+def test_restarting_a_middle_node_leaves_upstream_alone() -> None:
+    plan = Plan("w")
+    nodes = (NodeSpec("a", "t"), NodeSpec("b", "t"), NodeSpec("c", "t"))
+    assert plan.apply(PlanDiff(None, nodes, (EdgeSpec("a", "b"), EdgeSpec("b", "c")))).ok
+    for n in "abc":
+        _run(plan, n)
+    out = plan.restart("b")
+    assert out.ready == ["b"]
+    assert plan.nodes["a"].state is S.SUCCEEDED
+    assert plan.nodes["a"].attempt == 1
+    assert plan.nodes["c"].state is S.PENDING
+    assert plan.nodes["c"].attempt == 2
+    assert _run(plan, "b") == ["c"]
