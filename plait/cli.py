@@ -248,8 +248,8 @@ def _status_table(runs: Sequence[RunInfo]) -> Iterator[str]:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Print the mutation feed live (one workflow's, or all); Ctrl-C stops."""
-    with _client(args) as client, _interruptible():
-        for event in client.watch(args.workflow):
+    with _client(args) as client, _interruptible(), client.watch(args.workflow) as feed:
+        for event in feed:
             if args.json:
                 _print_json(event.model_dump(mode="json"))
             else:

@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -61,6 +61,7 @@ __all__ = [
     "NotFound",
     "ResultTimeout",
     "Run",
+    "Watch",
     "feed_address",
 ]
 
@@ -372,46 +373,72 @@ class Client:
 
     # --- the feed -------------------------------------------------------------------
 
-    def watch(self, workflow_id: str | None = None, *,
-              idle: Callable[[], None] | None = None) -> Iterator[FeedEvent]:
+    def watch(self, workflow_id: str | None = None) -> Watch:
         """Feed events, as they happen, of one workflow (or of all).
 
-        For one workflow the first item is a snapshot, ``event = {"type":
-        "snapshot", "graph": <view JSON>}`` at the snapshot's ``seq``, and the
+        The subscription starts here, before the first ``next()``. For one
+        workflow the first item is a snapshot, ``event = {"type": "snapshot",
+        "graph": <view JSON, unfolded>}`` at the snapshot's ``seq``, and the
         iterator ends after the workflow's ``{"type": "workflow"}`` event. For
-        all workflows it runs until closed; a workflow first seen mid-way gets a
-        snapshot before its events. ``idle`` is called whenever nothing arrived
-        for ``poll_interval`` seconds (the CLI uses it to notice Ctrl-C).
+        all workflows the first items are snapshots of those still running, and
+        it runs until closed; a workflow first seen mid-way gets a snapshot
+        before its events. While the feed is quiet the client asks Flow for
+        the status every ``poll_interval`` seconds: a dead Flow raises
+        :class:`FlowUnavailable`, and an end the feed did not bring is taken
+        from the history.
         """
-        return _Watch(self, workflow_id, idle).events()
+        return Watch(self, workflow_id)
 
 
-class _Watch:
-    """One feed subscription with per-workflow sequence tracking (see Client.watch)."""
+class Watch(Iterator[FeedEvent]):
+    """One feed subscription with per-workflow sequence tracking (see Client.watch).
 
-    def __init__(self, client: Client, workflow_id: str | None,
-                 idle: Callable[[], None] | None) -> None:
+    An iterator of :class:`FeedEvent`; ``close()`` (or ``with``) ends the subscription.
+    """
+
+    def __init__(self, client: Client, workflow_id: str | None) -> None:
         self.client = client
         self.workflow_id = workflow_id
-        self.idle = idle
         self.last: dict[str, int] = {}
         self.done = False
+        self._sub = client._zmq.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
+        self._sub.connect(client.feed)
+        self._events = self._run()
 
-    def events(self) -> Iterator[FeedEvent]:
-        sub = self.client._zmq.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, (self.workflow_id or "").encode())
-        sub.connect(self.client.feed)
+    def __next__(self) -> FeedEvent:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+        self._sub.close(linger=0)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> Generator[FeedEvent, None, None]:
         try:
-            if self.workflow_id is not None:
-                yield self.snapshot(self.workflow_id)
+            yield from self._snapshots()
             while not self.done:
-                if sub.poll(int(self.client.poll_interval * 1000)):
-                    yield from self.accept(sub.recv_multipart()[-1])
+                if self._sub.poll(int(self.client.poll_interval * 1000)):
+                    yield from self.accept(self._sub.recv_multipart()[-1])
                 else:
                     yield from self.quiet()
         finally:
-            sub.close(linger=0)
+            self._sub.close(linger=0)
+
+    def _snapshots(self) -> Iterator[FeedEvent]:
+        """The Clone pattern's snapshot, taken after subscribing."""
+        if self.workflow_id is not None:
+            yield self.snapshot(self.workflow_id)
+            return
+        for info in self.client.runs():
+            if info.status not in TERMINAL:
+                yield self.snapshot(info.workflow_id)
 
     def snapshot(self, workflow_id: str) -> FeedEvent:
         reply = self.client.graph(workflow_id, unfold=True)  # for machines: nothing folded
@@ -454,8 +481,6 @@ class _Watch:
                 yield from self.deliver(FeedEvent(workflow_id=workflow_id, seq=seq, event=event))
 
     def quiet(self) -> Iterator[FeedEvent]:
-        if self.idle is not None:
-            self.idle()
         if self.workflow_id is None:
             self.client.runs()  # a liveness check: a dead Flow raises FlowUnavailable
             return

@@ -292,3 +292,32 @@ def test_watch_one_workflow_from_snapshot_to_end(cluster: Cluster, tmp_path: Pat
     assert rest[-1].event == {**rest[-1].event, "type": "workflow", "status": "succeeded"}
     assert run.result(timeout=e2e.RESULT_TIMEOUT) == ["a", "b", "c"]
 
+
+
+def test_watch_every_workflow(cluster: Cluster, tmp_path: Path) -> None:
+    log, gate = str(tmp_path / "log"), str(tmp_path / "gate")
+    run = cluster.client.submit("e2e_tasks:gated", log, gate, "watched")
+    wait_for(lambda: e2e_tasks.lines(log, "start"), e2e.RESULT_TIMEOUT)
+    seen: list[FeedEvent] = []
+    with cluster.new_client() as watcher, watcher.watch() as feed:
+        for event in feed:
+            if event.workflow_id != run.id:
+                continue
+            seen.append(event)
+            if event.event["type"] == "snapshot":
+                Path(gate).touch()  # what happens next must reach the watcher
+            if event.event["type"] == "workflow":
+                break
+    assert seen[0].event["type"] == "snapshot"
+    assert seen[-1].event["status"] == "succeeded"
+    assert [e.seq for e in seen] == list(range(seen[0].seq, seen[-1].seq + 1))
+
+
+def test_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAIT_FLOW", "tcp://10.0.0.1:9000")
+    monkeypatch.delenv("PLAIT_FEED", raising=False)
+    with Client() as client:
+        assert (client.address, client.feed) == ("tcp://10.0.0.1:9000", "tcp://10.0.0.1:9001")
+    monkeypatch.delenv("PLAIT_FLOW")
+    with Client() as client:
+        assert client.address == "tcp://127.0.0.1:7100"
