@@ -456,6 +456,11 @@ def test_silent_supervisor_is_declared_dead_and_its_attempts_retried(tmp_path: A
             assert (again.node, again.attempt) == ("a", 2)
             assert flow.counters.get("supervisors.lost") == 1
             silent.finish(lost, "zombie")  # unknown now: acknowledged, not counted
+            back = FakeSupervisor(flow.endpoint, ["a"], supervisor_id="silent",
+                                  running=[AttemptRef(workflow_id=wf, node="a", attempt=1)])
+            cancel = back.next(CancelTask)  # its attempt was given away: stop it
+            back.close()
+            assert (cancel.node, cancel.attempt) == ("a", 1)
             healthy.finish(again, "ok")
             assert result(client, wf).output == "ok"
             error = next(e["error"] for e in history(client, wf) if e.get("state") == "ready")
@@ -568,6 +573,12 @@ def test_restart_fails_attempts_nobody_claims(tmp_path: Any) -> None:
             assert a.attempt == 2
             other.finish(a, "ok")
             assert result(client, wf).output == "ok"
+            # "gone" comes back still running the attempt it lost: told to stop it.
+            back = FakeSupervisor(endpoint, ["a"], supervisor_id="gone",
+                                  running=[AttemptRef(workflow_id=wf, node="a", attempt=1)])
+            cancel = back.next(CancelTask)
+            back.close()
+            assert (cancel.workflow_id, cancel.node, cancel.attempt) == (wf, "a", 1)
         finally:
             client.close()
             other.close()

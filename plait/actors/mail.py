@@ -139,12 +139,13 @@ class Leave:
 
 @dataclass(frozen=True, slots=True)
 class Welcomed:
-    """A supervisor said Hello: its attempts in ``claims`` keep running (now at
-    ``identity``); any other attempt Flow thinks it runs was lost."""
+    """A supervisor said Hello: its attempts of this workflow in ``claims`` (node,
+    attempt) keep running, now at ``identity``; any other attempt Flow thinks it
+    runs was lost, and a claimed attempt that is no longer current is stopped."""
 
     supervisor: str
     identity: bytes
-    claims: frozenset[tuple[str, str, int]] = field(default_factory=frozenset)
+    claims: frozenset[tuple[str, int]] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import zmq
 from plait.actors.gateway import Outbox
 from plait.actors.mail import Leave, Lost, Request, Tick, Welcomed
 from plait.actors.registry import Counters, Registry, Sessions
-from plait.protocol.messages import Heartbeat, Hello
+from plait.protocol.messages import CancelTask, Heartbeat, Hello
 
 __all__ = ["Membership"]
 
@@ -58,8 +58,15 @@ class Membership(pykka.ThreadingActor):
     def _hello(self, identity: bytes, msg: Hello) -> None:
         log.info("supervisor %s joined with %d slots, %d attempts running",
                  msg.supervisor_id, msg.slots, len(msg.running))
-        claims = frozenset((a.workflow_id, a.node, a.attempt) for a in msg.running)
-        self.registry.broadcast(Welcomed(msg.supervisor_id, identity, claims))
+        claims: dict[str, set[tuple[str, int]]] = {}
+        for a in msg.running:
+            claims.setdefault(a.workflow_id, set()).add((a.node, a.attempt))
+        told = self.registry.broadcast(lambda wf: Welcomed(
+            msg.supervisor_id, identity, frozenset(claims.get(wf, ()))))
+        for wf in claims.keys() - set(told):  # the workflow is over: stop its leftovers
+            for node, attempt in claims[wf]:
+                self.outbox.send(identity, CancelTask(workflow_id=wf, node=node,
+                                                      attempt=attempt))
 
     def _tick(self) -> None:
         dead, live = self.sessions.expire(self.timeout)

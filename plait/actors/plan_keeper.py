@@ -478,12 +478,15 @@ class PlanKeeper(pykka.ThreadingActor):
     def _welcomed(self, msg: Welcomed) -> None:
         for node_id, rec in list(self.attempts.items()):
             if self.st.ended or node_id not in self.attempts:
-                return  # an earlier failure ended the workflow
-            attempt = self.st.plan.nodes[node_id].attempt
-            if (self.wf, node_id, attempt) in msg.claims:
+                break  # an earlier failure ended the workflow
+            if (node_id, self.st.plan.nodes[node_id].attempt) in msg.claims:
                 rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
             elif rec.supervisor == msg.supervisor:
                 self._failed(node_id, SUPERVISOR_LOST)  # it came back without this attempt
+        for node_id, attempt in msg.claims:
+            if not self._current(node_id, attempt):  # lost or cancelled meanwhile: stop it
+                self._send(msg.identity, CancelTask(workflow_id=self.wf, node=node_id,
+                                                    attempt=attempt))
 
     def _lost(self, which: Callable[[AttemptRec], bool]) -> None:
         for node_id, rec in list(self.attempts.items()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +75,13 @@ class Registry:
         with self._lock:
             return safe_tell(self._keepers.get(workflow_id), message)
 
-    def broadcast(self, message: Any) -> None:
+    def broadcast(self, message: Any | Callable[[str], Any]) -> list[str]:
+        """Tell every keeper ``message`` (or ``message(workflow_id)``); the workflows told."""
         with self._lock:
-            keepers = list(self._keepers.values())
-        for ref in keepers:
-            safe_tell(ref, message)
+            keepers = list(self._keepers.items())
+        for workflow_id, ref in keepers:
+            safe_tell(ref, message(workflow_id) if callable(message) else message)
+        return [workflow_id for workflow_id, _ in keepers]
 
     def live(self) -> list[str]:
         with self._lock:
