@@ -326,7 +326,7 @@ class Client:
         return Run(self, workflow_id)
 
     def runs(self) -> list[RunInfo]:
-        """Every workflow Flow knows, oldest first."""
+        """Every workflow Flow knows."""
         return list(self.request(GetStatus(), StatusReply).runs)
 
     def run_info(self, workflow_id: str) -> RunInfo:

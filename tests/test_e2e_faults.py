@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,17 @@ def test_a_late_feed_subscriber_converges_to_the_stored_graph(
 
 def test_flow_killed_mid_workflow_and_restarted_on_the_same_db(files: tuple[str, str]) -> None:
     log, gate = files
-    with e2e.cluster(workers=2) as c:
+    with e2e.cluster(workers=2) as c, c.new_client(timeout=60) as waiter, \
+            ThreadPoolExecutor(1) as pool:
         run = c.client.submit("e2e_tasks:chain", log, gate)
         started(log, "b")
         assert e2e_tasks.lines(log, "done", "a")
+        waiting = pool.submit(waiter.run(run.id).result, e2e.RESULT_TIMEOUT)  # across the crash
         c.kill_flow()
         c.start_flow()
         Path(gate).touch()
         assert run.result(timeout=e2e.RESULT_TIMEOUT) == ["a", "b", "c"]
+        assert waiting.result(e2e.RESULT_TIMEOUT) == ["a", "b", "c"]
         assert run.status() == "succeeded"
     for name in ("a", "b", "c"):
         assert len(e2e_tasks.lines(log, "done", name)) == 1, name
