@@ -74,13 +74,17 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
             paths: Sequence[Path]) -> int:
     """Flow on ``port`` (feed ``port + 1``) and one supervisor, until SIGINT/SIGTERM."""
     stop = _stop_on_signals()
-    with Cluster(imports, workers=workers, db=db, port=port, feed_port=port + 1,
-                 paths=paths, cwd=os.getcwd(), logs=False) as cluster:
-        print(f"plait dev: Flow on {cluster.address} (feed {cluster.feed}), database {db}\n"
-              f"plait dev: one supervisor ({workers} workers) serving {', '.join(imports)}\n"
-              f"plait dev: try `plait submit examples.branching:coin --wait`; Ctrl-C stops",
-              flush=True)
-        ended = cluster.wait(stop.is_set)
+    try:
+        with Cluster(imports, workers=workers, db=db, port=port, feed_port=port + 1,
+                     paths=paths, cwd=os.getcwd(), logs=False) as cluster:
+            print(f"plait dev: Flow on {cluster.address} (feed {cluster.feed}), database {db}\n"
+                  f"plait dev: one supervisor ({workers} workers) serving {', '.join(imports)}\n"
+                  f"plait dev: try `plait submit examples.branching:coin --wait`; Ctrl-C stops",
+                  flush=True)
+            ended = cluster.wait(stop.is_set)
+    except (RuntimeError, TimeoutError) as exc:  # the child's own error is on stderr above
+        print(f"plait dev: could not start: {str(exc).strip()}", file=sys.stderr)
+        return 1
     if ended is True:
         return 0
     print(f"plait dev: {ended.name} exited unexpectedly", file=sys.stderr)
