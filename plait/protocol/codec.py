@@ -66,7 +66,7 @@ def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> AnyMessage:
         raise ProtocolError("bad_version", f"protocol version {version!r} is not supported "
                                            f"(this process speaks {PROTOCOL_VERSION})")
     kind = data.get("type")
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
     try:
         return MESSAGE_ADAPTER.validate_python(data)
