@@ -161,7 +161,9 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level)
     _importable_cwd()
-    settings = SupervisorSettings(flow=args.flow, imports=args.imports, workers=args.workers)
+    sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers))
+             if v is not None}
+    settings = SupervisorSettings(flow=args.flow, imports=args.imports, **sizes)
     run_supervisor(settings, ready=_ready_file(args.ready_file))
     return Exit.OK
 
@@ -360,28 +362,15 @@ def _process_options() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="plait", description="plait: durable workflows, from static to dynamic, "
-                                  "with promises.")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    client, proc = _client_options(), _process_options()
-
-    def verb(name: str, fn: Callable[[argparse.Namespace], int],
-             parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-        doc = (fn.__doc__ or "").strip()
-        p = verbs.add_parser(name, help=doc, description=doc, parents=list(parents))
-        p.set_defaults(func=fn)
-        return p
-
-    p = verb("dev", cmd_dev)
+def _dev_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7100, help="Flow's port (feed: port + 1)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="task module to serve (repeatable; default: the examples)")
     p.add_argument("--db", help=f"SQLite file (default: {DEFAULT_DB})")
 
-    p = verb("flow", cmd_flow, [proc])
+
+def _flow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help=f"SQLite file (default: {DEFAULT_DB})")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     p.add_argument("--port", type=int, default=7100, help="request port (default: 7100)")
@@ -393,14 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-scale", type=float, default=1.0, metavar="X",
                    help="multiply every retry delay by X (default: 1)")
 
-    p = verb("supervisor", cmd_supervisor, [proc])
+
+def _supervisor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", default=os.environ.get("PLAIT_FLOW", "tcp://127.0.0.1:7100"),
                    metavar="ADDRESS", help="Flow's address (default: $PLAIT_FLOW or port 7100)")
     p.add_argument("--import", dest="imports", action="append", required=True,
                    metavar="MODULE", help="task module to import and serve (repeatable)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per CPU)")
+    p.add_argument("--max-workers", type=int, default=None,
+                   help="workers allowed while tasks await others (default: 4 x workers)")
 
-    p = verb("submit", cmd_submit, [client])
+
+def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="module:task", help="a task or Graph, as module:attr")
     p.add_argument("args", nargs="*", metavar="ARG_JSON",
                    help="positional arguments, as JSON (a non-JSON word is a string)")
@@ -411,37 +405,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-timeout", type=float, default=None, metavar="S",
                    help="with --wait: give up after S seconds")
 
-    p = verb("status", cmd_status, [client])
+
+def _any_workflow(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow", nargs="?", help="a workflow id (default: all)")
 
-    p = verb("watch", cmd_watch, [client])
-    p.add_argument("workflow", nargs="?", help="a workflow id (default: all)")
 
-    p = verb("graph", cmd_graph, [client])
+def _one_workflow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow")
+
+
+def _graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow")
     p.add_argument("--at", type=int, default=None, metavar="SEQ", help="as of this event")
     p.add_argument("--format", choices=["dot", "svg", "png", "pdf", "json"], default=None,
-                   help="default: from -o's suffix, else dot")
+                   help="default: json with --json, else from -o's suffix, else dot")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.add_argument("--unfold", action="store_true", help="do not fold repeated siblings")
 
-    p = verb("trace", cmd_trace, [client])
+
+def _trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--format", choices=["svg", "png", "dot", "json"], default="svg")
     p.add_argument("--unfold", action="store_true", help="do not fold repeated siblings")
 
-    p = verb("history", cmd_history, [client])
-    p.add_argument("workflow")
 
-    p = verb("cancel", cmd_cancel, [client])
-    p.add_argument("workflow")
-
-    p = verb("demo", cmd_demo)
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="plait-demo", metavar="DIR",
                    help="where to write the pictures (default: ./plait-demo)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="give up on an example after S seconds (default: 60)")
+
+
+Options = Callable[[argparse.ArgumentParser], None]
+Command = Callable[[argparse.Namespace], int]
+
+# verb -> (command, its options, shared options: "client", "process" or none)
+VERBS: dict[str, tuple[Command, Options, str]] = {
+    "dev": (cmd_dev, _dev_options, ""),
+    "flow": (cmd_flow, _flow_options, "process"),
+    "supervisor": (cmd_supervisor, _supervisor_options, "process"),
+    "submit": (cmd_submit, _submit_options, "client"),
+    "status": (cmd_status, _any_workflow, "client"),
+    "watch": (cmd_watch, _any_workflow, "client"),
+    "graph": (cmd_graph, _graph_options, "client"),
+    "trace": (cmd_trace, _trace_options, "client"),
+    "history": (cmd_history, _one_workflow, "client"),
+    "cancel": (cmd_cancel, _one_workflow, "client"),
+    "demo": (cmd_demo, _demo_options, ""),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    codes = ", ".join(f"{int(c)} {c.name.lower().replace('_', ' ')}" for c in Exit)
+    parser = argparse.ArgumentParser(
+        prog="plait", description="plait: durable workflows, from static to dynamic, "
+                                  "with promises.", epilog=f"exit codes: {codes}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    shared = {"client": [_client_options()], "process": [_process_options()], "": []}
+    for name, (command, options, kind) in VERBS.items():
+        doc = (command.__doc__ or "").strip()
+        p = verbs.add_parser(name, help=doc, description=doc, parents=shared[kind])
+        options(p)
+        p.set_defaults(func=command)
     return parser
 
 
