@@ -219,9 +219,11 @@ class Client:
     # --- lifecycle ------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the client and any watch still open on it."""
         with self._lock:
             self._drop_socket()
-            self._zmq.term()
+            # destroy, not term: a watch left unfinished must not block the close.
+            self._zmq.destroy(linger=0)
 
     def __enter__(self) -> Client:
         return self
