@@ -4,11 +4,7 @@ One DEALER socket talks to Flow's ROUTER. Every request carries a correlation
 id and has a deadline: a Flow that does not answer raises :class:`FlowUnavailable`
 instead of hanging, and the socket is then replaced (the "Lazy Pirate" pattern)
 so that a request abandoned while Flow was down is not delivered later.
-
-:meth:`Client.watch` follows ZeroMQ's "Clone" pattern: subscribe to the feed
-first, then take a snapshot (``GetGraph``, which carries its ``seq``), then
-yield only events with a larger ``seq``; a gap in the sequence is filled from
-the workflow's history, so a late or slow subscriber still sees every change.
+:meth:`Client.watch` follows the feed (see :mod:`plait.watch`).
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -39,7 +35,6 @@ from plait.protocol.messages import (
     AwaitResult,
     CancelWorkflow,
     Error,
-    FeedEvent,
     GetGraph,
     GetHistory,
     GetStatus,
@@ -52,6 +47,7 @@ from plait.protocol.messages import (
     Submitted,
     WorkflowResult,
 )
+from plait.watch import TERMINAL, Watch
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -66,7 +62,6 @@ __all__ = [
 ]
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:7100"
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "violated"})
 _M = TypeVar("_M", bound=Message)
 
 
@@ -390,107 +385,6 @@ class Client:
         from the history.
         """
         return Watch(self, workflow_id)
-
-
-class Watch(Iterator[FeedEvent]):
-    """One feed subscription with per-workflow sequence tracking (see Client.watch).
-
-    An iterator of :class:`FeedEvent`; ``close()`` (or ``with``) ends the subscription.
-    """
-
-    def __init__(self, client: Client, workflow_id: str | None) -> None:
-        self.client = client
-        self.workflow_id = workflow_id
-        self.last: dict[str, int] = {}
-        self.done = False
-        self._sub = client._zmq.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
-        self._sub.connect(client.feed)
-        self._events = self._run()
-
-    def __next__(self) -> FeedEvent:
-        return next(self._events)
-
-    def close(self) -> None:
-        self._events.close()
-        self._sub.close(linger=0)
-
-    def __enter__(self) -> Watch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self) -> Generator[FeedEvent, None, None]:
-        try:
-            yield from self._snapshots()
-            while not self.done:
-                if self._sub.poll(int(self.client.poll_interval * 1000)):
-                    yield from self.accept(self._sub.recv_multipart()[-1])
-                else:
-                    yield from self.quiet()
-        finally:
-            self._sub.close(linger=0)
-
-    def _snapshots(self) -> Iterator[FeedEvent]:
-        """The Clone pattern's snapshot, taken after subscribing."""
-        if self.workflow_id is not None:
-            yield self.snapshot(self.workflow_id)
-            return
-        for info in self.client.runs():
-            if info.status not in TERMINAL:
-                yield self.snapshot(info.workflow_id)
-
-    def snapshot(self, workflow_id: str) -> FeedEvent:
-        reply = self.client.graph(workflow_id, unfold=True)  # for machines: nothing folded
-        self.last[workflow_id] = reply.seq
-        return FeedEvent(workflow_id=workflow_id, seq=reply.seq,
-                         event={"type": "snapshot", "graph": reply.graph})
-
-    def accept(self, frame: bytes) -> Iterator[FeedEvent]:
-        try:
-            event = codec.decode(frame)
-        except ProtocolError:
-            return
-        if not isinstance(event, FeedEvent):
-            return
-        wid = event.workflow_id
-        if self.workflow_id is not None and wid != self.workflow_id:
-            return  # topics match by prefix: "wf-1" also brings "wf-12"
-        if wid not in self.last and event.seq > 1:
-            yield self.snapshot(wid)  # joined this workflow late
-        last = self.last.get(wid, 0)
-        if event.seq <= last:
-            return
-        if event.seq > last + 1:
-            yield from self.catch_up(wid)  # we missed some: fill the gap
-            if event.seq <= self.last.get(wid, 0):
-                return
-        yield from self.deliver(event)
-
-    def deliver(self, event: FeedEvent) -> Iterator[FeedEvent]:
-        self.last[event.workflow_id] = event.seq
-        yield event
-        if event.workflow_id == self.workflow_id and event.event.get("type") == "workflow":
-            self.done = True
-
-    def catch_up(self, workflow_id: str) -> Iterator[FeedEvent]:
-        """Events after the last one delivered, from the workflow's history."""
-        for event in self.client.history(workflow_id):
-            seq = int(event.get("seq", 0))
-            if seq > self.last.get(workflow_id, 0) and not self.done:
-                yield from self.deliver(FeedEvent(workflow_id=workflow_id, seq=seq, event=event))
-
-    def quiet(self) -> Iterator[FeedEvent]:
-        if self.workflow_id is None:
-            self.client.runs()  # a liveness check: a dead Flow raises FlowUnavailable
-            return
-        if self.client.run_info(self.workflow_id).status in TERMINAL:
-            # The end may have been published before our subscription took hold,
-            # or before our snapshot, which then already shows the final graph.
-            yield from self.catch_up(self.workflow_id)
-            self.done = True
 
 
 def _registration() -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:

@@ -1,0 +1,127 @@
+"""Following the mutation feed: ZeroMQ's "Clone" pattern on the client side.
+
+Subscribe first, then take a snapshot (``GetGraph``, whose reply carries its
+``seq``), then yield only events with a larger ``seq``. A gap in a workflow's
+sequence (the subscription was slow to take hold, or a message was dropped)
+is filled from the workflow's history, so a late or slow subscriber still
+sees every change, in order, exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING
+
+import zmq
+
+from plait.errors import ProtocolError
+from plait.protocol import codec
+from plait.protocol.messages import FeedEvent
+
+if TYPE_CHECKING:
+    from plait.client import Client
+
+__all__ = ["TERMINAL", "Watch"]
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "violated"})
+
+
+class Watch(Iterator[FeedEvent]):
+    """One feed subscription with per-workflow sequence tracking (see Client.watch).
+
+    An iterator of :class:`FeedEvent`; ``close()`` (or ``with``) ends the subscription.
+    """
+
+    def __init__(self, client: Client, workflow_id: str | None) -> None:
+        self.client = client
+        self.workflow_id = workflow_id
+        self.last: dict[str, int] = {}
+        self.done = False
+        self._sub = client._zmq.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
+        self._sub.connect(client.feed)
+        self._events = self._run()
+
+    def __next__(self) -> FeedEvent:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+        self._sub.close(linger=0)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> Generator[FeedEvent, None, None]:
+        try:
+            yield from self._snapshots()
+            while not self.done:
+                if self._sub.poll(int(self.client.poll_interval * 1000)):
+                    yield from self.accept(self._sub.recv_multipart()[-1])
+                else:
+                    yield from self.quiet()
+        finally:
+            self._sub.close(linger=0)
+
+    def _snapshots(self) -> Iterator[FeedEvent]:
+        """The Clone pattern's snapshot, taken after subscribing."""
+        if self.workflow_id is not None:
+            yield self.snapshot(self.workflow_id)
+            return
+        for info in self.client.runs():
+            if info.status not in TERMINAL:
+                yield self.snapshot(info.workflow_id)
+
+    def snapshot(self, workflow_id: str) -> FeedEvent:
+        reply = self.client.graph(workflow_id, unfold=True)  # for machines: nothing folded
+        self.last[workflow_id] = reply.seq
+        return FeedEvent(workflow_id=workflow_id, seq=reply.seq,
+                         event={"type": "snapshot", "graph": reply.graph})
+
+    def accept(self, frame: bytes) -> Iterator[FeedEvent]:
+        try:
+            event = codec.decode(frame)
+        except ProtocolError:
+            return
+        if not isinstance(event, FeedEvent):
+            return
+        wid = event.workflow_id
+        if self.workflow_id is not None and wid != self.workflow_id:
+            return  # topics match by prefix: "wf-1" also brings "wf-12"
+        if wid not in self.last and event.seq > 1:
+            yield self.snapshot(wid)  # joined this workflow late
+        last = self.last.get(wid, 0)
+        if event.seq <= last:
+            return
+        if event.seq > last + 1:
+            yield from self.catch_up(wid)  # we missed some: fill the gap
+            if event.seq <= self.last.get(wid, 0):
+                return
+        yield from self.deliver(event)
+
+    def deliver(self, event: FeedEvent) -> Iterator[FeedEvent]:
+        self.last[event.workflow_id] = event.seq
+        yield event
+        if event.workflow_id == self.workflow_id and event.event.get("type") == "workflow":
+            self.done = True
+
+    def catch_up(self, workflow_id: str) -> Iterator[FeedEvent]:
+        """Events after the last one delivered, from the workflow's history."""
+        for event in self.client.history(workflow_id):
+            seq = int(event.get("seq", 0))
+            if seq > self.last.get(workflow_id, 0) and not self.done:
+                yield from self.deliver(FeedEvent(workflow_id=workflow_id, seq=seq, event=event))
+
+    def quiet(self) -> Iterator[FeedEvent]:
+        if self.workflow_id is None:
+            self.client.runs()  # a liveness check: a dead Flow raises FlowUnavailable
+            return
+        if self.client.run_info(self.workflow_id).status in TERMINAL:
+            # The end may have been published before our subscription took hold,
+            # or before our snapshot, which then already shows the final graph.
+            yield from self.catch_up(self.workflow_id)
+            self.done = True
