@@ -1,149 +1,85 @@
 """The Context: what a running task sees of its workflow, and how it changes it.
 
-A task proposes graph mutations (spawns, runs-after edges, promises, state)
-through its Context. They are batched into one :class:`PlanDiff` and sent only
-when the task has to: before it waits for a node (``Propose`` then ``Wait``)
-or when it finishes (the rest rides on ``Finish.diff``). So ``ctx.map`` over a
-thousand items is one diff, and a task that never awaits sends one message.
+A task proposes graph mutations (spawns, runs-after edges, promises) through
+its Context. They are batched into one :class:`PlanDiff` and sent only when
+the task has to: before it waits (``Propose`` then ``Wait``) or when it
+finishes (the rest rides on ``Finish.diff``). So ``ctx.map`` over a thousand
+items is one diff, and a task that never awaits sends one message.
+
+Durability (see :mod:`plait.replay`): a Context built from an Assign's
+``History`` replays it. Spawns re-derive their ids (re-proposals of known
+nodes are no-ops for Flow), children whose result is in the history are
+awaited without asking Flow, and replay-safe helpers return recorded values.
+Values recorded anew ride on the next Propose, Wait or Finish.
 
 The Context talks to Flow through a :class:`Transport` (the worker process's
-socket thread in production, a fake in tests). The same wait logic serves
-``await handle`` in async tasks and ``handle.result()`` in sync ones: it is
-written once as a generator of requests, driven by either a blocking or an
-awaiting loop.
+socket thread in production, a fake in tests). Each wait is written once as a
+generator of requests, driven by a blocking loop (``.result()`` in sync tasks)
+or an awaiting one (``await`` in async tasks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random as _random
+import typing
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar, cast
 
-from pydantic import ValidationError
+from pydantic import PydanticSchemaGenerationError, TypeAdapter
+from pydantic_core import PydanticSerializationError
 
-from plait.errors import (
-    NonDeterminismError,
-    PlaitError,
-    PlanError,
-    PromiseViolation,
-    TaskFailed,
-    WorkflowCancelled,
+from plait.errors import PlaitError, PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
+from plait.handles import Durable, Gathered, Handle
+from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, PlanDiff, Rejection
+from plait.protocol.messages import (
+    Error,
+    History,
+    Message,
+    NodeResult,
+    Propose,
+    Proposed,
+    Recorded,
+    Resolved,
+    SetState,
+    TaskHeartbeat,
+    Wait,
 )
-from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, PlanDiff, Rejection, child_id
-from plait.protocol.messages import Error, Message, NodeResult, Propose, Proposed, Resolved, Wait
 from plait.protocol.promises import Promise
-from plait.task import InvalidOutput, Task, as_data, as_task, encode_inputs, ref_of
+from plait.replay import ChildIds, Evicted, Recorder, call_site, sdk_file, spawn_divergence
+from plait.task import as_data, as_task, encode_inputs, ref_of
 
-__all__ = ["Context", "Gathered", "Handle", "Recorder", "Transport"]
+__all__ = ["Context", "Durable", "Gathered", "Handle", "Recorder", "Transport"]
 
 T = TypeVar("T")
-Steps = Generator[Message, Message, None]
+Steps = Generator[Message, Message, Any]
+
+sdk_file(__file__)
 
 
 class Transport(Protocol):
-    """How a Context reaches Flow: one request, one reply (as a future).
+    """How a Context reaches Flow.
 
-    The future fails with :class:`WorkflowCancelled` if the attempt is
-    cancelled while it waits; ``cancelled`` says so between requests.
+    ``request`` is one request, one reply (as a future, which fails with
+    :class:`WorkflowCancelled` if the attempt is cancelled while it waits, or
+    with the private ``Evicted`` when the worker drops the task). ``send`` is
+    fire-and-forget from the task's side (the supervisor sees to its Ack).
+    ``cancelled`` and ``evicted`` say so between requests.
     """
 
     def request(self, message: Propose | Wait) -> Future[Message]: ...
 
+    def send(self, message: TaskHeartbeat | SetState) -> None: ...
+
     @property
     def cancelled(self) -> bool: ...
 
-
-class Recorder:
-    """Where non-deterministic values come from (the replay seam).
-
-    This one computes each value and keeps it in ``values``, in call order.
-    Replay (the durability issue) substitutes a recorder that returns the
-    values recorded by an earlier attempt instead of computing them again.
-    """
-
-    def __init__(self) -> None:
-        self.values: list[tuple[str, Any]] = []
-
-    def record(self, kind: str, produce: Callable[[], T]) -> T:
-        value = produce()
-        self.values.append((kind, value))
-        return value
-
-
-class Handle:
-    """A node this task spawned: await it (``await h``) or block on ``h.result()``."""
-
-    __slots__ = ("_ctx", "_task", "id", "task")
-
-    def __init__(self, ctx: Context, node_id: str, task_name: str,
-                 task: Task[Any, Any] | None) -> None:
-        self._ctx = ctx
-        self._task = task
-        self.id = node_id
-        self.task = task_name
-
     @property
-    def __plait_ref__(self) -> str:
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"<Handle {self.id} ({self.task})>"
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._ctx._await_one(self).__await__()
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait (blocking the worker) for this node; its output, or its failure raised."""
-        return self._ctx._values([self], False, timeout)[0]
-
-    def done(self) -> bool:
-        """Whether this task already knows the node's result (never asks Flow)."""
-        return self.id in self._ctx._results
-
-    def decode(self, output: Any) -> Any:
-        if self._task is None:
-            return output
-        try:
-            return self._task.decode_output(output)
-        except ValidationError as exc:
-            raise InvalidOutput(f"{self.id} ({self.task}) output {output!r} does not match "
-                                f"its return annotation: {exc}") from exc
-
-
-class Gathered(Sequence[Any]):
-    """Several handles' results: ``await ctx.gather(hs)`` in async tasks; in sync
-    ones, ``.result()`` or simply use it as a list (which waits on first use)."""
-
-    def __init__(self, ctx: Context, handles: Sequence[Handle], return_exceptions: bool) -> None:
-        self._ctx = ctx
-        self._handles = list(handles)
-        self._return_exceptions = return_exceptions
-        self._values: list[Any] | None = None
-
-    def __await__(self) -> Generator[Any, None, list[Any]]:
-        return self._ctx._await_values(self._handles, self._return_exceptions).__await__()
-
-    def result(self, timeout: float | None = None) -> list[Any]:
-        if self._values is None:
-            self._values = self._ctx._values(self._handles, self._return_exceptions, timeout)
-        return self._values
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
-    def __getitem__(self, index: int | slice) -> Any:
-        return self.result()[index]
-
-    def __len__(self) -> int:
-        return len(self._handles)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.result())
+    def evicted(self) -> bool: ...
 
 
 class Context:
@@ -151,22 +87,24 @@ class Context:
 
     def __init__(self, *, workflow_id: str, node_id: str, transport: Transport,
                  attempt: int = 1, idempotency_key: str | None = None,
-                 recorder: Recorder | None = None) -> None:
+                 history: History | None = None) -> None:
         self._workflow_id = workflow_id
         self._node_id = node_id
         self._attempt = attempt
         self._idempotency_key = idempotency_key or f"{workflow_id}/{node_id}"
         self._transport = transport
-        self.recorder = recorder or Recorder()
-        self._seq = 0
-        self._results: dict[str, NodeResult] = {}
+        self.recorder = Recorder(history, node_id)
+        self._ids = ChildIds(node_id, attempt, history.previous if history else ())
+        self._results: dict[str, NodeResult] = dict(history.results) if history else {}
+        self.heartbeat_details: Any = history.heartbeat if history else None
+        self._seq = 0  # the spawn seq
         self._spawned: dict[str, NodeSpec] = {}
+        self._sites: dict[str, str] = {}  # child id -> file:line of its spawn
         self._after_me: set[str] = set()  # nodes that cannot start before this task ends
         self._nodes: list[NodeSpec] = []
         self._edges: list[EdgeSpec] = []
         self._promises: list[tuple[str, Promise]] = []
         self._attrs: dict[tuple[str, str | None], AttrChange] = {}
-        self.heartbeat_details: Any = None
         self._turn: asyncio.Lock | None = None
 
     # --- identity -------------------------------------------------------------------
@@ -188,7 +126,14 @@ class Context:
         """Stable across attempts of this node: use it for external side effects."""
         return self._idempotency_key
 
+    @property
+    def replaying(self) -> bool:
+        """True while this execution re-walks recorded history (handy to skip logging)."""
+        return self.recorder.replaying
+
     def _check(self) -> None:
+        if self._transport.evicted:
+            raise Evicted
         if self._transport.cancelled:
             raise WorkflowCancelled(f"workflow {self._workflow_id} was cancelled "
                                     f"(node {self._node_id})")
@@ -203,16 +148,17 @@ class Context:
         others are node attributes (``color``, ``label``...). Handles among the
         arguments become data edges; ``after`` adds runs-after edges.
         """
-        return self._spawn(fn, args, after, key, attrs, then=False)
+        return self._spawn(fn, args, after, key, attrs, then=False, site=call_site())
 
     def then(self, fn: Any, *args: Any, after: Iterable[Any] = (), key: str | None = None,
              **attrs: Any) -> Handle:
         """Like :meth:`spawn`, with an edge from this node: the child runs after this task."""
-        return self._spawn(fn, args, after, key, attrs, then=True)
+        return self._spawn(fn, args, after, key, attrs, then=True, site=call_site())
 
     def map(self, fn: Any, items: Iterable[Any]) -> list[Handle]:
         """One child per item (``fn(item)``), all in one diff."""
-        return [self._spawn(fn, (item,), (), None, {}, then=False) for item in items]
+        site = call_site()
+        return [self._spawn(fn, (item,), (), None, {}, then=False, site=site) for item in items]
 
     def promise(self, *promises: Promise) -> None:
         """Promise how this node's part of the graph may still change (binds its children)."""
@@ -222,32 +168,14 @@ class Context:
                 raise TypeError(f"ctx.promise() takes promises, got {p!r}")
             self._promises.append((self._node_id, p))
 
-    def set_state(self, value: Any) -> None:
-        """Publish a queryable state for this node (the node attribute ``state``)."""
-        self._check()
-        self._set_attr("state", value)
-
-    def heartbeat(self, details: Any = None) -> None:
-        """Say this long task is alive; ``details`` are kept as the node's ``heartbeat``.
-
-        Also a cancellation point: a cancelled task raises WorkflowCancelled here.
-        """
-        self._check()
-        self.heartbeat_details = details
-        if details is not None:
-            self._set_attr("heartbeat", details)
-
-    def _set_attr(self, key: str, value: Any) -> None:
-        self._attrs[(key, self._node_id)] = AttrChange(key, as_data(value, key), self._node_id)
-
     def _spawn(self, fn: Any, args: Sequence[Any], after: Iterable[Any], key: str | None,
-               keywords: dict[str, Any], *, then: bool) -> Handle:
+               keywords: dict[str, Any], *, then: bool, site: str) -> Handle:
         self._check()
         t = as_task(fn)
         kwargs, attrs = t.split_keywords(keywords) if t is not None else ({}, keywords)
         name, inputs, refs = encode_inputs(fn, args, kwargs)
         self._seq += 1
-        nid = child_id(self._node_id, self._seq, key)
+        nid = self._ids.derive(self._seq, key, name, inputs)
         spec = NodeSpec(nid, name, inputs, attrs, creator=self._node_id, key=key)
         known = self._spawned.get(nid)
         if known is not None:
@@ -257,6 +185,7 @@ class Context:
         afters = [self._node_id] if then else []
         afters += [a if isinstance(a, str) else ref_of(a) or _not_a_node(a) for a in after]
         self._spawned[nid] = spec
+        self._sites[nid] = site
         self._nodes.append(spec)
         self._edges += [EdgeSpec(r, nid, data=True) for r in refs]
         self._edges += [EdgeSpec(a, nid) for a in afters if a not in refs]
@@ -275,27 +204,103 @@ class Context:
         self._nodes, self._edges, self._promises, self._attrs = [], [], [], {}
         return diff
 
+    def take_recorded(self) -> list[Recorded]:
+        """Values recorded since the last message (the worker's Finish carries them)."""
+        return self.recorder.take()
+
+    # --- state and liveness -------------------------------------------------------------
+
+    def set_state(self, value: Any) -> None:
+        """Publish a queryable state for this node (``Run.query()`` reads it at once)."""
+        self._check()
+        self._transport.send(SetState(workflow_id=self._workflow_id, node=self._node_id,
+                                      attempt=self._attempt, value=as_data(value, "state")))
+
+    def heartbeat(self, details: Any = None) -> None:
+        """Say this long task is alive; ``details`` (data) are kept for a retry, which
+        finds the last ones in ``ctx.heartbeat_details``. Also a cancellation point."""
+        self._check()
+        if details is not None:
+            self.heartbeat_details = as_data(details, "heartbeat details")
+        self._transport.send(TaskHeartbeat(workflow_id=self._workflow_id, node=self._node_id,
+                                           attempt=self._attempt,
+                                           details=self.heartbeat_details))
+
     # --- recorded values ------------------------------------------------------------------
 
     def random(self) -> float:
         """A float in [0, 1), recorded (replay returns the same value)."""
         self._check()
-        return self.recorder.record("random", _random.random)
+        return float(self.recorder.record("random", _random.random, call_site()))
 
     def now(self) -> datetime:
         """The current UTC time, recorded."""
         self._check()
-        return self.recorder.record("now", lambda: datetime.now(UTC))
+        when = self.recorder.record("now", lambda: datetime.now(UTC).isoformat(), call_site())
+        return datetime.fromisoformat(when)
 
     def uuid4(self) -> uuid.UUID:
         """A random UUID, recorded."""
         self._check()
-        return self.recorder.record("uuid4", uuid.uuid4)
+        return uuid.UUID(self.recorder.record("uuid4", lambda: str(uuid.uuid4()), call_site()))
 
-    def side_effect(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` once and record its value (replay returns it without running ``fn``)."""
+    def side_effect(self, fn: Callable[[], T], returns: Any = None) -> T:
+        """Run ``fn`` once and record its value (replay returns it without running ``fn``).
+
+        The value is recorded as data and read back as ``returns`` (default: the
+        return annotation of ``fn``, else plain data), so the first run and a
+        replay see the same thing.
+        """
         self._check()
-        return self.recorder.record("side_effect", fn)
+        adapter = _adapter(returns if returns is not None else _return_hint(fn))
+
+        def produce() -> Any:
+            value = fn()
+            try:
+                return adapter.dump_python(value, mode="json")
+            except PydanticSerializationError as exc:
+                raise PlaitError(f"side_effect value {value!r} is not data: {exc}") from exc
+
+        return cast(T, adapter.validate_python(
+            self.recorder.record("side_effect", produce, call_site())))
+
+    def version(self, change_id: str) -> bool:
+        """Whether to take the new code path of change ``change_id``.
+
+        True on a first execution; a replay of history written by code without
+        this call returns False (the old path), and the choice is recorded, so
+        one attempt keeps to one path for good.
+        """
+        self._check()
+        return self.recorder.version(change_id, call_site())
+
+    # --- durable waits --------------------------------------------------------------------
+
+    def sleep(self, seconds: float) -> Durable:
+        """A durable timer: ``await ctx.sleep(s)`` / ``ctx.sleep(s).result()``.
+
+        The worker is freed while it runs; Flow's clock fires it, even across restarts.
+        """
+        self._check()
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                or not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"ctx.sleep() takes seconds >= 0, got {seconds!r}")
+        site = call_site()
+        seq, fired, _ = self.recorder.wait("sleep", site)
+        return Durable(self, "sleep", seq, site, seconds=float(seconds),
+                       done=fired or seconds == 0)
+
+    def signal(self, name: str) -> Durable:
+        """Wait for the signal ``name`` (``Run.signal``); its result is the payload.
+
+        Signals sent before the wait are kept for it; the worker is freed meanwhile.
+        """
+        self._check()
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"ctx.signal() takes a signal name, got {name!r}")
+        site = call_site()
+        seq, delivered, payload = self.recorder.wait("signal", site)
+        return Durable(self, "signal", seq, site, name=name, done=delivered, value=payload)
 
     # --- waiting -------------------------------------------------------------------------
 
@@ -305,55 +310,88 @@ class Context:
         self._check()
         return Gathered(self, list(handles), return_exceptions)
 
+    def _propose_steps(self) -> Generator[Message, Message, None]:
+        diff = self.take_diff()
+        if diff is not None:
+            reply = yield Propose(workflow_id=self._workflow_id, node=self._node_id,
+                                  attempt=self._attempt, diff=diff.to_dict(),
+                                  recorded=self.recorder.take())
+            self._on_proposed(reply)
+
     def _wait_steps(self, handles: Sequence[Handle]) -> Steps:
         self._check()
-        missing = list(dict.fromkeys(h.id for h in handles if h.id not in self._results))
-        if not missing:
+        ids = list(dict.fromkeys(h.id for h in handles))
+        missing = [nid for nid in ids if nid not in self._results]
+        unsent = {n.id for n in self._nodes}.intersection(ids)
+        if not missing and not unsent:
             return
         for nid in missing:
             if nid in self._after_me:
                 raise PlanError(f"{self._node_id} cannot wait for {nid}: it runs after "
                                 f"{self._node_id} finishes")
-        diff = self.take_diff()
-        if diff is not None:
-            reply = yield Propose(workflow_id=self._workflow_id, node=self._node_id,
-                                  attempt=self._attempt, diff=diff.to_dict())
-            self._on_proposed(reply)
-        reply = yield Wait(workflow_id=self._workflow_id, node=self._node_id,
-                           attempt=self._attempt, handles=missing)
-        self._on_resolved(reply, missing)
+        # A replay re-proposes known children before using their recorded results,
+        # so that Flow tells a divergent spawn before its result is trusted.
+        yield from self._propose_steps()
+        if missing:
+            reply = yield Wait(workflow_id=self._workflow_id, node=self._node_id,
+                               attempt=self._attempt, handles=missing,
+                               recorded=self.recorder.take())
+            self._on_resolved(reply, missing)
 
-    def _values(self, handles: Sequence[Handle], return_exceptions: bool,
-                timeout: float | None) -> list[Any]:
-        steps = self._wait_steps(handles)
+    def _durable_steps(self, w: Durable) -> Steps:
+        self._check()
+        if w.done:
+            return w.value
+        yield from self._propose_steps()
+        reply = yield Wait(workflow_id=self._workflow_id, node=self._node_id,
+                           attempt=self._attempt, timer=w.seconds, signal=w.name, seq=w.seq,
+                           recorded=self.recorder.take())
+        self._on_resolved(reply, [])
+        assert isinstance(reply, Resolved)
+        w.done, w.value = True, reply.value
+        return w.value
+
+    def _drive(self, steps: Steps, timeout: float | None = None) -> Any:
         try:
             request = next(steps)
             while True:
                 future = self._transport.request(request)  # type: ignore[arg-type]
                 request = steps.send(future.result(timeout))
-        except StopIteration:
-            pass
-        return self._outcomes(handles, return_exceptions)
+        except StopIteration as stop:
+            return stop.value
 
-    async def _await_values(self, handles: Sequence[Handle],
-                            return_exceptions: bool) -> list[Any]:
+    async def _adrive(self, steps: Steps) -> Any:
         # Concurrent awaits (asyncio.gather over handles) take turns, so that a
         # Wait never overtakes the Propose that creates the nodes it names.
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:
-            steps = self._wait_steps(handles)
             try:
                 request = next(steps)
                 while True:
                     future = self._transport.request(request)  # type: ignore[arg-type]
                     request = steps.send(await asyncio.wrap_future(future))
-            except StopIteration:
-                pass
+            except StopIteration as stop:
+                return stop.value
+
+    def _values(self, handles: Sequence[Handle], return_exceptions: bool,
+                timeout: float | None) -> list[Any]:
+        self._drive(self._wait_steps(handles), timeout)
+        return self._outcomes(handles, return_exceptions)
+
+    async def _await_values(self, handles: Sequence[Handle],
+                            return_exceptions: bool) -> list[Any]:
+        await self._adrive(self._wait_steps(handles))
         return self._outcomes(handles, return_exceptions)
 
     async def _await_one(self, handle: Handle) -> Any:
         return (await self._await_values([handle], False))[0]
+
+    def _durable(self, w: Durable) -> Any:
+        return self._drive(self._durable_steps(w))
+
+    async def _await_durable(self, w: Durable) -> Any:
+        return await self._adrive(self._durable_steps(w))
 
     def _on_proposed(self, reply: Message) -> None:
         if isinstance(reply, Error):
@@ -362,8 +400,15 @@ class Context:
         if not isinstance(reply, Proposed):
             raise PlaitError(f"expected a Proposed reply, got {type(reply).__name__}")
         if not reply.ok:
-            raise _rejection_error(Rejection.from_dict(reply.rejection or {
-                "kind": "plan", "reason": "rejected without a reason", "proposer": None}))
+            rej = Rejection.from_dict(reply.rejection or {
+                "kind": "plan", "reason": "rejected without a reason", "proposer": None})
+            if rej.kind == "nondeterminism":
+                raise spawn_divergence(self._node_id, rej.reason, self._sites)
+            if rej.kind == "violation":
+                raise PromiseViolation(rej.message(), promise=rej.promise or "",
+                                       owner=rej.owner, proposer=rej.proposer,
+                                       diff=dict(rej.diff))
+            raise PlanError(rej.message())
 
     def _on_resolved(self, reply: Message, expected: list[str]) -> None:
         if isinstance(reply, Error):
@@ -380,33 +425,27 @@ class Context:
         values = []
         for h in handles:
             try:
-                values.append(self._outcome(h))
+                values.append(h.outcome(self._results[h.id]))
             except (TaskFailed, WorkflowCancelled, PlaitError) as exc:
                 if not return_exceptions:
                     raise
                 values.append(exc)
         return values
 
-    def _outcome(self, h: Handle) -> Any:
-        result = self._results[h.id]
-        if result.state == "succeeded":
-            return h.decode(result.output)
-        if result.state == "cancelled":
-            raise WorkflowCancelled(f"{h.id} ({h.task}) was cancelled")
-        err = result.error or {}
-        raise TaskFailed(f"{h.id} ({h.task}) failed: {err.get('type', 'Error')}: "
-                         f"{err.get('message', result.state)}", node=h.id,
-                         attempts=int(err.get("attempts") or 0), cause=err.get("type"))
-
 
 def _not_a_node(value: Any) -> str:
     raise TypeError(f"after= takes handles, node references or node ids, got {value!r}")
 
 
-def _rejection_error(rej: Rejection) -> PlaitError:
-    if rej.kind == "violation":
-        return PromiseViolation(rej.message(), promise=rej.promise or "", owner=rej.owner,
-                                proposer=rej.proposer, diff=dict(rej.diff))
-    if rej.kind == "nondeterminism":
-        return NonDeterminismError(rej.message())
-    return PlanError(rej.message())
+def _return_hint(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
+        return Any
+
+
+def _adapter(hint: Any) -> TypeAdapter[Any]:
+    try:
+        return TypeAdapter(hint)
+    except PydanticSchemaGenerationError:
+        return TypeAdapter(Any)

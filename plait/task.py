@@ -3,7 +3,8 @@
 A task is a plain function (``def`` or ``async def``) whose first parameter is
 the :class:`~plait.context.Context`. Decorating it registers it under a name and
 attaches what Flow needs to know without importing code (queue, retry policy,
-timeout) and what the plan needs (promises made about every node of the task).
+timeouts, caching) and what the plan needs (promises made about every node of
+the task).
 
 Arguments and results cross process boundaries as JSON-able data, validated
 against the function's annotations with pydantic twice: when a node is proposed
@@ -183,7 +184,9 @@ class Task(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None,
                  retry: Retry | None = None, promises: Sequence[Promise] = (),
-                 queue: str = "default", timeout: float | None = None) -> None:
+                 queue: str = "default", timeout: float | None = None,
+                 schedule_to_start: float | None = None, heartbeat_timeout: float | None = None,
+                 cache: bool = False, version: str = "") -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.name = name or fn.__name__
@@ -191,7 +194,16 @@ class Task(Generic[P, R]):
         self.retry = retry
         self.promises = tuple(promises)
         self.queue = queue
+        for what, seconds in (("timeout", timeout), ("schedule_to_start", schedule_to_start),
+                              ("heartbeat_timeout", heartbeat_timeout)):
+            if seconds is not None and not seconds > 0:
+                raise PlaitError(f"task {self.name}: {what} must be a positive number of "
+                                 f"seconds, got {seconds!r}")
         self.timeout = timeout
+        self.schedule_to_start = schedule_to_start
+        self.heartbeat_timeout = heartbeat_timeout
+        self.cache = cache
+        self.version = version
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
@@ -214,7 +226,10 @@ class Task(Generic[P, R]):
     def info(self) -> TaskInfo:
         """What Flow learns of this task from a supervisor's Hello."""
         return TaskInfo(name=self.name, queue=self.queue,
-                        retry=self.retry.to_dict() if self.retry else None, timeout=self.timeout)
+                        retry=self.retry.to_dict() if self.retry else None, timeout=self.timeout,
+                        schedule_to_start=self.schedule_to_start,
+                        heartbeat_timeout=self.heartbeat_timeout, cache=self.cache,
+                        version=self.version)
 
     def policy(self) -> Retry:
         return self.retry or DEFAULT_RETRY
@@ -399,16 +414,30 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(*, name: str | None = None, retry: Retry | None = None,
          promises: Sequence[Promise] = (), queue: str = "default",
-         timeout: float | None = None) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+         timeout: float | None = None, schedule_to_start: float | None = None,
+         heartbeat_timeout: float | None = None, cache: bool = False,
+         version: str = "") -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(fn: Callable[P, R] | None = None, /, *, name: str | None = None,
          retry: Retry | None = None, promises: Sequence[Promise] = (), queue: str = "default",
-         timeout: float | None = None) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-    """Register a function as a task: ``@task`` or ``@task(name=..., retry=..., ...)``."""
+         timeout: float | None = None, schedule_to_start: float | None = None,
+         heartbeat_timeout: float | None = None, cache: bool = False,
+         version: str = "") -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Register a function as a task: ``@task`` or ``@task(name=..., retry=..., ...)``.
+
+    ``timeout`` (start-to-close), ``schedule_to_start`` (how long a ready node
+    may wait for a worker) and ``heartbeat_timeout`` (longest silence between
+    ``ctx.heartbeat()`` calls) are seconds; a timed-out attempt fails, retryably.
+    ``cache=True`` lets Flow reuse the recorded result of an identical call (same
+    task, ``version`` and inputs), across workflows: change ``version`` when the
+    task's meaning changes.
+    """
 
     def wrap(f: Callable[P, R]) -> Task[P, R]:
-        t = Task(f, name=name, retry=retry, promises=promises, queue=queue, timeout=timeout)
+        t = Task(f, name=name, retry=retry, promises=promises, queue=queue, timeout=timeout,
+                 schedule_to_start=schedule_to_start, heartbeat_timeout=heartbeat_timeout,
+                 cache=cache, version=version)
         _register(t)
         return t
 

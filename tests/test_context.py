@@ -1,4 +1,7 @@
-"""The Context against a fake transport: batching, data edges, ids, waits, errors."""
+"""The Context against a fake transport: batching, data edges, ids, waits, errors.
+
+``FakeTransport`` is shared with ``test_replay``.
+"""
 
 from __future__ import annotations
 
@@ -20,20 +23,35 @@ from plait.errors import (
     WorkflowCancelled,
 )
 from plait.protocol.diff import EdgeSpec, PlanDiff
-from plait.protocol.messages import Message, NodeResult, Propose, Proposed, Resolved, Wait
+from plait.protocol.messages import (
+    Message,
+    NodeResult,
+    Propose,
+    Proposed,
+    Resolved,
+    SetState,
+    TaskHeartbeat,
+    Wait,
+)
 from plait.protocol.promises import MaxNodes, NoNewNodes
+from plait.replay import Evicted
 from plait.task import InvalidArguments
 
 
 class FakeTransport:
     """Answers like Flow would: proposals accepted (unless told otherwise), waits
-    resolved from ``results`` (node id -> NodeResult)."""
+    resolved from ``results`` (node id -> NodeResult). With ``evict``, a Wait is
+    answered like a supervisor that drops the task: its future raises Evicted.
+    ``send`` (heartbeats, state) lands in ``notes``."""
 
     def __init__(self) -> None:
         self.sent: list[Propose | Wait] = []
+        self.notes: list[TaskHeartbeat | SetState] = []
         self.results: dict[str, NodeResult] = {}
         self.rejection: dict[str, Any] | None = None
         self.cancelled = False
+        self.evicted = False
+        self.evict = False
         self.deferred = False  # answer on the event loop's next turn, like a real peer
         self.unanswered: list[Future[Message]] = []
         self.overtaken = False  # a Wait was sent while a Propose was unanswered
@@ -43,6 +61,10 @@ class FakeTransport:
         self.unanswered = [f for f in self.unanswered if not f.done()]
         self.overtaken |= isinstance(message, Wait) and bool(self.unanswered)
         future: Future[Message] = Future()
+        if self.evict and isinstance(message, Wait):
+            self.evicted = True
+            future.set_exception(Evicted())
+            return future
         reply = self._reply(message)
         if self.deferred and isinstance(message, Propose):
             self.unanswered.append(future)
@@ -57,6 +79,9 @@ class FakeTransport:
                             ok=self.rejection is None, rejection=self.rejection)
         return Resolved(id=message.id, workflow_id=message.workflow_id, node=message.node,
                         results={h: self.results[h] for h in message.handles})
+
+    def send(self, message: TaskHeartbeat | SetState) -> None:
+        self.notes.append(message)
 
     def diffs(self) -> list[PlanDiff]:
         return [PlanDiff.from_dict(m.diff) for m in self.sent if isinstance(m, Propose)]
@@ -242,17 +267,26 @@ def test_cancellation_is_raised_at_the_next_context_call(
             call()
 
 
-def test_state_heartbeat_and_leftovers_ride_on_finish(ctx: Context) -> None:
+def test_state_and_heartbeats_are_sent_at_once_not_batched(
+        ctx: Context, transport: FakeTransport) -> None:
     ctx.set_state({"step": 1})
-    ctx.set_state({"step": 2})
     ctx.heartbeat({"offset": 10})
+    ctx.heartbeat()  # liveness only: repeats the last details
+    assert [(type(m).__name__, m.attempt) for m in transport.notes] == [
+        ("SetState", 2), ("TaskHeartbeat", 2), ("TaskHeartbeat", 2)]
+    state, beat, again = transport.notes
+    assert isinstance(state, SetState)
+    assert state.value == {"step": 1}
+    assert isinstance(beat, TaskHeartbeat)
+    assert isinstance(again, TaskHeartbeat)
+    assert beat.details == again.details == ctx.heartbeat_details == {"offset": 10}
     ctx.then(leaf, "done")
     diff = ctx.take_diff()
     assert diff is not None
-    assert {(a.key, a.node): a.value for a in diff.attrs} == {
-        ("state", "root"): {"step": 2}, ("heartbeat", "root"): {"offset": 10}}
-    assert ctx.heartbeat_details == {"offset": 10}
+    assert diff.attrs == ()  # state is not a graph change
     assert [n.task for n in diff.nodes] == ["leaf"]
+    with pytest.raises(InvalidArguments, match="not JSON-able"):
+        ctx.set_state(object())
 
 
 def test_recorded_values(ctx: Context) -> None:
@@ -261,8 +295,10 @@ def test_recorded_values(ctx: Context) -> None:
     assert isinstance(now, datetime)
     assert now.tzinfo is not None
     assert ctx.side_effect(lambda: 42) == 42
-    assert ctx.recorder.values == [("random", r), ("now", now), ("uuid4", u),
-                                   ("side_effect", 42)]
+    assert [(rec.seq, rec.kind, rec.value) for rec in ctx.recorder.values] == [
+        (0, "random", r), (1, "now", now.isoformat()), (2, "uuid4", str(u)),
+        (3, "side_effect", 42)]
+    assert all("test_context.py:" in rec.site for rec in ctx.recorder.values)
 
 
 def test_respawning_an_id_differently_is_a_plan_error(ctx: Context) -> None:

@@ -10,8 +10,16 @@ it drives, so that no socket ever crosses a thread.
 - Credit: Flow may assign as many attempts as the supervisor has free slots. A
   worker whose task awaits other nodes counts as free (an extra process stands
   in for it, up to ``max_workers``); assignments beyond what is free wait here.
+- Eviction: a task waiting for children stays resident in its worker while
+  fewer than ``max_workers`` processes are busy. Otherwise, and always for a
+  durable timer or signal, its Wait goes to Flow with ``resident=False`` and the
+  worker gets ``Evict``: the task unwinds, reports nothing more, and the worker
+  says ``WorkerReady`` when it is free again. Flow re-assigns the attempt, with
+  its history, when the wait is over.
 - Routing: Assign goes to an idle worker; Proposed/Resolved go back to the
   worker that asked; CancelTask goes to the worker running that attempt.
+  TaskHeartbeat and SetState go to Flow and, like every request, are re-sent
+  until Flow acknowledges them.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from plait.protocol.messages import (
     CancelTask,
     Credit,
     Error,
+    Evict,
     Finish,
     Heartbeat,
     Hello,
@@ -47,6 +56,8 @@ from plait.protocol.messages import (
     Propose,
     Proposed,
     Resolved,
+    SetState,
+    TaskHeartbeat,
     Wait,
     Welcome,
     WorkerReady,
@@ -75,6 +86,7 @@ class SupervisorSettings(BaseModel):
     imports: list[str] = Field(min_length=1)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     max_workers: int | None = Field(default=None, ge=1)  # None: 4 x workers
+    evict_waiting: bool = False  # evict every waiting task, even with room (tests use it)
     supervisor_id: str | None = None  # None: host-pid
     heartbeat_interval: float = Field(default=0.5, gt=0)
     heartbeat_timeout: float = Field(default=3.0, gt=0)
@@ -136,7 +148,7 @@ class Supervisor:
                      slots=self.credit, running=self._running())
 
     def _running(self) -> list[AttemptRef]:
-        assigns = [w.assign for w in self.pool.workers.values() if w.assign] + list(self.queue)
+        assigns = [a for a in self._held() if a is not None] + list(self.queue)
         refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
         refs |= {(m.workflow_id, m.node, m.attempt) for m, _ in self.link.outstanding.values()
                  if isinstance(m, Finish)}
@@ -233,10 +245,15 @@ class Supervisor:
             self._finish(msg, error_dict(exc))
             return
         key = (msg.workflow_id, msg.node, msg.attempt)
-        known = [w.assign for w in self.pool.workers.values() if w.assign] + list(self.queue)
+        known = [a for a in self._held() if a is not None] + list(self.queue)
         if any((a.workflow_id, a.node, a.attempt) == key for a in known):
             return  # re-sent by a restarted Flow: already running here
         self.queue.append(msg)
+
+    def _held(self) -> list[Assign | None]:
+        """Attempts the workers hold (an evicted one is Flow's again, though its
+        worker may still be unwinding it)."""
+        return [w.assign for w in self.pool.workers.values() if not w.evicting]
 
     def _finish(self, assign: Assign, error: dict[str, Any]) -> None:
         self.link.send(Finish(workflow_id=assign.workflow_id, node=assign.node,
@@ -262,7 +279,9 @@ class Supervisor:
             log.warning("Flow does not know this supervisor (%s): saying Hello again", msg.code)
             self.link.greet()
             return
-        if isinstance(msg, Error) and (request is None or isinstance(request, Finish)):
+        # Only a Propose or a resident Wait has a task waiting for the answer.
+        if isinstance(msg, Error) and not (isinstance(request, Propose) or (
+                isinstance(request, Wait) and request.resident)):
             log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
                       msg.reason)
             return
@@ -278,7 +297,7 @@ class Supervisor:
 
     def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
         return next((w for w in self.pool.workers.values()
-                     if w.key() == (workflow_id, node)), None)
+                     if w.key() == (workflow_id, node) and not w.evicting), None)
 
     # --- from workers --------------------------------------------------------------------------
 
@@ -289,17 +308,47 @@ class Supervisor:
             return
         if isinstance(msg, WorkerReady):
             self.pool.on_ready(ident, time.monotonic())
-        elif isinstance(msg, Propose | Wait):
-            worker.waiting = worker.waiting or isinstance(msg, Wait)
+            if worker.evicting:
+                self._release(worker)
+        elif isinstance(msg, Wait):
+            self._on_wait(worker, msg)
+        elif isinstance(msg, Propose | TaskHeartbeat | SetState):
             self.link.send(msg, ident, track=True)
         elif isinstance(msg, Finish):
-            self.link.send(msg, ident, track=True)
-            worker.assign, worker.waiting, worker.cancelling = None, False, False
-            worker.idle_since = time.monotonic()
-            self.canceller.clear(ident)
+            if worker.evicting:  # raced its eviction: the attempt is Flow's to resume
+                log.warning("dropped the Finish of evicted %s/%s", msg.workflow_id, msg.node)
+            else:
+                self.link.send(msg, ident, track=True)
+            self._release(worker)
         else:
             self.errors += 1
             log.error("unexpected %s from worker pid %d", type(msg).__name__, worker.pid)
+
+    def _on_wait(self, worker: Worker, msg: Wait) -> None:
+        resident = self._resident(msg)
+        self.link.send(msg.model_copy(update={"resident": resident}), worker.ident, track=True)
+        if resident:
+            worker.waiting = True
+            return
+        worker.evicting, worker.waiting = True, False
+        self.canceller.clear(worker.ident)
+        self._to_worker(worker.ident, Evict(workflow_id=msg.workflow_id, node=msg.node,
+                                            attempt=msg.attempt))
+
+    def _resident(self, wait: Wait) -> bool:
+        """Whether a waiting task may keep its worker: there is room, and it waits
+        for children (durable timers and signals may last for ever)."""
+        if self.settings.evict_waiting or wait.timer is not None or wait.signal is not None:
+            return False
+        busy = sum(1 for w in self.pool.workers.values() if w.assign and not w.evicting)
+        return busy < self.pool.settings.max_size
+
+    def _release(self, worker: Worker) -> None:
+        """The worker is done with its attempt (finished, or unwound after eviction)."""
+        worker.assign, worker.waiting, worker.cancelling, worker.evicting = (
+            None, False, False, False)
+        worker.idle_since = time.monotonic()
+        self.canceller.clear(worker.ident)
 
     def _to_worker(self, ident: bytes, msg: Message) -> None:
         self.workers_sock.send_multipart([ident, codec.encode(msg)])
@@ -316,7 +365,7 @@ class Supervisor:
         worker = death.worker
         self.canceller.clear(worker.ident)
         self.link.forget(worker.ident)
-        if worker.assign is None:
+        if worker.assign is None or worker.evicting:
             return
         if worker.cancelling:
             error = _cancelled(worker.assign)

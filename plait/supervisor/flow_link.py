@@ -20,7 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from plait.protocol import codec
-from plait.protocol.messages import Finish, Heartbeat, Hello, Message
+from plait.protocol.messages import Heartbeat, Hello, Message, Propose, Wait
 
 if TYPE_CHECKING:
     from plait.supervisor.daemon import SupervisorSettings
@@ -115,7 +115,9 @@ class FlowLink:
         return now - self._heard > self.timeout
 
     def forget(self, worker: bytes) -> None:
-        """Drop a dead worker's requests (its Finish, sent by the supervisor, stays)."""
+        """Drop the requests a dead worker awaited answers to (a Propose, a resident
+        Wait); what Flow must still learn (Finish, an evicted Wait, state) stays."""
         for mid, (msg, ident) in list(self.outstanding.items()):
-            if ident == worker and not isinstance(msg, Finish):
+            if ident == worker and (isinstance(msg, Propose) or (
+                    isinstance(msg, Wait) and msg.resident)):
                 del self.outstanding[mid]

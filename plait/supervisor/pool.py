@@ -47,6 +47,7 @@ class Worker:
     assign: Assign | None = None
     waiting: bool = False  # its task awaits other nodes (Wait sent, no Resolved yet)
     cancelling: bool = False
+    evicting: bool = False  # told to drop its waiting task; WorkerReady says it has
     retiring: bool = False
     idle_since: float = 0.0
 

@@ -8,6 +8,12 @@ the supervisor (a ZeroMQ socket belongs to one thread): it hands assignments to
 the main thread, completes the futures of the Context's requests with Flow's
 replies, and turns a CancelTask into a cancellation the task sees at its next
 Context call or await. The worker exits when its supervisor goes away.
+
+An ``Evict`` (the supervisor has no room to keep a waiting task, or the task
+waits on a timer or a signal) makes the task's pending wait raise the private
+:class:`~plait.replay.Evicted`: the task unwinds (its ``finally`` blocks run),
+nothing more is reported for the attempt, and the worker says ``WorkerReady``
+again. Flow re-assigns the attempt with its history when the wait is over.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -42,14 +49,17 @@ from plait.protocol.messages import (
     Assign,
     CancelTask,
     Error,
+    Evict,
     Finish,
     Message,
     Propose,
     Proposed,
     Resolved,
+    TaskHeartbeat,
     Wait,
     WorkerReady,
 )
+from plait.replay import Evicted
 from plait.task import (
     DEFAULT_RETRY,
     InvalidArguments,
@@ -66,6 +76,9 @@ log = logging.getLogger("plait.worker")
 FATAL = (InvalidArguments, InvalidOutput, UnknownTask, PlanError, PromiseViolation,
          NonDeterminismError, WorkflowCancelled, TaskFailed)
 _PARENT_CHECK_MS = 500
+# Heartbeats go out at most this often; a newer one replaces one not yet sent,
+# and any other message first flushes it (so details are never lost or reordered).
+_BEAT_SPACING = 0.25
 
 
 def error_dict(exc: BaseException, policy: Retry = DEFAULT_RETRY) -> dict[str, Any]:
@@ -88,7 +101,10 @@ class WorkerLink:
         self._pending: dict[str, tuple[Propose | Wait, Future[Message]]] = {}
         self._current: tuple[str, str, int] | None = None
         self._cancelled = False
+        self._evicted = False
         self._on_cancel: Callable[[], None] | None = None
+        self._beat: TaskHeartbeat | None = None  # a heartbeat held back by the spacing
+        self._beat_sent = 0.0
         self._parent = os.getppid()
         self._thread = threading.Thread(target=self._run, name="plait-worker-link", daemon=True)
 
@@ -98,12 +114,25 @@ class WorkerLink:
     # --- called from the task thread -------------------------------------------------
 
     def send(self, message: Message) -> None:
-        self._outbox.put(message)
+        now = time.monotonic()
+        with self._lock:
+            if isinstance(message, TaskHeartbeat) and now - self._beat_sent < _BEAT_SPACING:
+                self._beat = message
+                return
+            held, self._beat = self._beat, None
+            if isinstance(message, TaskHeartbeat):
+                self._beat_sent, held = now, None
+            if held is not None:
+                self._outbox.put(held)
+            self._outbox.put(message)
         os.write(self._wake_w, b"x")
 
     def request(self, message: Propose | Wait) -> Future[Message]:
         future: Future[Message] = Future()
         with self._lock:
+            if self._evicted:
+                future.set_exception(Evicted())
+                return future
             if self._cancelled:
                 future.set_exception(self._cancel_error())
                 return future
@@ -115,10 +144,14 @@ class WorkerLink:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def evicted(self) -> bool:
+        return self._evicted
+
     def begin(self, assign: Assign, on_cancel: Callable[[], None] | None = None) -> None:
         with self._lock:
             self._current = (assign.workflow_id, assign.node, assign.attempt)
-            self._cancelled = False
+            self._cancelled = self._evicted = False
             self._on_cancel = on_cancel
 
     def set_on_cancel(self, on_cancel: Callable[[], None] | None) -> None:
@@ -147,9 +180,10 @@ class WorkerLink:
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while os.getppid() == self._parent:
-                events = dict(poller.poll(_PARENT_CHECK_MS))
+                events = dict(poller.poll(self._poll_ms()))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
+                self._release_beat()
                 while not self._outbox.empty():
                     sock.send(codec.encode(self._outbox.get()))
                 if sock in events:
@@ -160,6 +194,21 @@ class WorkerLink:
         finally:
             sock.close(linger=0)
             os._exit(0)  # the main thread may be deep in task code: do not wait for it
+
+    def _poll_ms(self) -> int:
+        with self._lock:
+            if self._beat is None:
+                return _PARENT_CHECK_MS
+            due = self._beat_sent + _BEAT_SPACING - time.monotonic()
+        return max(int(due * 1000) + 1, 0)
+
+    def _release_beat(self) -> None:
+        """Queue the held-back heartbeat once the spacing has passed."""
+        now = time.monotonic()
+        with self._lock:
+            if self._beat is not None and now - self._beat_sent >= _BEAT_SPACING:
+                self._outbox.put(self._beat)
+                self._beat, self._beat_sent = None, now
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while True:
@@ -177,6 +226,8 @@ class WorkerLink:
             self.assignments.put(msg)
         elif isinstance(msg, CancelTask):
             self._cancel(msg)
+        elif isinstance(msg, Evict):
+            self._evict(msg)
         elif isinstance(msg, Proposed | Resolved | Error):
             self._reply(msg)
         else:
@@ -208,6 +259,18 @@ class WorkerLink:
                 future.set_exception(self._cancel_error())
         if on_cancel is not None:
             on_cancel()
+
+
+    def _evict(self, msg: Evict) -> None:
+        with self._lock:
+            if self._current != (msg.workflow_id, msg.node, msg.attempt):
+                return
+            self._evicted = True
+            pending = [future for _, future in self._pending.values()]
+            self._pending = {}
+        for future in pending:
+            if not future.done():
+                future.set_exception(Evicted())
 
 
 def _answers(reply: Message, request: Propose | Wait) -> bool:
@@ -247,8 +310,8 @@ def _finish(assign: Assign, **fields: Any) -> Finish:
 
 
 def run_attempt(assign: Assign, served: Mapping[str, Task[Any, Any]],
-                link: WorkerLink) -> Finish:
-    """Run one attempt to its end; never raises (the Finish says how it went)."""
+                link: WorkerLink) -> Finish | None:
+    """Run one attempt until it ends (its Finish) or is evicted (None); never raises."""
     t = served.get(assign.task)
     if t is None:
         exc = UnknownTask(f"task {assign.task!r} is not served by this worker "
@@ -256,7 +319,19 @@ def run_attempt(assign: Assign, served: Mapping[str, Task[Any, Any]],
         return _finish(assign, ok=False, error=error_dict(exc))
     link.begin(assign)
     ctx = Context(workflow_id=assign.workflow_id, node_id=assign.node, transport=link,
-                  attempt=assign.attempt, idempotency_key=assign.idempotency_key)
+                  attempt=assign.attempt, idempotency_key=assign.idempotency_key,
+                  history=assign.history)
+    try:
+        finish = _execute(assign, t, ctx, link)
+    except Evicted:
+        return None
+    finally:
+        link.end()
+    # A task that swallowed its eviction ran on for nothing: Flow resumes it anyway.
+    return None if link.evicted else finish
+
+
+def _execute(assign: Assign, t: Task[Any, Any], ctx: Context, link: WorkerLink) -> Finish:
     try:
         args, kwargs = t.decode_inputs(assign.inputs)
         if t.is_async:
@@ -265,12 +340,12 @@ def run_attempt(assign: Assign, served: Mapping[str, Task[Any, Any]],
             value = t.fn(ctx, *args, **kwargs)
         output = t.encode_output(value)
         diff = ctx.take_diff()
-        return _finish(assign, ok=True, output=output, diff=diff.to_dict() if diff else None)
+        return _finish(assign, ok=True, output=output, diff=diff.to_dict() if diff else None,
+                       recorded=ctx.take_recorded())
     except Exception as exc:  # noqa: BLE001 - the task's failure is data for Flow
         # Unsent proposals of a failed attempt are dropped: a retry proposes them again.
-        return _finish(assign, ok=False, error=error_dict(exc, t.policy()))
-    finally:
-        link.end()
+        return _finish(assign, ok=False, error=error_dict(exc, t.policy()),
+                       recorded=ctx.take_recorded())
 
 
 def _import(modules: Sequence[str]) -> dict[str, Task[Any, Any]]:
@@ -296,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     link.start()
     link.send(WorkerReady(pid=os.getpid()))
     while (assign := link.assignments.get()) is not None:
-        link.send(run_attempt(assign, served, link))
+        finish = run_attempt(assign, served, link)
+        # An evicted attempt reports nothing; the supervisor learns the worker is free.
+        link.send(finish if finish is not None else WorkerReady(pid=os.getpid()))
     return 0
 
 

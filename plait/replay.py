@@ -1,0 +1,221 @@
+"""Replay: the record cursor of one task execution, and how its children get ids.
+
+A task body may run several times for one node. Within an attempt it runs
+again every time the attempt resumes after its worker dropped it (a durable
+wait, or an eviction while it awaited children): Flow assigns it again with a
+:class:`~plait.protocol.messages.History`, and the body replays it from the
+top. A new attempt (a retry after a failure) also runs the body from the top,
+but draws fresh values: only its children are matched with earlier attempts'.
+
+Two counters number what an execution does, both from 0 at the top of the body:
+the *spawn seq* (child ids, see :class:`ChildIds`) and the *record seq*, taken
+by every replay-safe call (``random``, ``now``, ``uuid4``, ``side_effect``,
+``version``) and by every durable wait (``sleep``, ``signal``). The
+:class:`Recorder` walks the record seq: a value recorded at that seq is
+returned instead of computed, and a call of another kind is a divergence
+(:class:`~plait.errors.NonDeterminismError` naming both and the caller's
+``file:line``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from plait.errors import NonDeterminismError
+from plait.protocol.diff import child_id
+from plait.protocol.messages import History, PreviousChild, Recorded
+
+__all__ = ["ChildIds", "Evicted", "Recorder", "call_site", "sdk_file", "spawn_divergence"]
+
+
+class Evicted(BaseException):
+    """Raised at the await point of a task whose worker dropped it (it resumes later).
+
+    A BaseException, like ``KeyboardInterrupt``, so that a task's own
+    ``except Exception`` cannot swallow it; ``finally`` blocks and context
+    managers still run. Workers catch it and report nothing for the attempt.
+    """
+
+
+# --- call sites ---------------------------------------------------------------------
+
+_SDK_FILES: set[str] = {__file__}
+
+
+def sdk_file(path: str) -> None:
+    """Declare a module of the SDK: call sites are looked for beyond its frames."""
+    _SDK_FILES.add(path)
+
+
+def call_site() -> str:
+    """``file:line`` of the innermost caller outside the SDK (the task's own line)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename in _SDK_FILES:
+        frame = frame.f_back
+    path = frame.f_code.co_filename
+    here = os.getcwd()
+    if path.startswith(here + os.sep):
+        path = path[len(here) + 1:]
+    return f"{path}:{frame.f_lineno}"
+
+
+# --- the record cursor ---------------------------------------------------------------------
+
+
+def _describe(rec: Recorded) -> str:
+    what = f"version({rec.value[0]!r})" if rec.kind == "version" and _is_pair(rec.value) \
+        else f"{rec.kind}()"
+    return f"{what} at {rec.site}" if rec.site else what
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 2
+
+
+class Recorder:
+    """The record seq of one execution, replaying the attempt's history.
+
+    ``values`` lists every record of this execution in order, replayed or new;
+    new ones also wait in an outbox (:meth:`take`) until the next message to
+    Flow carries them. ``replaying`` is True while the history holds records at
+    or beyond the current seq (the execution has not caught up with it yet).
+    """
+
+    def __init__(self, history: History | None = None, node: str = "?") -> None:
+        h = history or History()
+        self._node = node
+        self._past: dict[int, Recorded] = {r.seq: r for r in h.recorded}
+        self._timers = set(h.timers)
+        self._signals: dict[int, Any] = {int(seq): payload for seq, payload in h.signals}
+        self._horizon = max([*self._past, *self._timers, *self._signals], default=-1)
+        self.seq = 0
+        self.values: list[Recorded] = []
+        self._outbox: list[Recorded] = []
+
+    @property
+    def replaying(self) -> bool:
+        return self.seq <= self._horizon
+
+    def take(self) -> list[Recorded]:
+        """The values recorded since the last call (to ride on the next message)."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def record(self, kind: str, produce: Callable[[], Any], site: str) -> Any:
+        """The value at the next seq: the recorded one on replay, else ``produce()``,
+        which must return plain data (it is recorded as such)."""
+        seq = self.seq
+        past = self._past.get(seq)
+        if past is not None and past.kind == kind:
+            return self._consume(past)
+        self._check_free(seq, f"{kind}()", site)
+        return self._new(kind, produce(), site)
+
+    def version(self, change_id: str, site: str) -> bool:
+        """``ctx.version``: True for code that is new to this execution's history."""
+        seq = self.seq
+        past = self._past.get(seq)
+        if past is not None and past.kind == "version" and _is_pair(past.value) \
+                and past.value[0] == change_id:
+            return bool(self._consume(past)[1])
+        if past is not None or seq in self._timers or seq in self._signals:
+            # The history was written by code without this call: take the old path
+            # and leave this seq to the old code's call that recorded it.
+            return False
+        return bool(self._new("version", [change_id, not self.replaying], site)[1])
+
+    def wait(self, kind: Literal["sleep", "signal"], site: str) -> tuple[int, bool, Any]:
+        """Take the seq of a durable wait: ``(seq, already satisfied?, signal payload)``."""
+        seq = self.seq
+        if kind == "sleep" and seq in self._timers:
+            self.seq += 1
+            return seq, True, None
+        if kind == "signal" and seq in self._signals:
+            self.seq += 1
+            return seq, True, self._signals[seq]
+        self._check_free(seq, f"{kind}()", site)
+        self.seq += 1
+        return seq, False, None
+
+    def _consume(self, past: Recorded) -> Any:
+        self.seq += 1
+        self.values.append(past)
+        return past.value
+
+    def _new(self, kind: str, value: Any, site: str) -> Any:
+        rec = Recorded(seq=self.seq, kind=kind, value=value, site=site)
+        self.seq += 1
+        self.values.append(rec)
+        self._outbox.append(rec)
+        return value
+
+    def _check_free(self, seq: int, actual: str, site: str) -> None:
+        past = self._past.get(seq)
+        if past is not None:
+            expected = _describe(past)
+        elif seq in self._timers:
+            expected = "sleep()"
+        elif seq in self._signals:
+            expected = "signal()"
+        else:
+            return
+        raise NonDeterminismError(
+            f"{self._node}: replay diverged at record seq {seq}: the history has "
+            f"{expected}, this run calls {actual} at {site}",
+            expected=expected, actual=actual, call_site=site)
+
+
+# --- child ids across attempts -----------------------------------------------------------
+
+
+class ChildIds:
+    """Child ids: ``child_id(node, seq, key)``, reconciled with earlier attempts.
+
+    A spawn at seq ``k`` with the task and inputs of a child an earlier attempt
+    spawned at ``k`` (or under the same key) reuses that child's id, so its
+    result is reused instead of recomputed. A different spawn whose natural id
+    an earlier attempt already used gets ``natural@attempt``, so the earlier
+    child stays in the graph as that attempt's history.
+    """
+
+    def __init__(self, node: str, attempt: int, previous: Iterable[PreviousChild] = ()) -> None:
+        self._node = node
+        self._attempt = attempt
+        self._previous: Sequence[PreviousChild] = tuple(previous)
+        self._taken = {p.id for p in self._previous}
+
+    def derive(self, seq: int, key: str | None, task: str, inputs: Mapping[str, Any]) -> str:
+        natural = child_id(self._node, seq, key)
+        for p in self._previous:
+            if (p.seq == seq or p.id == natural) and p.task == task \
+                    and dict(p.inputs) == dict(inputs):
+                return p.id
+        return f"{natural}@{self._attempt}" if natural in self._taken else natural
+
+
+# --- spawns Flow found divergent ---------------------------------------------------------
+
+_REDEFINED = re.compile(r"node (\S+) was (.+) and is now proposed as (.+)$")
+
+
+def spawn_divergence(node: str, reason: str, sites: Mapping[str, str]) -> NonDeterminismError:
+    """Flow's "nondeterminism" rejection of a re-proposed spawn, told at the spawn's line.
+
+    Flow says ``node X was A and is now proposed as B``; ``sites`` maps this
+    execution's child ids to the ``file:line`` that spawned them.
+    """
+    match = _REDEFINED.search(reason)
+    if match is None:
+        child = next((c for c in sorted(sites, key=len, reverse=True) if c in reason), None)
+        site = sites.get(child or "", "?")
+        return NonDeterminismError(f"{node}: replay diverged at {site}: {reason}",
+                                   call_site=site)
+    child, expected, actual = match.groups()
+    site = sites.get(child, "?")
+    return NonDeterminismError(
+        f"{node}: replay diverged at {site}: the history has child {child} = {expected}, "
+        f"this run spawns {actual} there", expected=expected, actual=actual, call_site=site)
