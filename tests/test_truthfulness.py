@@ -1,0 +1,90 @@
+"""The view never lies, every break is caught, no honest workflow is refused (DESIGN.md §3).
+
+Random workflows over the whole static-to-dynamic spectrum (``workflow_strategy``)
+are played on the pure plan in random interleavings, with a view snapshot after
+every step. Over every case:
+
+(a) every snapshot holds the truthfulness invariant against the final graph;
+(b) a breaking workflow is stopped by a violation of the promise it breaks;
+(c) an honest workflow is never refused and runs to the end, creating exactly the
+    nodes its program spawns.
+"""
+
+from __future__ import annotations
+
+import random
+
+import workflow_strategy as ws
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from plait.protocol.view import view
+
+# Together ~3,000 generated workflows, about a dozen steps (and snapshots) each.
+HONEST = ws.examples(2000)
+BREAKING = ws.examples(1000)
+
+
+def assert_truthful(run: ws.Run) -> None:
+    assert not run.early, run.early
+    final = view(run.plan, unfold=True).to_json()
+    for i, (snap, regions) in enumerate(zip(run.snapshots, run.regions, strict=True)):
+        errors = ws.check_snapshot(snap, final, regions)
+        assert not errors, f"snapshot {i} (seq {snap['seq']}) lies: {errors[:5]}"
+
+
+def describe(wf: ws.Workflow) -> None:
+    """Statistics (``--hypothesis-show-statistics``): what the examples covered."""
+    kinds = {p.kind for _, p in wf.registration.promises}
+    kinds |= {p.kind for b in wf.behaviours.values() for s in b.steps
+              for p in (*s.promises, *(q for c in s.spawns for q in c.promises))}
+    for kind in sorted(kinds):
+        event(f"promise {kind}")
+    size = len(wf.node_ids())
+    event(f"nodes {'1' if size <= 1 else '2-5' if size <= 5 else '6-12' if size <= 12 else '13+'}")
+    if wf.broken is not None:
+        event(f"break {wf.broken.how}")
+
+
+@settings(max_examples=HONEST)
+@given(ws.workflows(), st.randoms(use_true_random=False))
+def test_honest_workflows_run_to_the_end_and_are_never_lied_about(
+        wf: ws.Workflow, rng: random.Random) -> None:
+    describe(wf)
+    run = ws.play(wf, rng)
+    assert not run.refusals, [(w, r.to_dict()) for w, r in run.refusals]
+    assert run.plan.violations == []
+    assert run.plan.is_settled(), "stuck: live nodes but nothing can run"
+    if wf.cancel_after is None:
+        assert sorted(run.plan.nodes) == sorted(wf.node_ids())
+        assert all(n.state.value == "succeeded" for n in run.plan.nodes.values())
+        assert not any(n.region and not n.region.closed for n in run.plan.nodes.values())
+    assert_truthful(run)
+
+
+@settings(max_examples=BREAKING)
+@given(ws.workflows(breaking=True), st.randoms(use_true_random=False))
+def test_every_break_is_reported_as_the_promise_it_breaks(
+        wf: ws.Workflow, rng: random.Random) -> None:
+    describe(wf)
+    run = ws.play(wf, rng)
+    broken = wf.broken
+    if broken is None:  # nothing to break (no promise in force anywhere): honest
+        assert not run.refusals
+    else:
+        assert run.refusals, f"{broken} was never reported"
+        where, rejection = run.refusals[0]
+        assert rejection.kind == "violation", rejection.to_dict()
+        assert (rejection.promise, rejection.owner) in run.expected, (
+            rejection.to_dict(), run.expected)
+        assert run.plan.violations[0] == rejection
+        assert view(run.plan).to_json()["violations"][0] == rejection.to_dict()
+        if broken.at_close:
+            assert (where, rejection.proposer) == ("close", broken.owner)
+        else:
+            assert run.break_proposed
+            # A runtime Shape adopting a foreign node reports its owner's proposal.
+            assert rejection.proposer in (broken.node, broken.owner)
+            assert rejection.diff["proposer"] == rejection.proposer
+        assert run.plan.is_settled()  # the workflow was stopped
+    assert_truthful(run)
