@@ -219,14 +219,23 @@ def cold_start(driver: Path, timeout: float = 300.0) -> float:
     return float(stamps[0].split()[1]) - started
 
 
-def run_cold(engine: Engine) -> None:
+def run_cold(engine: Engine, out: Any) -> None:
     """The body of ``driver --cold``: start, one result, print its time, stop."""
     engine.start()
     try:
         engine.hello()
-        print(f"FIRST-RESULT {time.time():.6f}", flush=True)
+        print(f"FIRST-RESULT {time.time():.6f}", file=out, flush=True)
     finally:
         engine.stop()
+
+
+def _private_stdout() -> Any:
+    """A stream on the real stdout, which then points at stderr: engines and the
+    servers they spawn print banners on stdout, which must not mix with the report."""
+    out = os.fdopen(os.dup(1), "w")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    return out
 
 
 def one_rep(engine: Engine, workloads: list[str], sizes: Sizes,
@@ -243,7 +252,7 @@ def one_rep(engine: Engine, workloads: list[str], sizes: Sizes,
                     figures.setdefault(key, []).append(value)
             except NotApplicable as exc:
                 errors[workload] = f"n/a: {exc}"
-            except Exception as exc:  # a process edge: report it, go on with the others
+            except Exception as exc:  # noqa: BLE001 -- a process edge: report it, go on
                 errors[workload] = f"{type(exc).__name__}: {exc}"
                 log(traceback.format_exc())
         return memory(engine.cluster_pids())
@@ -265,7 +274,7 @@ def run(engine: Engine, driver: Path, reps: int, size: str,
         if "cold" in workloads:
             try:
                 figures.setdefault("cold_start_s", []).append(cold_start(driver))
-            except Exception as exc:  # recorded, the other workloads still run
+            except Exception as exc:  # noqa: BLE001 -- recorded; the other workloads still run
                 report["errors"]["cold"] = f"{type(exc).__name__}: {exc}"
         mem = one_rep(engine, [w for w in workloads if w != "cold"], sizes, figures,
                       report["errors"])
@@ -283,14 +292,15 @@ def main(make: Callable[[], Engine], driver: str) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--workloads", default=",".join((*WORKLOADS, "cold")))
     args = parser.parse_args()
+    out = _private_stdout()
     engine = make()
     if args.cold:
-        run_cold(engine)
+        run_cold(engine, out)
         return
     try:
         report = run(engine, Path(driver).resolve(), args.reps, args.size,
                      [w for w in args.workloads.split(",") if w])
-    except Exception as exc:  # the process edge: the harness prints the reason
+    except Exception as exc:  # noqa: BLE001 -- the process edge: run.py prints it
         log(traceback.format_exc())
         report = {"engine": engine.name, "fatal": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(report), flush=True)
+    print(json.dumps(report), file=out, flush=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench.workloads, plait
 
-from benchlib import REPO, Engine, log, main  # noqa: E402
+from benchlib import REPO, Engine, log, main
 
-from bench.workloads import MODULES  # noqa: E402
-from plait.client import Client, FlowError  # noqa: E402
+from bench.workloads import MODULES
+from plait.client import Client, FlowError
 
 RESULT_TIMEOUT = 600.0
 
