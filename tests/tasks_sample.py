@@ -130,3 +130,77 @@ def seed_001() -> Graph:
 
 
 diamond = seed_001()
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+def note(path: str, what: str) -> None:
+    with open(path, "a") as f:
+        f.write(what + "\n")
+
+
+@task
+def guarded(ctx: Context, path: str) -> int:
+    """Awaits a child inside the user's own error handling (eviction must get through)."""
+    h = ctx.spawn(add, 1, 2)
+    try:
+        value = int(h.result())
+    except Exception:  # noqa: BLE001 - what eviction must get through
+        note(path, "swallowed")
+        return -1
+    finally:
+        note(path, "finally")
+    note(path, "after")
+    return value
+
+
+@task
+async def guarded_async(ctx: Context, path: str) -> int:
+    h = ctx.spawn(add, 1, 2)
+    try:
+        value = int(await h)
+    except Exception:  # noqa: BLE001 - what eviction must get through
+        note(path, "swallowed")
+        return -1
+    finally:
+        note(path, "finally")
+    note(path, "after")
+    return value
+
+
+@task
+async def nap(ctx: Context, seconds: float) -> str:
+    """A recorded draw, a durable sleep, then a signal's payload."""
+    r = ctx.random()
+    await ctx.sleep(seconds)
+    payload = await ctx.signal("go")
+    return f"{payload}:{r}"
+
+
+@task
+def nap_sync(ctx: Context, seconds: float) -> str:
+    r = ctx.random()
+    ctx.sleep(seconds).result()
+    payload = ctx.signal("go").result()
+    return f"{payload}:{r}"
+
+
+@task(heartbeat_timeout=2.0)
+def beats(ctx: Context, n: int) -> Any:
+    """Heartbeats ``n`` times with details and sets a state; returns where it resumed from."""
+    start = ctx.heartbeat_details
+    ctx.set_state({"phase": "beating"})
+    for i in range(n):
+        ctx.heartbeat({"i": i})
+    return start
+
+
+@task(cache=True, version="2", schedule_to_start=5.0, heartbeat_timeout=2.0)
+def cached_square(ctx: Context, n: int) -> int:
+    return n * n
+
+
+@task
+def draw(ctx: Context) -> float:
+    return ctx.random()

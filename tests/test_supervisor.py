@@ -27,11 +27,15 @@ from plait.protocol.messages import (
     Finish,
     Heartbeat,
     Hello,
+    History,
     Message,
     NodeResult,
     Propose,
     Proposed,
+    Recorded,
     Resolved,
+    SetState,
+    TaskHeartbeat,
     Wait,
     Welcome,
 )
@@ -47,7 +51,8 @@ class FakeFlow:
     """Flow's side of the supervisor protocol on a real ROUTER socket, driven by the test.
 
     It answers Hello with Welcome, heartbeats back to a supervisor it knows,
-    accepts proposals, and acknowledges Finish (unless ``ack`` is False).
+    accepts proposals, and acknowledges Finish (unless ``ack`` is False), task
+    heartbeats, states and the Waits of evicted tasks.
     Everything received is kept in ``received`` for the test to wait on.
     """
 
@@ -91,6 +96,9 @@ class FakeFlow:
             reply = Ack(id=msg.id)
         elif isinstance(msg, Propose):
             reply = Proposed(id=msg.id, workflow_id=msg.workflow_id, node=msg.node, ok=True)
+        elif (isinstance(msg, TaskHeartbeat | SetState) and self.ack) or (
+                isinstance(msg, Wait) and not msg.resident):
+            reply = Ack(id=msg.id)
         if reply is not None:
             self.sock.send_multipart([ident, codec.encode(reply)])
         with self._cond:
@@ -170,10 +178,12 @@ def sup(flow: FakeFlow) -> Iterator[FakeFlow]:
 _n = iter(range(1, 1_000_000))
 
 
-def assign(task: str, *args: Any, node: str | None = None, attempt: int = 1) -> Assign:
+def assign(task: str, *args: Any, node: str | None = None, attempt: int = 1,
+           history: History | None = None) -> Assign:
     node = node or f"{task}-{next(_n)}"
     return Assign(workflow_id="wf", node=node, attempt=attempt, task=task,
-                  inputs={"args": list(args), "kwargs": {}}, idempotency_key=f"wf/{node}")
+                  inputs={"args": list(args), "kwargs": {}}, idempotency_key=f"wf/{node}",
+                  history=history)
 
 
 def run(flow: FakeFlow, a: Assign) -> Finish:
@@ -244,7 +254,10 @@ def test_finish_carries_unsent_proposals(sup: FakeFlow) -> None:
     assert done.diff is not None
     diff = PlanDiff.from_dict(done.diff)
     assert [(n.id, n.task) for n in diff.nodes] == [("fu.1", "leaf")]
-    assert {a.key: a.value for a in diff.attrs} == {"state": {"seen": 3}}
+    assert diff.attrs == ()
+    state = sup.expect(SetState, lambda m: m.node == "fu")  # sent at once, on its own
+    assert state.value == {"seen": 3}
+    assert sup.received.index(state) < sup.received.index(done)
 
 
 @pytest.mark.parametrize("parent", ["fan_out", "fan_out_sync"])
@@ -254,6 +267,7 @@ def test_an_awaiting_parent_frees_its_slot_for_its_children(sup: FakeFlow, paren
     assert [n["id"] for n in propose.diff["nodes"]] == ["p.1", "p.2"]
     wait = sup.expect(Wait, lambda m: m.node == "p")
     assert wait.handles == ["p.1", "p.2"]
+    assert wait.resident  # room to spare: the task stays in its worker
     assert sup.received.index(propose) < sup.received.index(wait)
     # One worker, busy with the waiting parent: its slot is granted again, and an
     # extra worker process runs the children one after the other.
@@ -358,3 +372,130 @@ def test_a_crash_loop_stops_the_supervisor_loudly(flow: FakeFlow,
         wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
     assert isinstance(errors[0], CrashLoop)
     assert "died before they were ready" in str(errors[0])
+
+
+# --- durability: eviction, durable waits, resumption, heartbeats ---------------------------
+
+
+def notes(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.parametrize("force", [{"max_workers": 1}, {"evict_waiting": True}])
+@pytest.mark.parametrize("parent", ["guarded", "guarded_async"])
+def test_an_evicted_task_unwinds_reports_nothing_and_resumes_from_history(
+        flow: FakeFlow, tmp_path: Path, force: dict[str, Any], parent: str) -> None:
+    path = tmp_path / "notes"
+    with supervisor(flow.address, **force) as errors:
+        flow.expect(Hello)
+        a = assign(parent, str(path), node="g")
+        flow.send(a)
+        wait = flow.expect(Wait, lambda m: m.node == "g")
+        assert wait.handles == ["g.1"]
+        assert not wait.resident
+        # The one worker is free again only once the task has unwound: through the
+        # task's own `except Exception` (not taken) and its `finally` (run).
+        child = run(flow, assign("add", 1, 2, node="g.1"))
+        assert notes(path) == ["finally"]
+        assert [f for f in flow.all(Finish) if f.node == "g"] == []
+        # Resumed with the child's result: no new node, no Wait, and it finishes.
+        resumed = assign(parent, str(path), node="g",
+                         history=History(results={"g.1": NodeResult(
+                             state="succeeded", output=child.output)}))
+        done = run(flow, resumed)
+        assert (done.ok, done.output) == (True, 3)
+        assert notes(path) == ["finally", "finally", "after"]
+        proposals = [m for m in flow.all(Propose) if m.node == "g"]
+        assert [[n["id"] for n in m.diff["nodes"]] for m in proposals] == [["g.1"], ["g.1"]]
+        assert len([m for m in flow.all(Wait) if m.node == "g"]) == 1
+    assert errors == []
+
+
+@pytest.mark.parametrize("task", ["nap", "nap_sync"])
+def test_sleep_and_signal_always_evict_and_replay(sup: FakeFlow, task: str) -> None:
+    sup.send(assign(task, 30.0, node="n"))
+    sleep = sup.expect(Wait, lambda m: m.node == "n")
+    assert (sleep.timer, sleep.signal, sleep.seq, sleep.resident) == (30.0, None, 1, False)
+    (drawn,) = sleep.recorded
+    assert (drawn.seq, drawn.kind) == (0, "random")
+    assert "tasks_sample.py:" in drawn.site
+    pid = run(sup, assign("pid")).output  # the worker was freed
+    # The timer fired: replayed, the draw comes from history and the signal is awaited.
+    sup.send(assign(task, 30.0, node="n", history=History(recorded=[drawn], timers=[1])))
+    signal_wait = sup.expect(Wait, lambda m: m.node == "n" and m.signal is not None)
+    assert (signal_wait.signal, signal_wait.seq, signal_wait.resident) == ("go", 2, False)
+    assert signal_wait.recorded == []
+    history = History(recorded=[drawn], timers=[1], signals=[(2, "yes")])
+    done = run(sup, assign(task, 30.0, node="n", history=history))
+    assert done.output == f"yes:{drawn.value}"
+    assert done.recorded == []
+    assert [f.node for f in sup.all(Finish)].count("n") == 1
+    assert run(sup, assign("pid")).output == pid
+
+
+def test_a_cancel_after_eviction_is_not_the_worker_s_business(sup: FakeFlow) -> None:
+    sup.send(assign("nap", 5.0, node="c"))
+    sup.expect(Wait, lambda m: m.node == "c")
+    sup.send(CancelTask(workflow_id="wf", node="c", attempt=1))  # Flow cancels it itself
+    pid = run(sup, assign("pid")).output
+    assert run(sup, assign("pid")).output == pid  # no escalation killed the worker
+    assert [f for f in sup.all(Finish) if f.node == "c"] == []
+
+
+def test_a_resident_waiting_task_can_be_cancelled(sup: FakeFlow) -> None:
+    sup.send(assign("fan_out", 2, node="fc"))
+    wait = sup.expect(Wait, lambda m: m.node == "fc")
+    assert wait.resident
+    sup.send(CancelTask(workflow_id="wf", node="fc", attempt=1))
+    done = sup.expect(Finish, lambda m: m.node == "fc")
+    assert done.error is not None
+    assert done.error["type"] == "WorkflowCancelled"
+
+
+def test_heartbeats_and_state_reach_flow_and_a_retry_resumes_from_the_details(
+        sup: FakeFlow) -> None:
+    done = run(sup, assign("beats", 50, node="hb"))
+    assert done.output is None
+    state = sup.expect(SetState, lambda m: m.node == "hb")
+    assert state.value == {"phase": "beating"}
+    beats = [m for m in sup.all(TaskHeartbeat) if m.node == "hb"]
+    assert beats[0].details == {"i": 0}
+    assert beats[-1].details == {"i": 49}  # the last details are never held back
+    assert len(beats) < 50  # a tight loop is not a flood
+    assert sup.received.index(beats[-1]) < sup.received.index(done)
+    retry = run(sup, assign("beats", 0, node="hb", attempt=2,
+                            history=History(heartbeat={"i": 49})))
+    assert retry.output == {"i": 49}
+
+
+def test_hello_declares_durability_options(sup: FakeFlow) -> None:
+    tasks = {t.name: t for t in sup.expect(Hello).tasks}
+    info = tasks["cached_square"]
+    assert (info.cache, info.version, info.schedule_to_start, info.heartbeat_timeout) == (
+        True, "2", 5.0, 2.0)
+    assert tasks["beats"].heartbeat_timeout == 2.0
+
+
+def test_recorded_values_ride_on_finish(sup: FakeFlow) -> None:
+    done = run(sup, assign("draw", node="r"))
+    (drawn,) = done.recorded
+    assert (drawn.seq, drawn.kind, drawn.value) == (0, "random", done.output)
+    replayed = run(sup, assign("draw", node="r2", history=History(recorded=[
+        Recorded(seq=0, kind="random", value=0.5)])))
+    assert (replayed.output, replayed.recorded) == (0.5, [])
+
+
+def test_state_not_acknowledged_is_sent_again_after_a_reconnect() -> None:
+    first = FakeFlow(ack=False)
+    second: FakeFlow | None = None
+    try:
+        with supervisor(first.address):
+            first.expect(Hello)
+            run(first, assign("follow_up", [1], node="s"))
+            state = first.expect(SetState)
+            port = first.port
+            first.close()
+            second = FakeFlow(port)
+            assert second.expect(SetState).id == state.id
+    finally:
+        first.close() if second is None else second.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import tasks_sample
-from tasks_sample import Point, add, double, fan_out, leaf, move, stamp
+from tasks_sample import Point, add, cached_square, double, fan_out, leaf, move, stamp
 
 from plait.errors import PlaitError
 from plait.protocol.promises import MaxNodes, NoNewNodes
@@ -92,6 +92,23 @@ def test_task_info_for_hello() -> None:
     assert add.info().retry is None  # Flow applies the default policy
     assert leaf.promises == (NoNewNodes(),)
     assert fan_out.promises == (MaxNodes(10),)
+    plain = add.info()
+    assert (plain.cache, plain.version, plain.schedule_to_start, plain.heartbeat_timeout) == (
+        False, "", None, None)
+
+
+def test_durability_options_reach_task_info() -> None:
+    info = cached_square.info()
+    assert (info.cache, info.version, info.schedule_to_start, info.heartbeat_timeout) == (
+        True, "2", 5.0, 2.0)
+
+
+@pytest.mark.parametrize("option", ["timeout", "schedule_to_start", "heartbeat_timeout"])
+def test_timeouts_must_be_positive(option: str) -> None:
+    def f(ctx: Any) -> None: ...
+
+    with pytest.raises(PlaitError, match=f"{option} must be a positive number"):
+        Task(f, **{option: 0})
 
 
 def test_retry_policy() -> None:

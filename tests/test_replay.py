@@ -1,0 +1,356 @@
+"""Replay and new attempts against a fake transport: recorded values, divergence,
+versions, child ids across attempts, durable waits and eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from tasks_sample import Point, add, double
+from test_context import FakeTransport, ok
+
+from plait.context import Context, Handle
+from plait.errors import NonDeterminismError, WorkflowCancelled
+from plait.protocol.messages import (
+    History,
+    Message,
+    PreviousChild,
+    Propose,
+    Recorded,
+    TaskHeartbeat,
+    Wait,
+)
+from plait.replay import Evicted
+
+
+def make(transport: FakeTransport, history: History | None = None, attempt: int = 1) -> Context:
+    return Context(workflow_id="wf", node_id="root", transport=transport, attempt=attempt,
+                   history=history)
+
+
+def here(offset: int = 1) -> str:
+    """``test_replay.py:N`` for the caller's line plus ``offset``."""
+    frame = inspect.currentframe()
+    assert frame is not None
+    assert frame.f_back is not None
+    return f"test_replay.py:{frame.f_back.f_lineno + offset}"
+
+
+def names(transport: FakeTransport) -> list[str]:
+    return [type(m).__name__ for m in transport.sent]
+
+
+def inputs(*args: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": {}}
+
+
+# --- recorded values ------------------------------------------------------------------------
+
+
+def test_replay_returns_recorded_values_without_recomputing() -> None:
+    calls = itertools.count(1)
+
+    def body(ctx: Context) -> tuple[Any, ...]:
+        return (ctx.random(), ctx.now(), ctx.uuid4(), ctx.side_effect(lambda: next(calls)),
+                ctx.version("fix-1"))
+
+    first = make(FakeTransport())
+    values = body(first)
+    recorded = first.take_recorded()
+    assert [(r.seq, r.kind) for r in recorded] == [
+        (0, "random"), (1, "now"), (2, "uuid4"), (3, "side_effect"), (4, "version")]
+    assert recorded[4].value == ["fix-1", True]
+    assert first.take_recorded() == []  # taken once: they ride on one message
+
+    again = make(FakeTransport(), History(recorded=recorded))
+    assert again.replaying
+    assert body(again) == values
+    assert next(calls) == 2  # the side effect ran once, in the first execution
+    assert again.take_recorded() == []
+    assert not again.replaying
+
+
+def test_side_effects_read_back_as_the_same_type() -> None:
+    def when() -> datetime:
+        return datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    first = make(FakeTransport())
+    got = (first.side_effect(when), first.side_effect(lambda: Point(x=1, y=2), returns=Point),
+           first.side_effect(lambda: (1, 2)))
+    assert got == (when(), Point(x=1, y=2), [1, 2])  # untyped: data, as a replay returns it
+    again = make(FakeTransport(), History(recorded=first.take_recorded()))
+    assert (again.side_effect(when), again.side_effect(lambda: Point(x=0, y=0), returns=Point),
+            again.side_effect(lambda: (3, 4))) == got
+
+
+def test_divergence_names_expected_actual_and_the_line() -> None:
+    history = History(recorded=[Recorded(seq=0, kind="random", value=0.5, site="flows.py:7")])
+    ctx = make(FakeTransport(), history)
+    site = here(2)
+    with pytest.raises(NonDeterminismError) as info:
+        ctx.uuid4()
+    err = info.value
+    assert err.expected == "random() at flows.py:7"
+    assert err.actual == "uuid4()"
+    assert err.call_site is not None
+    assert err.call_site.endswith(site)
+    assert str(err) == (f"root: replay diverged at record seq 0: the history has random() at "
+                        f"flows.py:7, this run calls uuid4() at {err.call_site}")
+    with pytest.raises(NonDeterminismError, match=r"has random\(\) .* calls sleep\(\)"):
+        ctx.sleep(1)
+    timers = make(FakeTransport(), History(timers=[0]))
+    with pytest.raises(NonDeterminismError, match=r"has sleep\(\), this run calls signal\(\)"):
+        timers.signal("go")
+
+
+def test_version_takes_old_or_new_paths() -> None:
+    new = make(FakeTransport())
+    assert new.version("fix") is True
+    assert [r.value for r in new.take_recorded()] == [["fix", True]]
+    # Replays keep the recorded choice.
+    old = make(FakeTransport(), History(recorded=[
+        Recorded(seq=0, kind="version", value=["fix", False])]))
+    assert old.version("fix") is False
+    # History written by code without the call: the old path, and the old code's
+    # record at this seq is left to the old code's own call.
+    before = make(FakeTransport(), History(recorded=[
+        Recorded(seq=0, kind="random", value=0.25), Recorded(seq=1, kind="random", value=0.75)]))
+    assert before.version("fix") is False
+    assert (before.random(), before.random()) == (0.25, 0.75)
+    assert before.take_recorded() == []
+    assert before.version("later") is True  # past the history: new code
+    # Replaying (records beyond), nothing at this seq: old path, recorded as such.
+    gap = make(FakeTransport(), History(recorded=[Recorded(seq=1, kind="random", value=0.5)]))
+    assert gap.version("fix") is False
+    assert [(r.seq, r.value) for r in gap.take_recorded()] == [(0, ["fix", False])]
+    assert gap.random() == 0.5
+
+
+# --- children -----------------------------------------------------------------------------
+
+
+def test_replay_rederives_ids_and_uses_recorded_results_without_waiting() -> None:
+    def body(ctx: Context) -> list[Any]:
+        a = ctx.spawn(add, 1, 2)
+        first = a.result()
+        hs = ctx.map(double, [a, 5])
+        return [first, *ctx.gather(hs)]
+
+    first = FakeTransport()
+    first.results = {"root.1": ok(3), "root.2": ok(6), "root.3": ok(10)}
+    assert body(make(first)) == [3, 6, 10]
+    assert names(first) == ["Propose", "Wait", "Propose", "Wait"]
+
+    replay = FakeTransport()
+    assert body(make(replay, History(results=first.results))) == [3, 6, 10]
+    # Known children are re-proposed (no-ops for Flow, which checks they match);
+    # nothing is waited for.
+    assert names(replay) == ["Propose", "Propose"]
+    assert [[n.id for n in d.nodes] for d in replay.diffs()] == [
+        [n.id for n in d.nodes] for d in first.diffs()] == [["root.1"], ["root.2", "root.3"]]
+
+
+def test_a_spawn_flow_finds_divergent_fails_at_its_line() -> None:
+    transport = FakeTransport()
+    transport.rejection = {
+        "kind": "nondeterminism", "proposer": "root",
+        "reason": "node root.2 was add{'args': [1, 2], 'kwargs': {}} and is now proposed as "
+                  "sample.double{'args': [4], 'kwargs': {}}"}
+    ctx = make(transport, History(results={"root.1": ok(3), "root.2": ok(3)}))
+    a = ctx.spawn(add, 1, 1)
+    site = here()
+    b = ctx.spawn(double, 4)
+    with pytest.raises(NonDeterminismError) as info:
+        ctx.gather([a, b]).result()
+    err = info.value
+    assert err.call_site is not None
+    assert err.call_site.endswith(site)
+    assert err.expected == "add{'args': [1, 2], 'kwargs': {}}"
+    assert err.actual == "sample.double{'args': [4], 'kwargs': {}}"
+    assert str(err).startswith(f"root: replay diverged at {err.call_site}: the history has "
+                               f"child root.2 = add")
+
+
+def test_a_new_attempt_draws_fresh_values_and_reuses_matching_children() -> None:
+    history = History(
+        previous=[PreviousChild(seq=1, id="root.1", task="add", inputs=inputs(1, 2)),
+                  PreviousChild(seq=2, id="root.2", task="add", inputs=inputs(2, 2)),
+                  PreviousChild(seq=3, id="root/k", task="add", inputs=inputs(3, 3))],
+        results={"root.1": ok(3), "root.2": ok(4), "root/k": ok(6)})
+    transport = FakeTransport()
+    ctx = make(transport, history, attempt=3)
+    assert ctx.random() >= 0
+    assert [r.seq for r in ctx.take_recorded()] == [0]  # drawn, not replayed
+    same = ctx.spawn(add, 1, 2)
+    other = ctx.spawn(add, 5, 5)
+    keyed = ctx.spawn(add, 3, 3, key="k")
+    rekeyed = ctx.spawn(add, 9, 9, key="k2")
+    more = ctx.spawn(add, 0, 0)
+    assert [h.id for h in (same, other, keyed, rekeyed, more)] == [
+        "root.1", "root.2@3", "root/k", "root/k2", "root.5"]
+    assert same.result() == 3
+    assert keyed.result() == 6
+    assert names(transport) == ["Propose"]  # reused results: no Wait
+    transport.results = {"root.2@3": ok(10)}
+    assert other.result() == 10
+    assert transport.sent[-1].handles == ["root.2@3"]  # type: ignore[union-attr]
+
+
+def test_a_differing_keyed_spawn_keeps_the_earlier_child_as_history() -> None:
+    history = History(previous=[PreviousChild(seq=1, id="root/k", task="add",
+                                              inputs=inputs(1, 1))])
+    ctx = make(FakeTransport(), history, attempt=2)
+    assert ctx.spawn(add, 2, 2, key="k").id == "root/k@2"
+
+
+# --- durable waits and eviction ----------------------------------------------------------------
+
+
+def test_sleep_and_signal_wait_durably_and_replay() -> None:
+    def body(ctx: Context) -> str:
+        r = ctx.random()
+        ctx.spawn(add, 1, 1)
+        ctx.sleep(5).result()
+        payload = ctx.signal("go").result()
+        return f"{payload}:{r}"
+
+    first = FakeTransport()
+    first.evict = True
+    with pytest.raises(Evicted):
+        body(make(first))
+    propose, wait = first.sent
+    assert isinstance(propose, Propose)
+    assert [r.kind for r in propose.recorded] == ["random"]  # rides on the first message
+    assert isinstance(wait, Wait)
+    assert (wait.timer, wait.signal, wait.seq, wait.handles, wait.recorded) == (
+        5.0, None, 1, [], [])
+    recorded = propose.recorded
+
+    second = FakeTransport()
+    second.evict = True
+    with pytest.raises(Evicted):
+        body(make(second, History(recorded=recorded, timers=[1])))
+    assert names(second) == ["Propose", "Wait"]  # the child re-proposed; the sleep is over
+    assert isinstance(second.sent[1], Wait)
+    assert (second.sent[1].signal, second.sent[1].seq, second.sent[1].timer) == ("go", 2, None)
+
+    third = FakeTransport()
+    history = History(recorded=recorded, timers=[1], signals=[(2, "yes")])
+    assert body(make(third, history)) == f"yes:{recorded[0].value}"
+
+
+def test_async_durable_waits() -> None:
+    async def body(ctx: Context) -> Any:
+        await ctx.sleep(1.5)
+        return await ctx.signal("approve")
+
+    transport = FakeTransport()
+    transport.evict = True
+    with pytest.raises(Evicted):
+        asyncio.run(body(make(transport)))
+    assert names(transport) == ["Wait"]
+    assert asyncio.run(body(make(FakeTransport(), History(
+        timers=[0], signals=[(1, {"by": "ann"})])))) == {"by": "ann"}
+
+
+def test_sleep_zero_returns_at_once_and_bad_arguments_fail() -> None:
+    transport = FakeTransport()
+    ctx = make(transport)
+    assert ctx.sleep(0).result() is None
+    assert transport.sent == []
+    for bad in (-1, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="seconds >= 0"):
+            ctx.sleep(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="signal name"):
+        ctx.signal("")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_eviction_unwinds_through_except_exception_and_runs_finally(kind: str) -> None:
+    notes: list[str] = []
+    transport = FakeTransport()
+    transport.evict = True
+    ctx = make(transport)
+
+    def sync_body() -> int:
+        h = ctx.spawn(add, 1, 2)
+        try:
+            return int(h.result())
+        except Exception:  # noqa: BLE001 - what eviction must get through
+            notes.append("swallowed")
+            return -1
+        finally:
+            notes.append("finally")
+
+    async def async_body() -> int:
+        h = ctx.spawn(add, 1, 2)
+        try:
+            return int(await h)
+        except Exception:  # noqa: BLE001 - what eviction must get through
+            notes.append("swallowed")
+            return -1
+        finally:
+            notes.append("finally")
+
+    with pytest.raises(Evicted):
+        sync_body() if kind == "sync" else asyncio.run(async_body())
+    assert notes == ["finally"]
+    assert not isinstance(Evicted(), Exception)
+    with pytest.raises(Evicted):  # a task that caught it anyway cannot go on
+        ctx.random()
+
+
+class CancellingTransport(FakeTransport):
+    """Fails every Wait the way the worker link does when CancelTask arrives."""
+
+    def request(self, message: Propose | Wait) -> Future[Message]:
+        if not isinstance(message, Wait):
+            return super().request(message)
+        self.sent.append(message)
+        self.cancelled = True
+        future: Future[Message] = Future()
+        future.set_exception(WorkflowCancelled("workflow wf was cancelled (node root)"))
+        return future
+
+
+def test_cancellation_reaches_a_task_waiting_on_a_signal_or_a_child() -> None:
+    ctx = make(CancellingTransport())
+    with pytest.raises(WorkflowCancelled, match="wf was cancelled"):
+        ctx.signal("approve").result()
+    ctx = make(CancellingTransport())
+    with pytest.raises(WorkflowCancelled):
+        asyncio.run(_await(ctx.spawn(add, 1, 1)))
+    with pytest.raises(WorkflowCancelled):
+        ctx.sleep(1)
+
+
+async def _await(h: Handle) -> Any:
+    return await h
+
+
+def test_a_resumed_task_knows_its_last_heartbeat_details() -> None:
+    transport = FakeTransport()
+    ctx = make(transport, History(heartbeat={"offset": 40}), attempt=2)
+    assert ctx.heartbeat_details == {"offset": 40}
+    ctx.heartbeat()
+    (beat,) = transport.notes
+    assert isinstance(beat, TaskHeartbeat)
+    assert (beat.attempt, beat.details) == (2, {"offset": 40})
+
+
+def test_recorded_values_ride_on_the_next_wait() -> None:
+    transport = FakeTransport()
+    ctx = make(transport)
+    h = ctx.spawn(add, 1, 1)
+    ctx.take_diff()  # proposed already (as if by an earlier wait)
+    transport.results = {h.id: ok(2)}
+    ctx.now()
+    assert h.result() == 2
+    (wait,) = transport.sent
+    assert isinstance(wait, Wait)
+    assert [r.kind for r in wait.recorded] == ["now"]
