@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random as _random
-import typing
 import uuid
 from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from pydantic import PydanticSchemaGenerationError, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from plait.errors import PlaitError, PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
@@ -50,7 +48,15 @@ from plait.protocol.messages import (
     Wait,
 )
 from plait.protocol.promises import Promise
-from plait.replay import ChildIds, Evicted, Recorder, call_site, sdk_file, spawn_divergence
+from plait.replay import (
+    ChildIds,
+    Evicted,
+    Recorder,
+    call_site,
+    sdk_file,
+    spawn_divergence,
+    value_adapter,
+)
 from plait.task import as_data, as_task, encode_inputs, ref_of
 
 __all__ = ["Context", "Durable", "Gathered", "Handle", "Recorder", "Transport"]
@@ -204,6 +210,11 @@ class Context:
         self._nodes, self._edges, self._promises, self._attrs = [], [], [], {}
         return diff
 
+    def flush(self) -> None:
+        """Propose what is batched now (a replaying worker does so before Finish, so
+        that a divergent spawn is reported at its line, not as a failed Finish)."""
+        self._drive(self._propose_steps())
+
     def take_recorded(self) -> list[Recorded]:
         """Values recorded since the last message (the worker's Finish carries them)."""
         return self.recorder.take()
@@ -252,7 +263,7 @@ class Context:
         replay see the same thing.
         """
         self._check()
-        adapter = _adapter(returns if returns is not None else _return_hint(fn))
+        adapter = value_adapter(fn, returns)
 
         def produce() -> Any:
             value = fn()
@@ -435,17 +446,3 @@ class Context:
 
 def _not_a_node(value: Any) -> str:
     raise TypeError(f"after= takes handles, node references or node ids, got {value!r}")
-
-
-def _return_hint(fn: Callable[..., Any]) -> Any:
-    try:
-        return typing.get_type_hints(fn).get("return", Any)
-    except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
-        return Any
-
-
-def _adapter(hint: Any) -> TypeAdapter[Any]:
-    try:
-        return TypeAdapter(hint)
-    except PydanticSchemaGenerationError:
-        return TypeAdapter(Any)

@@ -22,14 +22,18 @@ from __future__ import annotations
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
+
+from pydantic import PydanticSchemaGenerationError, TypeAdapter
 
 from plait.errors import NonDeterminismError
 from plait.protocol.diff import child_id
 from plait.protocol.messages import History, PreviousChild, Recorded
 
-__all__ = ["ChildIds", "Evicted", "Recorder", "call_site", "sdk_file", "spawn_divergence"]
+__all__ = ["ChildIds", "Evicted", "Recorder", "call_site", "sdk_file", "spawn_divergence",
+           "value_adapter"]
 
 
 class Evicted(BaseException):
@@ -195,6 +199,24 @@ class ChildIds:
                     and dict(p.inputs) == dict(inputs):
                 return p.id
         return f"{natural}@{self._attempt}" if natural in self._taken else natural
+
+
+# --- side effects' values ---------------------------------------------------------------
+
+
+def value_adapter(fn: Callable[..., Any], returns: Any = None) -> TypeAdapter[Any]:
+    """How a side effect's value is recorded and read back: as ``returns``, else as
+    ``fn``'s return annotation, else as plain data."""
+    hint = returns
+    if hint is None:
+        try:
+            hint = typing.get_type_hints(fn).get("return", Any)
+        except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
+            hint = Any
+    try:
+        return TypeAdapter(hint)
+    except PydanticSchemaGenerationError:
+        return TypeAdapter(Any)
 
 
 # --- spawns Flow found divergent ---------------------------------------------------------

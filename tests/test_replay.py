@@ -176,6 +176,21 @@ def test_a_spawn_flow_finds_divergent_fails_at_its_line() -> None:
                                f"child root.2 = add")
 
 
+def test_a_replay_flushes_leftover_spawns_so_a_divergence_has_its_line() -> None:
+    transport = FakeTransport()
+    transport.rejection = {
+        "kind": "nondeterminism", "proposer": "root",
+        "reason": "node root.1 was leaf{} and is now proposed as add{}"}
+    ctx = make(transport, History(results={"root.1": ok("x")}))
+    site = here()
+    ctx.then(add, 1, 1)
+    with pytest.raises(NonDeterminismError) as info:
+        ctx.flush()  # the worker does this before Finish when it replays
+    assert info.value.call_site is not None
+    assert info.value.call_site.endswith(site)
+    assert ctx.take_diff() is None
+
+
 def test_a_new_attempt_draws_fresh_values_and_reuses_matching_children() -> None:
     history = History(
         previous=[PreviousChild(seq=1, id="root.1", task="add", inputs=inputs(1, 2)),

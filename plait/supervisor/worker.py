@@ -339,6 +339,8 @@ def _execute(assign: Assign, t: Task[Any, Any], ctx: Context, link: WorkerLink) 
         else:
             value = t.fn(ctx, *args, **kwargs)
         output = t.encode_output(value)
+        if assign.history is not None:
+            ctx.flush()
         diff = ctx.take_diff()
         return _finish(assign, ok=True, output=output, diff=diff.to_dict() if diff else None,
                        recorded=ctx.take_recorded())
