@@ -5,8 +5,9 @@ A :class:`Workflow` is plain data: a registration diff (static nodes, edges and
 promises) and, per node id, a :class:`Behaviour`: the diffs its task proposes
 when it runs (spawns with edges and promises, promises about itself, handles it
 awaits) and how many of its attempts fail first. Node ids are derived with
-``child_id`` in spawn order, so the same program can drive the real runtime: a
-generic task looks up its node id and performs the steps through its Context.
+``child_id(creator, n)`` for the creator's n-th spawn (1-based, as the runtime's
+Context counts), so the same program can drive the real runtime: a generic task
+looks up its node id and performs the steps through its Context.
 
 ``workflows()`` generates *honest* programs (every promise in force is kept, in
 every interleaving) and, with ``breaking=True``, programs that break exactly one
@@ -419,8 +420,9 @@ class _Gen:
         return self.draw(ints(0, 99)) >= 100 - p * 100
 
     def new_id(self, creator: str) -> str:
-        seq = self.spawned.get(creator, 0)
-        self.spawned[creator] = seq + 1
+        # 1-based, as the runtime's Context counts its spawns.
+        seq = self.spawned.get(creator, 0) + 1
+        self.spawned[creator] = seq
         return child_id(creator, seq)
 
     def failures(self, steps: Iterable[Step] = ()) -> tuple[int, ...]:
