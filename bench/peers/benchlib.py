@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,15 @@ class Engine:
     name: str = "engine"
     durable: str = "no"  # whether state persists so that a crash can resume, and how
     notes: list[str] = field(default_factory=list)
+    # Caps for engines too slow to run the full size 3 times in a sane time; the
+    # report carries the sizes actually used, and run.py prints them.
+    max_map: int | None = None
+    max_fan_seeds: int | None = None
+
+    def sizes(self, sizes: Sizes) -> Sizes:
+        """``sizes`` with this engine's caps applied."""
+        return replace(sizes, map=min(sizes.map, self.max_map or sizes.map),
+                       fan_seeds=sizes.fan_seeds[:self.max_fan_seeds or len(sizes.fan_seeds)])
 
     def version(self) -> str:
         raise NotImplementedError
@@ -263,7 +272,7 @@ def one_rep(engine: Engine, workloads: list[str], sizes: Sizes,
 def run(engine: Engine, driver: Path, reps: int, size: str,
         workloads: list[str]) -> dict[str, Any]:
     """Every measurement of one engine, as the JSON document bench/run.py reads."""
-    sizes = SIZES[size]
+    sizes = engine.sizes(SIZES[size])
     report: dict[str, Any] = {"engine": engine.name, "version": engine.version(),
                               "durable": engine.durable, "size": size, "sizes": asdict(sizes),
                               "figures": {}, "errors": {}, "notes": engine.notes,

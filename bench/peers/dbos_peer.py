@@ -103,6 +103,7 @@ class Dbos(Engine):
         super().__init__(name="dbos", durable="yes: workflow inputs and every step's result "
                          "in the system database (SQLite); an interrupted workflow resumes "
                          "from its last completed step")
+        self.max_map, self.max_fan_seeds = 1_000, 2  # ~15 tasks/s on SQLite here
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def version(self) -> str:

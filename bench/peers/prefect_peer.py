@@ -106,6 +106,7 @@ class Prefect(Engine):
         super().__init__(name="prefect", durable="partly: flow and task run states reach its "
                          "database (SQLite) as events; with persisted results a new run can "
                          "skip finished tasks, but nothing resumes a crashed flow run")
+        self.max_map = 2_000  # ~100 tasks/s: 10,000 would take minutes per run
         self.server: Any = None
 
     def version(self) -> str:

@@ -118,6 +118,7 @@ class Temporal(Engine):
         super().__init__(name="temporal", durable="yes: every workflow's event history in "
                          "the server's database (SQLite file here); workflows resume by "
                          "replay after a worker or server crash")
+        self.max_map = 2_000  # ~100 tasks/s: 10,000 would take minutes per run
         self.loop = asyncio.new_event_loop()
         self.env: Any = None
         self.worker_task: asyncio.Task[None] | None = None
