@@ -90,6 +90,10 @@ class Promise:
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> Promise:
+        raise NotImplementedError
+
     @property
     def schedules(self) -> bool:
         """True for promises the dispatcher enforces rather than the plan."""
@@ -103,7 +107,10 @@ def promise_from_dict(data: dict[str, Any]) -> Promise:
     cls = Promise._kinds.get(data["kind"])
     if cls is None:
         raise ValueError(f"unknown promise kind {data['kind']!r}")
-    return cls._from_fields({k: v for k, v in data.items() if k != "kind"})  # type: ignore[attr-defined]
+    try:
+        return cls._from_fields({k: v for k, v in data.items() if k != "kind"})
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"malformed {data['kind']} promise {data!r}: {exc!r}") from exc
 
 
 def _names(refs: Iterable[TaskRef]) -> tuple[str, ...]:
