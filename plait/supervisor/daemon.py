@@ -148,7 +148,7 @@ class Supervisor:
                      slots=self.credit, running=self._running())
 
     def _running(self) -> list[AttemptRef]:
-        assigns = [a for a in self._held() if a is not None] + list(self.queue)
+        assigns = self._held() + list(self.queue)
         refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
         refs |= {(m.workflow_id, m.node, m.attempt) for m, _ in self.link.outstanding.values()
                  if isinstance(m, Finish)}
@@ -245,15 +245,16 @@ class Supervisor:
             self._finish(msg, error_dict(exc))
             return
         key = (msg.workflow_id, msg.node, msg.attempt)
-        known = [a for a in self._held() if a is not None] + list(self.queue)
+        known = self._held() + list(self.queue)
         if any((a.workflow_id, a.node, a.attempt) == key for a in known):
             return  # re-sent by a restarted Flow: already running here
         self.queue.append(msg)
 
-    def _held(self) -> list[Assign | None]:
+    def _held(self) -> list[Assign]:
         """Attempts the workers hold (an evicted one is Flow's again, though its
         worker may still be unwinding it)."""
-        return [w.assign for w in self.pool.workers.values() if not w.evicting]
+        return [w.assign for w in self.pool.workers.values()
+                if w.assign is not None and not w.evicting]
 
     def _finish(self, assign: Assign, error: dict[str, Any]) -> None:
         self.link.send(Finish(workflow_id=assign.workflow_id, node=assign.node,
