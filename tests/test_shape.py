@@ -195,6 +195,13 @@ def test_edges_touching_outside_nodes_are_ignored() -> None:
     assert region.matcher.complete() is None
 
 
+def test_an_empty_middle_part_is_skipped() -> None:
+    region = Region(Seq("A", Repeat("B", 0, 2), "C"))
+    assert region.add("a:A c:C", "a>c") is None
+    assert region.matcher.complete() is None
+    assert "is a cycle" in (region.add(edges="c>c") or "")
+
+
 def test_forward_edges_skipping_parts_are_fine() -> None:
     region = Region(Seq("N", "M", "K"))
     assert region.add("n:N m:M k:K", "n>m m>k n>k") is None

@@ -539,8 +539,9 @@ class _Inst:
         return _INSTANCES[type(expr)](expr, self.depth + 1, index, prev, tracked)
 
     def place(self, ctx: _Ctx) -> None:
-        """Put the node here or below, or raise _Misfit. Changes happen only after the
-        recursive call succeeds, so a misfit leaves this node's instances untouched."""
+        """Put the node here or below, or raise _Misfit. Changes happen only once the
+        recursive call succeeded, so that after a misfit the state is still the one the
+        generic "expected ..." message describes."""
         raise NotImplementedError
 
     def done(self) -> bool:
@@ -936,6 +937,8 @@ class ShapeMatcher:
         u, v = self._nodes.get(src), self._nodes.get(dst)
         if u is None or v is None:
             return None  # an end outside the region: not the shape's business
+        if u is v:
+            return f"edge {src} -> {dst} is a cycle"
         depth = 0
         while depth + 1 < min(len(u.path), len(v.path)) and u.path[depth + 1] is v.path[depth + 1]:
             depth += 1
