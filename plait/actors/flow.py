@@ -7,7 +7,10 @@ Inside, each box is an actor with its own thread (DESIGN.md section 1):
 - Dispatcher: ready queues per task, supervisor credits, MaxParallel;
 - Store: the only writer (SQLite, WAL, group commit), and a Reader;
 - Publisher: the PUB mutation feed;
-- Membership: supervisor liveness; Timers: backoff and ticks.
+- Membership: supervisor liveness;
+- Scheduler: cron schedules; Cache: lookups of cached results;
+- Timers: durable ones on Flow's clock (backoff, sleeps, timeouts, cron
+  ticks) and liveness ones on monotonic time (heartbeats, orphan checks).
 
 :func:`run_flow` starts them (rebuilding every unfinished workflow from the
 Store first), serves until SIGTERM/SIGINT or ``stop``, and stops them.
@@ -23,24 +26,28 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 import zmq
 
+from plait.actors.cache import Cache
+from plait.actors.clock import Clock, FileClock, WallClock
 from plait.actors.dispatcher import Dispatcher
 from plait.actors.gateway import Gateway
 from plait.actors.history import WorkflowState
-from plait.actors.mail import Tick
+from plait.actors.mail import Request, ScheduleDue, Tick
 from plait.actors.membership import Membership
 from plait.actors.plan_keeper import KeeperContext, PlanKeeper
 from plait.actors.publisher import Publisher
+from plait.actors.reader import Reader
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
-from plait.actors.store import Reader, Store, load
+from plait.actors.schedules import Scheduler
+from plait.actors.store import Store, load
 from plait.actors.timers import Timers
 from plait.protocol.codec import DEFAULT_MAX_SIZE
-from plait.protocol.messages import Welcome
+from plait.protocol.messages import Submit, Welcome
 
 __all__ = ["Flow", "FlowSettings", "run_flow"]
 
@@ -53,7 +60,8 @@ STOP_TIMEOUT = 10.0
 class FlowSettings:
     """Flow's configuration. ``port`` 0 binds any free port (see ``Flow.endpoint``);
     ``feed_port`` defaults to ``port + 1`` (any free port when ``port`` is 0).
-    ``retry_scale`` multiplies every retry delay (tests make it tiny)."""
+    ``retry_scale`` multiplies every retry delay (tests make it tiny). ``clock`` is
+    the time of durable timers and event timestamps (tests inject a fake one)."""
 
     db: str = ".plait/flow.db"
     host: str = "127.0.0.1"
@@ -63,6 +71,7 @@ class FlowSettings:
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 3.0
     retry_scale: float = 1.0
+    clock: Clock = field(default_factory=WallClock)
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port if port else '*'}"
@@ -92,44 +101,53 @@ class Flow:
     def start(self) -> Flow:
         s = self.settings
         os.makedirs(os.path.dirname(os.path.abspath(s.db)), exist_ok=True)
-        known, streams = load(s.db)
+        loaded = load(s.db)
         self.zctx: zmq.Context[Any] = zmq.Context()
         outbox = f"inproc://plait-flow-{id(self):x}"
-        self.registry = Registry(known)
+        self.registry = Registry(loaded.known)
         self.sessions, self.catalog, self.timers = Sessions(), Catalog(), Timers()
+        self.clock_timers = Timers(s.clock, name="plait-clock")
+        self.timers.start()
+        self.clock_timers.start()
         try:
-            self._start_actors(outbox)
-            self._restore(streams)
+            self._start_actors(outbox, loaded.schedules)
+            self._restore(loaded.streams)
+            self.scheduler.tell(ScheduleDue())  # ticks missed while Flow was down
             self.endpoint = self.gateway.start()
         except BaseException:
             self.stop()
             raise
-        self.timers.start()
         membership = self.membership
         self.timers.every(s.heartbeat_interval, lambda: _tell(membership, Tick()))
         log.info("flow serving on %s, feed on %s, %d workflows restored",
-                 self.endpoint, self.feed_endpoint, len(streams))
+                 self.endpoint, self.feed_endpoint, len(loaded.streams))
         return self
 
-    def _start_actors(self, outbox: str) -> None:
+    def _start_actors(self, outbox: str, schedules: list[dict[str, Any]]) -> None:
         s, z = self.settings, self.zctx
         publisher = self._add(Publisher.start(z, s.endpoint(s.feed())))
         self.feed_endpoint = publisher.proxy().bound().get(timeout=STOP_TIMEOUT)
         self.store = self._add(Store.start(s.db, z, outbox, publisher, self._fatal))
-        reader = self._add(Reader.start(s.db, z, outbox))
+        reader = self._add(Reader.start(s.db, z, outbox, self._revive))
+        cache = self._add(Cache.start(s.db))
         self.dispatcher = self._add(Dispatcher.start(self.registry, self.counters))
         self.membership = self._add(Membership.start(
             z, outbox, sessions=self.sessions, registry=self.registry,
             dispatcher=self.dispatcher, counters=self.counters,
             heartbeat_timeout=s.heartbeat_timeout))
+        self.scheduler = Scheduler.start(
+            schedules, store=self.store, registry=self.registry, counters=self.counters,
+            timers=self.clock_timers, start_run=self._start_run)
         self.keeper_ctx = KeeperContext(
             store=self.store, dispatcher=self.dispatcher, registry=self.registry,
             catalog=self.catalog, counters=self.counters, timers=self.timers,
-            retry_scale=s.retry_scale, orphan_timeout=s.heartbeat_timeout)
+            retry_scale=s.retry_scale, orphan_timeout=s.heartbeat_timeout, clock=s.clock,
+            clock_timers=self.clock_timers, reader=reader, cache=cache,
+            scheduler=self.scheduler)
         self.gateway = Gateway(
             z, s.endpoint(s.port), outbox, registry=self.registry, sessions=self.sessions,
             catalog=self.catalog, counters=self.counters, reader=reader,
-            dispatcher=self.dispatcher, membership=self.membership,
+            dispatcher=self.dispatcher, membership=self.membership, scheduler=self.scheduler,
             spawn_keeper=self._spawn_keeper, max_message_size=s.max_message_size,
             welcome=Welcome(heartbeat_interval=s.heartbeat_interval,
                             heartbeat_timeout=s.heartbeat_timeout))
@@ -140,6 +158,21 @@ class Flow:
 
     def _spawn_keeper(self, workflow_id: str) -> pykka.ActorRef[Any]:
         return PlanKeeper.start(workflow_id, self.keeper_ctx)
+
+    def _start_run(self, workflow_id: str, submit: Submit) -> bool:
+        """A schedule's run: a workflow started from inside (nobody to answer)."""
+        if not self.registry.claim(workflow_id):
+            return False
+        keeper = self._spawn_keeper(workflow_id)
+        self.registry.add(workflow_id, keeper)
+        keeper.tell(Request(b"", submit.model_copy(update={"workflow_id": workflow_id})))
+        return True
+
+    def _revive(self, workflow_id: str, state: WorkflowState, request: Request) -> None:
+        """An ended workflow comes back (restart, attributes): a keeper for it."""
+        self.registry.adopt(
+            workflow_id, lambda: PlanKeeper.start(workflow_id, self.keeper_ctx, state),
+            request)
 
     def _restore(self, streams: list[tuple[str, list[tuple[int, float, dict[str, Any]]]]]
                  ) -> None:
@@ -165,7 +198,10 @@ class Flow:
         self._stopped = True
         if hasattr(self, "gateway"):
             self.gateway.stop()
+        if hasattr(self, "scheduler"):
+            _stop(self.scheduler)  # it starts keepers: before them
         self.timers.stop()
+        self.clock_timers.stop()
         stopping = [keeper.stop(block=False) for keeper in self.registry.keepers()]
         for future in stopping:  # all at once: a thousand keepers stop in parallel
             _wait(future)
@@ -237,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-interval", type=float, default=FlowSettings.heartbeat_interval)
     p.add_argument("--heartbeat-timeout", type=float, default=FlowSettings.heartbeat_timeout)
     p.add_argument("--retry-scale", type=float, default=FlowSettings.retry_scale)
-    args = p.parse_args(argv)
+    p.add_argument("--clock-file", default=None,
+                   help="tests: read the time from this file (see clock.FileClock)")
+    args = vars(p.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = FlowSettings(**vars(args))
+    clock_file = args.pop("clock_file")
+    settings = FlowSettings(**args)
+    if clock_file:
+        settings.clock = FileClock(clock_file)
     stop = threading.Event()
     with _signals(stop):
         flow = Flow(settings, on_fatal=lambda exc: stop.set()).start()

@@ -28,6 +28,7 @@ from plait.errors import ProtocolError
 from plait.protocol.codec import correlation_of, decode, encode, error_reply
 from plait.protocol.messages import (
     Ack,
+    AddSchedule,
     AwaitResult,
     CancelWorkflow,
     Credit,
@@ -38,9 +39,19 @@ from plait.protocol.messages import (
     GetStatus,
     Heartbeat,
     Hello,
+    ListSchedules,
     Message,
+    PauseWorkflow,
     Propose,
+    Query,
+    RemoveSchedule,
+    RestartNode,
+    ResumeWorkflow,
+    SendSignal,
+    SetAttrs,
+    SetState,
     Submit,
+    TaskHeartbeat,
     Wait,
     Welcome,
 )
@@ -48,6 +59,12 @@ from plait.protocol.messages import (
 __all__ = ["Gateway", "Outbox"]
 
 log = logging.getLogger(__name__)
+
+# Requests about one workflow: its keeper while it is live, else the Reader.
+TO_WORKFLOW = (Propose, Wait, Finish, AwaitResult, CancelWorkflow, TaskHeartbeat, SetState,
+               PauseWorkflow, ResumeWorkflow, RestartNode, SetAttrs, SendSignal, Query)
+LATE = (Finish, TaskHeartbeat, SetState)  # a worker's, after the end: acknowledged, dropped
+TO_SCHEDULER = (AddSchedule, RemoveSchedule, ListSchedules)
 
 POLL_MS = 100  # how often the loop looks at its stop flag when idle
 BURST = 256  # frames taken from one socket before looking at the other
@@ -80,7 +97,7 @@ class Gateway:
     def __init__(self, zctx: zmq.Context[Any], endpoint: str, outbox_address: str, *,
                  registry: Registry, sessions: Sessions, catalog: Catalog, counters: Counters,
                  reader: pykka.ActorRef[Any], dispatcher: pykka.ActorRef[Any],
-                 membership: pykka.ActorRef[Any],
+                 membership: pykka.ActorRef[Any], scheduler: pykka.ActorRef[Any] | None,
                  spawn_keeper: Callable[[str], pykka.ActorRef[Any]],
                  max_message_size: int, welcome: Welcome) -> None:
         self._zctx = zctx
@@ -89,6 +106,7 @@ class Gateway:
         self.registry, self.sessions, self.catalog = registry, sessions, catalog
         self.counters = counters
         self.reader, self.dispatcher, self.membership = reader, dispatcher, membership
+        self.scheduler = scheduler
         self.spawn_keeper = spawn_keeper
         self.max_size = max_message_size
         self.welcome = welcome
@@ -211,8 +229,10 @@ class Gateway:
     def _route(self, identity: bytes, msg: Message, supervisor: str | None) -> None:
         if isinstance(msg, Submit):
             self._submit(identity, msg)
-        elif isinstance(msg, Propose | Wait | Finish | AwaitResult | CancelWorkflow):
+        elif isinstance(msg, TO_WORKFLOW):
             self._to_workflow(identity, msg)
+        elif isinstance(msg, TO_SCHEDULER) and self.scheduler is not None:
+            safe_tell(self.scheduler, Request(identity, msg))
         elif isinstance(msg, GetGraph):
             if msg.at is not None or not self.registry.tell(msg.workflow_id,
                                                             Request(identity, msg)):
@@ -245,12 +265,11 @@ class Gateway:
             self.registry.add(workflow_id, keeper)
             keeper.tell(Request(identity, msg))
 
-    def _to_workflow(self, identity: bytes, msg: Propose | Wait | Finish | AwaitResult
-                     | CancelWorkflow) -> None:
+    def _to_workflow(self, identity: bytes, msg: Any) -> None:
         if self.registry.tell(msg.workflow_id, Request(identity, msg)):
             return
-        if isinstance(msg, Finish):
-            self.counters.add("dropped.finish")  # the workflow is over: nothing to count
+        if isinstance(msg, LATE):
+            self.counters.add(f"dropped.{msg.type}")  # the workflow is over: nothing to count
             self._reply(identity, Ack(id=msg.id))
         else:
             safe_tell(self.reader, Request(identity, msg))

@@ -1,33 +1,34 @@
 """A workflow's event stream, and the state folded from it.
 
 Store and feed share one stream per workflow, numbered 1, 2, 3...; each event
-is a plain dict:
+is a plain dict (``docs/architecture.md`` lists them all):
 
-- ``{"type": "submitted", "name", "root"}``
-- ``{"type": "diff", "diff": PlanDiff dict}``
-- ``{"type": "state", "node", "state", "attempt", "output"?, "error"?, "supervisor"?}``
-  for transitions made from outside the plan (running, suspended, succeeded,
-  failed, cancelled, and ready for a retry)
-- ``{"type": "violation", "rejection", "diff"?}`` a broken promise
-- ``{"type": "rejected", "rejection", "diff"}`` a refused proposal (plan error or
-  non-determinism; the proposing task fails)
-- ``{"type": "workflow", "status", "output"?, "error"?}`` the end
+- ``submitted``, ``diff``, ``violation``, ``rejected``, ``workflow`` (the end);
+- ``state``: a transition made from outside the plan (running, suspended with
+  its ``wait``, succeeded, failed, cancelled, ready: a retry with its ``due``
+  time, or a suspended attempt resuming with the same attempt);
+- durable execution: ``recorded`` (values a task drew), ``wait`` (a wait that
+  changed to durable), ``timer`` (a sleep fired), ``signal`` (one arrived and is
+  buffered), ``delivered`` (a wait consumed the oldest buffered one),
+  ``heartbeat``, ``set_state``;
+- operator controls: ``paused``, ``resumed``, ``restart``.
 
 :meth:`WorkflowState.fold` applies one event. The PlanKeeper folds its own
-state events as it makes them, and Flow folds whole streams to rebuild live
+events as it makes them, and Flow folds whole streams to rebuild live
 workflows at start and to answer ``GetGraph(at=seq)``: one function for both,
-so a rebuilt plan is the plan that was lost.
+so a rebuilt state is the state that was lost.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from plait.protocol.diff import NodeState, PlanDiff, Rejection
 from plait.protocol.plan import Outcome, Plan
 
-__all__ = ["ENDED", "WorkflowState", "error_text", "state_event"]
+__all__ = ["ENDED", "AttemptLog", "WorkflowState", "error_text", "state_event"]
 
 ENDED = frozenset({"succeeded", "failed", "cancelled", "violated"})
 
@@ -40,16 +41,30 @@ def error_text(error: Mapping[str, Any] | None) -> str | None:
 
 
 def state_event(node: str, state: NodeState, attempt: int, **extra: Any) -> dict[str, Any]:
-    """A ``state`` event; ``extra`` holds output, error or supervisor when present."""
+    """A ``state`` event; ``extra`` holds output, error, supervisor, wait or due."""
     event: dict[str, Any] = {"type": "state", "node": node, "state": state.value,
                              "attempt": attempt}
     event.update((k, v) for k, v in extra.items() if v is not None)
     return event
 
 
+class AttemptLog:
+    """What one node's current attempt replays from: values drawn (by record seq),
+    sleeps fired and signals delivered (by record seq), and whether it resumed."""
+
+    __slots__ = ("attempt", "recorded", "resumed", "signals", "timers")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.recorded: dict[int, dict[str, Any]] = {}
+        self.timers: set[int] = set()
+        self.signals: dict[int, Any] = {}
+        self.resumed = False
+
+
 class WorkflowState:
-    """A workflow's plan plus what the plan does not hold: name, root, status,
-    error dicts, which supervisor runs each attempt, and the stream position."""
+    """A workflow's plan plus everything the plan does not hold: name, root, status,
+    errors, supervisors, and what durable execution needs (see the fields)."""
 
     def __init__(self, workflow_id: str) -> None:
         self.workflow_id = workflow_id
@@ -58,13 +73,24 @@ class WorkflowState:
         self.plan = Plan(workflow_id)
         self.seq = 0
         self.status = "running"
+        self.paused = False
         self.output: Any = None
         self.error: dict[str, Any] | None = None
         self.created = 0.0
         self.finished: float | None = None
         self.errors: dict[str, dict[str, Any]] = {}  # node -> its last error
-        self.first_failure: dict[str, Any] | None = None
+        self.failures: dict[str, dict[str, Any]] = {}  # failed node -> error; in time order
         self.supervisor: dict[str, str] = {}  # node -> supervisor of its attempt
+        self.logs: dict[str, AttemptLog] = {}
+        self.born: dict[str, int] = {}  # child -> the attempt of its creator that made it
+        self.waits: dict[str, dict[str, Any]] = {}  # suspended node -> what it waits for
+        self.last_wait: dict[str, dict[str, Any]] = {}  # node -> its wait that ended last
+        self.not_before: dict[str, tuple[int, float]] = {}  # node -> (attempt, backoff end)
+        self.started_at: dict[str, float] = {}  # running node -> when it (re)started
+        self.signals: dict[str, deque[Any]] = {}  # name -> payloads nobody consumed yet
+        self.heartbeat: dict[str, Any] = {}  # node -> last heartbeat details
+        self.query: dict[str, Any] = {}  # node -> last ctx.set_state value
+        self.query_latest: Any = None
 
     @property
     def ended(self) -> bool:
@@ -80,47 +106,80 @@ class WorkflowState:
         return state
 
     def note(self) -> None:
-        """Count an event whose effect the caller already applied to the plan."""
+        """Count an event whose effect the caller already applied."""
         self.seq += 1
+
+    def log(self, node: str, attempt: int) -> AttemptLog:
+        """The replay log of ``node``'s attempt ``attempt`` (a new attempt starts empty)."""
+        log = self.logs.get(node)
+        if log is None or log.attempt != attempt:
+            log = self.logs[node] = AttemptLog(attempt)
+        return log
+
+    # --- folding ------------------------------------------------------------------
 
     def fold(self, event: Mapping[str, Any], ts: float = 0.0) -> Outcome:
         """Apply one event; returns what it did to the plan."""
         self.seq += 1
         kind = event["type"]
         if kind == "state":
-            return self._fold_state(event)
+            return self._fold_state(event, ts)
         if kind == "diff":
             return self._fold_diff(event)
+        if kind == "restart":
+            return self._fold_restart(event)
         if kind in ("violation", "rejected"):
             self._fold_rejection(event)
         elif kind == "submitted":
             self.name, self.root, self.created = str(event["name"]), str(event["root"]), ts
         elif kind == "workflow":
             self._fold_end(event, ts)
+        else:
+            self._fold_durable(kind, event)
         return Outcome()
 
-    def _fold_state(self, event: Mapping[str, Any]) -> Outcome:
+    def _fold_state(self, event: Mapping[str, Any], ts: float) -> Outcome:
         node_id, state = str(event["node"]), NodeState(event["state"])
         node = self.plan.nodes[node_id]
-        error = event.get("error")
-        if state is NodeState.READY and node.state is NodeState.SUSPENDED:
+        was, before, attempt = node.state, node.attempt, int(event["attempt"])
+        if state is NodeState.READY and was is NodeState.SUSPENDED and attempt != before:
             # A retry of a suspended attempt: through running, so the attempt counts up.
             self.plan.set_state(node_id, NodeState.RUNNING)
+        error = event.get("error")
         out = self.plan.set_state(node_id, state, output=event.get("output"),
                                   error=error_text(error))
+        if was is NodeState.SUSPENDED and node_id in self.waits:
+            self.last_wait[node_id] = self.waits.pop(node_id)
+        if state is NodeState.SUSPENDED and "wait" in event:
+            self.waits[node_id] = dict(event["wait"])
+        elif state is NodeState.READY:
+            if attempt == before:
+                self.log(node_id, attempt).resumed = True
+            if "due" in event:
+                self.not_before[node_id] = (attempt, float(event["due"]))
+        elif state is NodeState.RUNNING:
+            self.started_at[node_id] = ts
+            if "supervisor" in event:
+                self.supervisor[node_id] = str(event["supervisor"])
         if error:
             self.errors[node_id] = dict(error)
-            if state is NodeState.FAILED and self.first_failure is None:
-                self.first_failure = {**error, "node": node_id, "attempts": node.attempt}
-        if state is NodeState.RUNNING and "supervisor" in event:
-            self.supervisor[node_id] = str(event["supervisor"])
+            if state is NodeState.FAILED:
+                self.failures.pop(node_id, None)  # a later failure counts from now
+                self.failures[node_id] = {**error, "node": node_id, "attempts": node.attempt}
         return out
 
     def _fold_diff(self, event: Mapping[str, Any]) -> Outcome:
-        out = self.plan.apply(PlanDiff.from_dict(event["diff"]))
+        out = self.apply(PlanDiff.from_dict(event["diff"]))
         if out.rejection is not None:
             raise ValueError(f"{self.workflow_id}: stored diff {self.seq} no longer applies: "
                              f"{out.rejection.message()}")
+        return out
+
+    def _fold_restart(self, event: Mapping[str, Any]) -> Outcome:
+        out = self.restart(str(event["node"]))
+        if out.rejection is not None:
+            raise ValueError(f"{self.workflow_id}: stored restart {self.seq} no longer "
+                             f"applies: {out.rejection.message()}")
         return out
 
     def _fold_rejection(self, event: Mapping[str, Any]) -> None:
@@ -132,11 +191,66 @@ class WorkflowState:
 
     def _fold_end(self, event: Mapping[str, Any], ts: float) -> None:
         self.status = str(event["status"])
+        self.paused = False
         self.output = event.get("output")
         self.error = event.get("error")
         self.finished = ts
-        if self.status in ("cancelled", "violated"):
-            self.plan.cancel()
+        if self.status != "succeeded":
+            self.plan.cancel()  # a cancelled, violated or failed workflow stops all
+            self.waits.clear()
+
+    def _fold_durable(self, kind: str, event: Mapping[str, Any]) -> None:
+        if kind == "paused":
+            self.paused, self.status = True, "paused"
+        elif kind == "resumed":
+            self.paused, self.status = False, "running"
+        elif kind == "signal":
+            self.signals.setdefault(str(event["name"]), deque()).append(event.get("payload"))
+        elif kind == "set_state":
+            self.query[str(event["node"])] = self.query_latest = event.get("value")
+        elif kind == "heartbeat":
+            self.heartbeat[str(event["node"])] = event.get("details")
+        elif kind == "wait":
+            self.waits[str(event["node"])] = dict(event["wait"])
+        else:
+            self._fold_replay(kind, event)
+
+    def _fold_replay(self, kind: str, event: Mapping[str, Any]) -> None:
+        log = self.log(str(event["node"]), int(event["attempt"]))
+        if kind == "recorded":
+            for value in event["values"]:
+                log.recorded.setdefault(int(value["seq"]), dict(value))
+        elif kind == "timer":
+            log.timers.add(int(event["seq"]))
+        elif kind == "delivered":
+            buffered = self.signals.get(str(event["name"]))
+            if buffered:
+                buffered.popleft()
+            log.signals[int(event["seq"])] = event.get("payload")
+
+    # --- changes shared by the keeper and the fold --------------------------------
+
+    def apply(self, diff: PlanDiff) -> Outcome:
+        """Apply a diff to the plan, noting which attempt of its creator made each node."""
+        new = [s for s in diff.nodes if s.creator is not None and s.id not in self.plan.nodes]
+        out = self.plan.apply(diff)
+        if out.rejection is None:
+            for spec in new:
+                self.born[spec.id] = self.plan.nodes[str(spec.creator)].attempt
+        return out
+
+    def restart(self, node_id: str) -> Outcome:
+        """Restart a node and its downstream (``Plan.restart``); the workflow runs again."""
+        out = self.plan.restart(node_id)
+        if out.rejection is not None:
+            return out
+        nodes = self.plan.nodes
+        self.failures = {n: e for n, e in self.failures.items()
+                         if nodes[n].state is NodeState.FAILED}
+        if self.ended:
+            self.status = "paused" if self.paused else "running"
+            self.output = self.error = self.finished = None
+        return out
 
     # --- the workflow's outcome --------------------------------------------------
 
@@ -153,14 +267,26 @@ class WorkflowState:
         return {n.id: n.output for n in sinks}
 
     def outcome(self) -> dict[str, Any]:
-        """The ``workflow`` event that ends a settled workflow."""
+        """The ``workflow`` event that ends a settled workflow. A workflow submitted
+        as a task follows its root (a child's failure the root handled does not
+        fail it); a Graph fails if any node failed (with the first failure)."""
         if self.plan.violations:
             violation = self.plan.violations[0]
             return {"type": "workflow", "status": "violated",
                     "error": violation_error(violation)}
-        if self.first_failure is not None:
-            return {"type": "workflow", "status": "failed", "error": self.first_failure}
+        root = self.plan.nodes.get(self.root)
+        if root is not None and root.state is not NodeState.SUCCEEDED:
+            return {"type": "workflow", "status": "failed", "error": self.failure_of(root.id)}
+        if root is None and self.failures:
+            return {"type": "workflow", "status": "failed",
+                    "error": next(iter(self.failures.values()))}
         return {"type": "workflow", "status": "succeeded", "output": self.result()}
+
+    def failure_of(self, node_id: str) -> dict[str, Any]:
+        node = self.plan.nodes[node_id]
+        return self.failures.get(node_id) or {
+            "type": "WorkflowFailed", "node": node_id, "attempts": node.attempt,
+            "message": f"{node_id} ended {node.state.value}"}
 
     def view_json(self, unfold: bool = False) -> dict[str, Any]:
         """The as-of-now view document; its ``seq`` is the stream position."""

@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 from plait.protocol.messages import Message
 
 __all__ = [
-    "Expire", "Join", "Leave", "Lost", "OrphanCheck", "Publish", "Ready", "Refund", "Request",
-    "Resumed", "RetryDue", "Start", "Stopped", "StoredEvent", "Supply", "Tick", "Welcomed",
-    "Write",
+    "CacheAnswer", "CacheEntry", "Expire", "Join", "Leave", "Lookup", "Lost", "OrphanCheck",
+    "Publish", "Ready", "Refund", "Request", "Resumed", "Retire", "RetryDue", "RunEnded",
+    "ScheduleChange", "ScheduleDue", "Start", "Stopped", "StoredEvent", "Supply", "Tick",
+    "TimerDue", "Welcomed", "Write",
 ]
 
 
@@ -27,17 +28,39 @@ class StoredEvent(NamedTuple):
     event: Mapping[str, Any]
 
 
+class ScheduleChange(NamedTuple):
+    """A schedule stored (``body``: its dict form) or removed (``body`` None)."""
+
+    name: str
+    body: Mapping[str, Any] | None
+
+
+class CacheEntry(NamedTuple):
+    """A successful result of a ``cache=True`` task, under its cache key."""
+
+    key: str
+    task: str
+    version: str
+    output: Any
+    workflow_id: str
+    node: str
+    ts: float
+
+
 # --- to the Store and the Publisher ----------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """Events to record, then frames to send (``(identity, frame)``) and a callback
-    to run once they are committed (it runs on the Store's thread: keep it a tell)."""
+    """Events to record (with schedule changes and cache entries, in the same
+    transaction), then frames to send (``(identity, frame)``) and a callback to run
+    once they are committed (it runs on the Store's thread: keep it a tell)."""
 
     events: Sequence[StoredEvent] = ()
     out: Sequence[tuple[bytes, bytes]] = ()
     then: Callable[[], None] | None = None
+    schedules: Sequence[ScheduleChange] = ()
+    cache: Sequence[CacheEntry] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +193,67 @@ class RetryDue:
 
 @dataclass(frozen=True, slots=True)
 class Expire:
-    """A task's start-to-close timeout elapsed for this attempt."""
+    """A timeout of this attempt may have elapsed: ``kind`` is ``start`` (start to
+    close), ``heartbeat`` or ``schedule`` (schedule to start); ``since`` is when its
+    count began, so that a count restarted since then ignores this one."""
 
     node: str
     attempt: int
+    kind: str = "start"
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDue:
+    """A durable sleep of this attempt (record seq ``seq``) is due."""
+
+    node: str
+    attempt: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Keeper -> Cache: is there a stored result under ``key``? Answer ``keeper``."""
+
+    keeper: Any  # pykka.ActorRef
+    node: str
+    attempt: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAnswer:
+    """Cache -> Keeper: ``found`` with ``output``, or a miss."""
+
+    node: str
+    attempt: int
+    key: str
+    found: bool
+    output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """To a keeper, once its events up to ``seq`` are committed: leave, unless its
+    workflow runs again (restarted) or wrote more since."""
+
+    seq: int
+
+
+# --- to the Scheduler ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDue:
+    """A schedule's next tick may have come."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    """A workflow's end is committed (a schedule may start its queued run)."""
+
+    workflow_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,22 @@ class Registry:
             self._known.add(workflow_id)
             self._keepers[workflow_id] = keeper
 
+    def adopt(self, workflow_id: str, start: Callable[[], pykka.ActorRef[Any]],
+              message: Any) -> None:
+        """Tell the workflow's keeper ``message``, starting one (``start()``) if it has
+        none: how an ended workflow comes back for a restart. Under the lock, so two
+        requests never start two keepers."""
+        with self._lock:
+            keeper = self._keepers.get(workflow_id)
+            if keeper is None or not safe_tell(keeper, message):
+                keeper = self._keepers[workflow_id] = start()
+                self._known.add(workflow_id)
+                keeper.tell(message)
+
+    def is_live(self, workflow_id: str) -> bool:
+        with self._lock:
+            return workflow_id in self._keepers
+
     def remove(self, workflow_id: str) -> pykka.ActorRef[Any] | None:
         with self._lock:
             return self._keepers.pop(workflow_id, None)

@@ -1,0 +1,173 @@
+"""Flow's SQLite database: the schema, the one transaction that writes, the queries.
+
+- ``events``: every workflow's stream, the truth (see :mod:`history`);
+- ``workflows``, ``nodes``: a projection of the events, for queries only;
+- ``schedules``: cron schedules (their stored Submit and where they stand);
+- ``cache``: successful results of ``cache=True`` tasks by (task, version, inputs).
+
+:meth:`Database.append` writes events, their projection, schedule changes and
+cache entries in one transaction. A :class:`Database` is used by one thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from plait.actors.history import ENDED
+from plait.actors.mail import CacheEntry, ScheduleChange, StoredEvent
+from plait.protocol.codec import pack, unpack
+from plait.protocol.messages import RunInfo
+
+__all__ = ["Database"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    wf TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, type TEXT NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (wf, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workflows (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, root TEXT NOT NULL, status TEXT NOT NULL,
+    created REAL NOT NULL, finished REAL, nodes INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT 0, output BLOB, error BLOB);
+CREATE TABLE IF NOT EXISTS nodes (
+    wf TEXT NOT NULL, id TEXT NOT NULL, task TEXT NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL, PRIMARY KEY (wf, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS workflows_status ON workflows (status);
+CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY, task TEXT NOT NULL, version TEXT NOT NULL, output BLOB,
+    wf TEXT NOT NULL, node TEXT NOT NULL, ts REAL NOT NULL);
+"""
+
+_NO_LIMIT = sys.maxsize  # stored blobs were written by us: no size limit on reading them
+_STATUS = {"paused": "paused", "resumed": "running"}
+
+
+class Database:
+    """One SQLite connection (used by one thread) with Flow's schema and queries."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- writing --------------------------------------------------------------
+
+    def append(self, events: Sequence[StoredEvent], schedules: Sequence[ScheduleChange] = (),
+               cache: Sequence[CacheEntry] = ()) -> None:
+        """Write events and their projection, schedules and cache entries in one
+        transaction."""
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(
+                "INSERT INTO events (wf, seq, ts, type, body) VALUES (?, ?, ?, ?, ?)",
+                [(e.workflow_id, e.seq, e.ts, e.event["type"], pack(dict(e.event)))
+                 for e in events])
+            last: dict[str, int] = {}
+            for e in events:
+                self._project(cur, e)
+                last[e.workflow_id] = e.seq
+            cur.executemany("UPDATE workflows SET seq = ? WHERE id = ?",
+                            [(seq, wf) for wf, seq in last.items()])
+            self._schedules(cur, schedules)
+            cur.executemany(
+                "INSERT OR IGNORE INTO cache (key, task, version, output, wf, node, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(c.key, c.task, c.version, pack(c.output), c.workflow_id, c.node, c.ts)
+                 for c in cache])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _schedules(cur: sqlite3.Cursor, changes: Sequence[ScheduleChange]) -> None:
+        for change in changes:
+            if change.body is None:
+                cur.execute("DELETE FROM schedules WHERE name = ?", (change.name,))
+            else:
+                cur.execute("INSERT OR REPLACE INTO schedules (name, body) VALUES (?, ?)",
+                            (change.name, pack(dict(change.body))))
+
+    @staticmethod
+    def _project(cur: sqlite3.Cursor, e: StoredEvent) -> None:
+        ev, wf = e.event, e.workflow_id
+        kind = ev["type"]
+        if kind == "submitted":
+            cur.execute("INSERT INTO workflows (id, name, root, status, created) "
+                        "VALUES (?, ?, ?, 'running', ?)", (wf, ev["name"], ev["root"], e.ts))
+        elif kind == "diff":
+            nodes = ev["diff"].get("nodes") or ()
+            cur.executemany("INSERT OR IGNORE INTO nodes (wf, id, task, state, attempt) "
+                            "VALUES (?, ?, ?, 'pending', 1)",
+                            [(wf, n["id"], n["task"]) for n in nodes])
+            added = max(cur.rowcount, 0)  # re-proposed nodes are not new
+            cur.execute("UPDATE workflows SET nodes = nodes + ? WHERE id = ?", (added, wf))
+        elif kind == "state":
+            cur.execute("UPDATE nodes SET state = ?, attempt = ? WHERE wf = ? AND id = ?",
+                        (ev["state"], ev["attempt"], wf, ev["node"]))
+        elif kind == "workflow":
+            cur.execute("UPDATE workflows SET status = ?, finished = ?, output = ?, error = ? "
+                        "WHERE id = ?", (ev["status"], e.ts, pack(ev.get("output")),
+                                         pack(ev.get("error")), wf))
+        elif kind in _STATUS:
+            cur.execute("UPDATE workflows SET status = ? WHERE id = ?", (_STATUS[kind], wf))
+        elif kind == "restart":
+            cur.execute("UPDATE workflows SET status = 'running', finished = NULL, "
+                        "output = NULL, error = NULL WHERE id = ?", (wf,))
+
+    # --- reading --------------------------------------------------------------
+
+    def workflow_ids(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT id FROM workflows")}
+
+    def unfinished(self) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM workflows WHERE status NOT IN (?, ?, ?, ?) ORDER BY created",
+            tuple(sorted(ENDED)))
+        return [row[0] for row in rows]
+
+    def events(self, workflow_id: str, upto: int | None = None,
+               kind: str | None = None) -> list[tuple[int, float, dict[str, Any]]]:
+        query = "SELECT seq, ts, body FROM events WHERE wf = ? AND seq <= ?"
+        args: tuple[Any, ...] = (workflow_id, _NO_LIMIT if upto is None else upto)
+        if kind is not None:
+            query += " AND type = ?"
+            args += (kind,)
+        rows = self.conn.execute(query + " ORDER BY seq", args)
+        return [(seq, ts, unpack(body, max_size=_NO_LIMIT)) for seq, ts, body in rows]
+
+    def runs(self, workflow_id: str | None = None) -> list[RunInfo]:
+        query = "SELECT id, name, status, created, finished, nodes FROM workflows"
+        rows = (self.conn.execute(query + " WHERE id = ?", (workflow_id,)) if workflow_id
+                else self.conn.execute(query + " ORDER BY created"))
+        return [RunInfo(workflow_id=r[0], name=r[1], status=r[2], created=r[3],
+                        finished=r[4], nodes=r[5]) for r in rows]
+
+    def result(self, workflow_id: str) -> tuple[str, Any, Any] | None:
+        """(status, output, error) of a workflow, or None if unknown."""
+        row = self.conn.execute("SELECT status, output, error FROM workflows WHERE id = ?",
+                                (workflow_id,)).fetchone()
+        if row is None:
+            return None
+        status, output, error = row
+        return (status, unpack(output, max_size=_NO_LIMIT) if output is not None else None,
+                unpack(error, max_size=_NO_LIMIT) if error is not None else None)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT body FROM schedules ORDER BY name")
+        return [unpack(body, max_size=_NO_LIMIT) for (body,) in rows]
+
+    def cached(self, key: str) -> tuple[bool, Any]:
+        """(found, output) of a cache entry."""
+        row = self.conn.execute("SELECT output FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return False, None
+        return True, unpack(row[0], max_size=_NO_LIMIT)

@@ -1,0 +1,126 @@
+"""A keeper's faults: failed attempts and their retries (durable backoff),
+timeouts (schedule-to-start, start-to-close, heartbeat), and supervisors that
+come back (Hello) or are lost.
+
+Every timeout counts on Flow's clock and is keyed by when its count began
+(``Expire.since``): a count restarted since (a new stint, a heartbeat, a
+re-queue) makes the older timer a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from plait.actors.keeper_base import AttemptRec, KeeperBase
+from plait.actors.mail import Expire, RetryDue, Welcomed
+from plait.actors.retry import SUPERVISOR_LOST, RetryPolicy
+from plait.protocol.diff import NodeState
+from plait.protocol.messages import CancelTask
+
+__all__ = ["FaultMixin"]
+
+TIMEOUTS = {
+    "start": ("TimeoutError", "attempt {attempt} ran past its start-to-close timeout"),
+    "heartbeat": ("HeartbeatTimeout", "attempt {attempt} sent no heartbeat in time"),
+}
+
+
+class FaultMixin(KeeperBase):
+    def _failed(self, node_id: str, error: dict[str, Any]) -> None:
+        """A failed attempt: retried per the task's policy after a durable backoff,
+        else the node fails (and a failed root fails the whole workflow now)."""
+        node = self.st.plan.nodes[node_id]
+        policy = RetryPolicy.of(self.ctx.catalog.get(node.task))
+        if not policy.retries(error, node.attempt):
+            self._set(node_id, NodeState.FAILED, error=error)
+            if node_id == self.st.root and not self.st.ended:
+                self._terminate("failed", self.st.failure_of(node_id))
+            return
+        delay = policy.delay(node.attempt) * self.ctx.retry_scale
+        due = self._now() + delay
+        self._set(node_id, NodeState.READY, error=error, due=due if delay > 0 else None)
+        if delay > 0:
+            self._at(due, RetryDue(node_id, node.attempt))
+        else:
+            self._enqueue(node_id)
+
+    def _retry_due(self, msg: RetryDue) -> None:
+        node = self.st.plan.nodes.get(msg.node)
+        if (not self.st.ended and node is not None and node.state is NodeState.READY
+                and node.attempt == msg.attempt):
+            self._enqueue(msg.node)
+
+    # --- timeouts ----------------------------------------------------------------------
+
+    def _arm_running(self, node_id: str) -> None:
+        """A stint of the task starts: start-to-close and heartbeat counts begin."""
+        node = self.st.plan.nodes[node_id]
+        info = self.ctx.catalog.get(node.task)
+        if info is None:
+            return
+        if info.timeout:
+            since = self.st.started_at.get(node_id, self._now())
+            self._at(since + info.timeout, Expire(node_id, node.attempt, "start", since))
+        if info.heartbeat_timeout:
+            self.beats[node_id] = now = self._now()
+            self._at(now + info.heartbeat_timeout,
+                     Expire(node_id, node.attempt, "heartbeat", now))
+
+    def _expire(self, msg: Expire) -> None:
+        if msg.kind == "schedule":
+            self._unstarted(msg)
+            return
+        node = self.st.plan.nodes.get(msg.node)
+        if (not self._current(msg.node, msg.attempt) or node is None
+                or node.state is not NodeState.RUNNING):
+            return
+        count = self.st.started_at if msg.kind == "start" else self.beats
+        if count.get(msg.node) != msg.since:
+            return  # restarted since
+        rec = self.attempts.get(msg.node)
+        self._send(rec.identity if rec else None,
+                   CancelTask(workflow_id=self.wf, node=msg.node, attempt=msg.attempt))
+        self.ctx.counters.add("attempts.timed_out")
+        kind, message = TIMEOUTS[msg.kind]
+        self._failed(msg.node, {"type": kind, "retryable": True,
+                                "message": message.format(attempt=msg.attempt)})
+
+    def _unstarted(self, msg: Expire) -> None:
+        """Schedule-to-start: no worker took the node in time. It fails (through
+        running, the plan's way to a result) and is not retried: another try would
+        wait in the same queue."""
+        node = self.st.plan.nodes.get(msg.node)
+        if (self.st.ended or self.st.paused or node is None
+                or node.state is not NodeState.READY or node.attempt != msg.attempt
+                or self.queued_at.get(msg.node) != msg.since):
+            return
+        self.ctx.counters.add("attempts.unstarted")
+        self._set(msg.node, NodeState.RUNNING)
+        self._failed(msg.node, {"type": "ScheduleToStartTimeout", "retryable": False,
+                                "message": f"no worker started {msg.node} in time"})
+
+    # --- supervisors -------------------------------------------------------------------
+
+    def _welcomed(self, msg: Welcomed) -> None:
+        for node_id, rec in list(self.attempts.items()):
+            if self.st.ended or node_id not in self.attempts:
+                break  # an earlier failure ended the workflow
+            if (node_id, self.st.plan.nodes[node_id].attempt) in msg.claims:
+                rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
+            elif rec.supervisor == msg.supervisor:
+                self._failed(node_id, SUPERVISOR_LOST)  # it came back without this attempt
+        for node_id, attempt in msg.claims:
+            if not self._held_by(node_id, attempt):  # lost or cancelled meanwhile: stop it
+                self._send(msg.identity, CancelTask(workflow_id=self.wf, node=node_id,
+                                                    attempt=attempt))
+
+    def _held_by(self, node_id: str, attempt: int) -> bool:
+        """Whether a process may hold this attempt (not a durably suspended one)."""
+        return self._current(node_id, attempt) and node_id in self.attempts
+
+    def _lost(self, which: Callable[[AttemptRec], bool]) -> None:
+        for node_id, rec in list(self.attempts.items()):
+            if which(rec) and node_id in self.attempts and not self.st.ended:
+                self.ctx.counters.add("attempts.lost")
+                self._failed(node_id, SUPERVISOR_LOST)
