@@ -281,6 +281,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds one engine may take in all (default 3600)")
     parser.add_argument("--no-install", action="store_true",
                         help="skip peers whose venv is missing instead of building it")
+    parser.add_argument("--skip-plait", action="store_true",
+                        help="measure only the peers (to combine later with --render)")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: print the tables of earlier --json files "
+                             "(an engine's first report wins)")
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     unknown = sorted(set(args.workloads) - set(WORKLOADS))
@@ -289,12 +294,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def rendered(files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """Machine, reports and skipped peers of earlier runs, merged (plait first)."""
+    runs = [json.loads(f.read_text()) for f in files]
+    info = dict(runs[0]["machine"])
+    if len(runs) > 1:
+        info["date"] = "; ".join(r["machine"]["date"] for r in runs)
+        info["commit"] = "; ".join(dict.fromkeys(r["machine"]["commit"] for r in runs))
+    reports: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for run in runs:
+        for rep in run["reports"]:
+            reports.setdefault(rep["engine"], rep)
+        for name, reason in run.get("skipped", {}).items():
+            skipped.setdefault(name, reason)
+    ordered = sorted(reports.values(), key=lambda r: r["engine"] != "plait")
+    return info, ordered, {k: v for k, v in skipped.items() if k not in reports}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        info, reports, skipped = rendered(args.render)
+        runs = [json.loads(f.read_text()) for f in args.render]
+        args.size = "/".join(dict.fromkeys(r["args"]["size"] for r in runs if "args" in r))
+        args.reps = max(r.get("args", {}).get("reps", 0) for r in runs)
+        return _finish(info, reports, skipped, args)
     peers = peer_setup.parse_peers(args.peers)
     info = machine()
     logs = Path(tempfile.mkdtemp(prefix="plait-bench-logs-"))
-    reports = [run_engine("plait", Path(sys.executable), args, logs)]
+    reports = [] if args.skip_plait else [run_engine("plait", Path(sys.executable), args, logs)]
     skipped: dict[str, str] = {}
     for peer in peers:
         python, reason = prepare_peer(peer, not args.no_install)
@@ -304,14 +333,21 @@ def main(argv: list[str] | None = None) -> int:
             continue
         reports.append(run_engine(peer, python, args, logs))
     info["loadavg_end"] = list(os.getloadavg())
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"machine": info, "args": {"size": args.size, "reps": args.reps},
+             "reports": reports, "skipped": skipped}, indent=1))
+    return _finish(info, reports, skipped, args)
+
+
+def _finish(info: dict[str, Any], reports: list[dict[str, Any]], skipped: dict[str, str],
+            args: argparse.Namespace) -> int:
     text = render(info, reports, skipped, args)
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "reports": reports,
-                                         "skipped": skipped}, indent=1))
     if args.results:
         args.results.write_text(text + "\n")
-    return 1 if "fatal" in reports[0] else 0
+    plait = [r for r in reports if r["engine"] == "plait"]
+    return 1 if plait and "fatal" in plait[0] else 0
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ class Plait(Engine):
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def version(self) -> str:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=REPO, check=False).stdout.strip()
+        rev = os.environ.get("PLAIT_BENCH_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+            check=False).stdout.strip()
         return f"0.1.0 ({rev or 'unknown commit'})"
 
     def start(self) -> None:
