@@ -29,6 +29,7 @@ from plait.protocol.shape import (
     Seq,
     ShapeMatcher,
     Task,
+    Tentative,
     check_deterministic,
     expr_from_dict,
 )
@@ -321,18 +322,22 @@ def test_check_does_not_mutate_on_failure() -> None:
     assert region.matcher.remaining() == Seq(Repeat("M", 0, 2), "K")
 
 
-def test_commit_applies_only_when_called_and_only_once_per_state() -> None:
+def test_an_accepted_change_is_tentative_until_committed_or_aborted() -> None:
     region = Region(Seq("N", "M"))
-    commit = region.stage("n:N")
-    assert callable(commit)
+    change = region.stage("n:N")
+    assert isinstance(change, Tentative)
+    assert region.matcher.matched_count == 1  # applied, not yet sealed
+    with pytest.raises(RuntimeError, match="neither committed nor aborted"):
+        region.stage("m:M", "n>m")
+    change.abort()
     assert region.matcher.matched_count == 0
-    other = region.stage("n:N")
-    assert callable(other)
-    commit()
-    assert region.matcher.matched_count == 1
-    assert region.matcher.remaining() == Task("M")
+    assert region.matcher.remaining() == Seq("N", "M")
     with pytest.raises(RuntimeError, match="stale"):
-        other()
+        change.commit()
+    again = region.stage("n:N")
+    assert isinstance(again, Tentative)
+    again.commit()
+    assert region.matcher.remaining() == Task("M")
 
 
 def test_a_failing_edge_rolls_back_nodes_of_the_same_diff() -> None:

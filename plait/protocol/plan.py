@@ -26,7 +26,7 @@ from plait.protocol.diff import (
     PlanDiff,
     Rejection,
 )
-from plait.protocol.promises import Bound, Promise, ShapeTracker, Tracker
+from plait.protocol.promises import Bound, Pending, Promise, ShapeTracker, Tracker
 from plait.protocol.staging import Region, Staging
 
 __all__ = ["Node", "Outcome", "Plan"]
@@ -194,7 +194,22 @@ class Plan:
         return self._commit(staging)
 
     def _check_promises(self, staging: Staging) -> Rejection | None:
-        commits = []
+        pending: list[Pending] = []
+        try:
+            rejection = self._ask_trackers(staging, pending)
+        except BaseException:
+            for change in reversed(pending):
+                change.abort()
+            raise
+        if rejection is None:
+            for change in pending:
+                change.commit()
+        else:
+            for change in reversed(pending):
+                change.abort()
+        return rejection
+
+    def _ask_trackers(self, staging: Staging, pending: list[Pending]) -> Rejection | None:
         proposer = self.nodes.get(staging.diff.proposer or "")
         trackers = list(self.in_force(proposer)) if proposer is not None else []
         if trackers and (staging.new_nodes or staging.new_edges):
@@ -203,15 +218,13 @@ class Plan:
                 if isinstance(verdict, str):
                     return staging.violation(tracker, verdict)
                 if verdict is not None:
-                    commits.append(verdict)
+                    pending.append(verdict)
         for owner, tracker in staging.new_trackers:
             verdict = staging.adopt(owner, tracker)
             if isinstance(verdict, str):
                 return staging.violation(tracker, verdict)
             if verdict is not None:
-                commits.append(verdict)
-        for commit in commits:
-            commit()
+                pending.append(verdict)
         return None
 
     def _commit(self, staging: Staging) -> Outcome:

@@ -5,9 +5,10 @@ transitively (its *scope*). Promises are only ever added. Each promise is plain
 data (it travels in diffs and is stored in events); the plan pairs it with a
 :class:`Tracker` that checks every diff proposed inside the scope.
 
-A tracker's ``check`` never mutates: it returns ``None`` (nothing to record),
-a violation reason, or a commit function the plan calls only once every
-promise in force has accepted the diff. That is what keeps diffs atomic.
+A tracker's ``check`` returns ``None`` (nothing to record), a violation reason
+(nothing changed), or a :class:`Pending` change that the plan commits once
+every promise in force has accepted the diff, and aborts otherwise. That is
+what keeps diffs atomic.
 """
 
 from __future__ import annotations
@@ -19,9 +20,29 @@ from typing import Any, ClassVar, Protocol
 from plait.protocol.names import TaskRef, task_name
 from plait.protocol.shape import Expr, ShapeMatcher, Task, check_deterministic, expr_from_dict
 
-Commit = Callable[[], None]
-Verdict = str | Commit | None
-"""What a tracker says of a diff: a violation reason, a commit function, or nothing."""
+
+class Pending(Protocol):
+    """A change a tracker accepted: the plan commits it, or aborts it when another
+    promise refuses the same diff."""
+
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Deferred:
+    """A change made only at commit; aborting it has nothing to undo."""
+
+    __slots__ = ("commit",)
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        self.commit = commit
+
+    def abort(self) -> None:
+        pass
+
+
+Verdict = str | Pending | None
+"""What a tracker says of a diff: a violation reason, a pending change, or nothing."""
 
 
 class Staged(Protocol):
@@ -335,7 +356,7 @@ class _MaxNodesTracker(Tracker):
         def commit() -> None:
             self.created = total
 
-        return commit
+        return Deferred(commit)
 
     check = _count
     adopt = _count

@@ -453,8 +453,10 @@ class _Misfit(Exception):
 class _Journal:
     """Applies changes and, when recording, remembers how to undo them.
 
-    check() applies a diff for real and rolls it back: reading the matcher's own
-    state stays simple, and the cost is that of the diff, never of the region.
+    check() applies a diff for real, tentatively: the plan then commits it (the
+    journal is dropped) or aborts it (the journal undoes it). Reading the
+    matcher's own state stays simple, and the cost is that of the diff, never
+    of the region.
     """
 
     def __init__(self, record: bool = True) -> None:
@@ -845,6 +847,33 @@ def _expected(rest: Expr | None) -> str:
     return "nothing more" if rest is None else str(rest._info.first)
 
 
+class Tentative:
+    """A diff the matcher accepted and applied, until committed (call it) or aborted."""
+
+    __slots__ = ("_journal", "_matcher")
+
+    def __init__(self, matcher: ShapeMatcher, journal: _Journal) -> None:
+        self._matcher: ShapeMatcher | None = matcher
+        self._journal = journal
+
+    def _settle(self) -> ShapeMatcher:
+        if self._matcher is None:
+            raise RuntimeError("stale change: already committed or aborted")
+        matcher, self._matcher = self._matcher, None
+        matcher._pending = False
+        return matcher
+
+    def __call__(self) -> None:
+        self._settle()
+
+    def commit(self) -> None:
+        self._settle()
+
+    def abort(self) -> None:
+        self._settle()
+        self._journal.rollback()
+
+
 class ShapeMatcher:
     """Checks, diff by diff, that a promise's region grows into a member of its shape.
 
@@ -857,34 +886,30 @@ class ShapeMatcher:
         self._root = _INSTANCES[type(expr)](expr, 0, 0, None, False)
         self._nodes: dict[str, _Node] = {}
         self._last: str | None = None
-        self._version = 0
+        self._pending = False
 
     @property
     def matched_count(self) -> int:
         """How many region nodes have been matched."""
         return len(self._nodes)
 
-    def check(self, staged: StagedRegion) -> str | Callable[[], None]:
-        """A violation reason, or a function that commits the diff. The matcher is left
-        unchanged either way, so the plan can check every promise before committing."""
+    def check(self, staged: StagedRegion) -> str | Tentative:
+        """A violation reason (the matcher unchanged), or the diff applied tentatively:
+        the caller must then call the result (commit) or its ``abort()``, before the
+        next check. So the plan checks every promise before committing any."""
+        if self._pending:
+            raise RuntimeError("check() while an earlier change is neither committed nor aborted")
         journal = _Journal()
         try:
             reason = self._apply(staged, journal)
-        finally:
+        except BaseException:
             journal.rollback()
+            raise
         if reason is not None:
+            journal.rollback()
             return reason
-        version = self._version
-
-        def commit() -> None:
-            if self._version != version:
-                raise RuntimeError("stale commit: the matcher changed since check()")
-            self._version += 1
-            late = self._apply(staged, _Journal(record=False))
-            if late is not None:
-                raise RuntimeError(f"the diff changed between check and commit: {late}")
-
-        return commit
+        self._pending = True
+        return Tentative(self, journal)
 
     def complete(self) -> str | None:
         """None if the closed region is a member of the shape, else why not."""
