@@ -27,12 +27,11 @@ from plait.protocol.shape import (
     Par,
     Repeat,
     Seq,
-    ShapeMatcher,
     Task,
-    Tentative,
     check_deterministic,
     expr_from_dict,
 )
+from plait.protocol.shape_match import ShapeMatcher, Tentative
 
 OWNER = "A"
 _T = TypeVar("_T")

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from plait.protocol.names import TaskRef, task_name
-from plait.protocol.shape import Expr, ShapeMatcher, Task, check_deterministic, expr_from_dict
+from plait.protocol.shape import Expr, Task, check_deterministic, expr_from_dict
+from plait.protocol.shape_match import ShapeMatcher
 
 
 class Pending(Protocol):
