@@ -14,21 +14,29 @@ from typing import Any, TypeVar
 
 import zmq
 
+from plait.actors.flow import FlowSettings
 from plait.protocol.codec import decode, encode
 from plait.protocol.diff import EdgeSpec, NodeSpec, PlanDiff
 from plait.protocol.messages import (
     Ack,
     Assign,
+    AwaitResult,
     Credit,
     Finish,
+    GetHistory,
     Heartbeat,
     Hello,
     Message,
     Propose,
     Proposed,
+    Recorded,
+    SetState,
+    Submit,
+    TaskHeartbeat,
     TaskInfo,
     Wait,
     Welcome,
+    WorkflowResult,
 )
 from plait.protocol.promises import Promise
 
@@ -64,6 +72,36 @@ def diff(*nodes: NodeSpec, edges: Iterable[tuple[str, str] | EdgeSpec] = (),
          ) -> dict[str, Any]:
     specs = tuple(e if isinstance(e, EdgeSpec) else EdgeSpec(*e) for e in edges)
     return PlanDiff(proposer, tuple(nodes), specs, tuple(promises)).to_dict()
+
+
+def settings(tmp_path: Any, **kw: Any) -> FlowSettings:
+    """Flow on a free port with its own database, quick heartbeats, tiny retry delays."""
+    base: dict[str, Any] = {"db": str(tmp_path / "flow.db"), "port": 0,
+                            "heartbeat_interval": 0.2, "heartbeat_timeout": 30.0,
+                            "retry_scale": 0.001}
+    return FlowSettings(**{**base, **kw})
+
+
+def submit(client: Peer, d: dict[str, Any], root: str = "a", **kw: Any) -> str:
+    reply = client.request(Submit(name="wf", root=root, diff=d, **kw))
+    assert reply.type == "submitted", reply
+    return str(reply.workflow_id)
+
+
+def history(client: Peer, wf: str) -> list[dict[str, Any]]:
+    return list(client.request(GetHistory(workflow_id=wf)).events)
+
+
+def result(client: Peer, wf: str, timeout: float = 10.0) -> WorkflowResult:
+    reply = client.request(AwaitResult(workflow_id=wf), timeout=timeout)
+    assert isinstance(reply, WorkflowResult), reply
+    return reply
+
+
+def states(events: list[dict[str, Any]], node: str) -> list[tuple[str, int]]:
+    """A node's (state, attempt) transitions, as recorded."""
+    return [(e["state"], e["attempt"]) for e in events
+            if e["type"] == "state" and e["node"] == node]
 
 
 class Peer:
@@ -146,19 +184,44 @@ class FakeSupervisor(Peer):
 
     def finish(self, a: Assign, output: Any = None, *, ok: bool = True,
                error: dict[str, Any] | None = None, diff: dict[str, Any] | None = None,
-               attempt: int | None = None, credit: bool = True) -> Ack:
+               attempt: int | None = None, credit: bool = True,
+               recorded: Iterable[Recorded] = ()) -> Ack:
         """Report an attempt's end, then free its slot (as a real supervisor does)."""
         ack = self.request(Finish(
             workflow_id=a.workflow_id, node=a.node, attempt=attempt or a.attempt, ok=ok,
-            output=output, error=error, diff=diff))
+            output=output, error=error, diff=diff, recorded=list(recorded)))
         if credit:
             self.send(Credit(n=1))
         return ack
 
-    def propose(self, a: Assign, d: dict[str, Any]) -> Proposed:
+    def propose(self, a: Assign, d: dict[str, Any], recorded: Iterable[Recorded] = ()
+                ) -> Proposed:
         return self.request(Propose(workflow_id=a.workflow_id, node=a.node,
-                                    attempt=a.attempt, diff=d))
+                                    attempt=a.attempt, diff=d, recorded=list(recorded)))
 
-    def wait(self, a: Assign, handles: list[str]) -> Wait:
-        return self.send(Wait(workflow_id=a.workflow_id, node=a.node, attempt=a.attempt,
-                              handles=handles))
+    def wait(self, a: Assign, handles: list[str] | None = None, *, resident: bool = True,
+             timer: float | None = None, signal: str | None = None, seq: int = 0,
+             recorded: Iterable[Recorded] = ()) -> Wait:
+        """Send a Wait. A durable one (``resident=False``: the worker was evicted) is
+        acknowledged at once, and its slot is free again (Credit)."""
+        wait = Wait(workflow_id=a.workflow_id, node=a.node, attempt=a.attempt,
+                    handles=handles or [], timer=timer, signal=signal, seq=seq,
+                    resident=resident, recorded=list(recorded))
+        if resident:
+            return self.send(wait)
+        ack = self.request(wait)
+        assert isinstance(ack, Ack), ack
+        self.send(Credit(n=1))
+        return wait
+
+    def heartbeat(self, a: Assign, details: Any = None) -> Ack:
+        return self.request(TaskHeartbeat(workflow_id=a.workflow_id, node=a.node,
+                                          attempt=a.attempt, details=details))
+
+    def set_state(self, a: Assign, value: Any) -> Ack:
+        return self.request(SetState(workflow_id=a.workflow_id, node=a.node,
+                                     attempt=a.attempt, value=value))
+
+
+def recorded(seq: int, kind: str, value: Any, site: str = "t.py:1") -> Recorded:
+    return Recorded(seq=seq, kind=kind, value=value, site=site)

@@ -21,9 +21,21 @@ from typing import Any
 
 import pytest
 import zmq
-from flowkit import FakeSupervisor, Peer, diff, free_port, spec, wait_for
+from flowkit import (
+    FakeSupervisor,
+    Peer,
+    diff,
+    free_port,
+    history,
+    result,
+    settings,
+    spec,
+    states,
+    submit,
+    wait_for,
+)
 
-from plait.actors.flow import Flow, FlowSettings, run_flow
+from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
 from plait.protocol.codec import decode
 from plait.protocol.diff import EdgeSpec
@@ -42,18 +54,10 @@ from plait.protocol.messages import (
     Resolved,
     Submit,
     TaskInfo,
-    WorkflowResult,
 )
 from plait.protocol.promises import MaxParallel, NoNewNodes
 
 SupervisorFactory = Callable[..., FakeSupervisor]
-
-
-def settings(tmp_path: Any, **kw: Any) -> FlowSettings:
-    base: dict[str, Any] = {"db": str(tmp_path / "flow.db"), "port": 0,
-                            "heartbeat_interval": 0.2, "heartbeat_timeout": 30.0,
-                            "retry_scale": 0.001}
-    return FlowSettings(**{**base, **kw})
 
 
 @pytest.fixture
@@ -84,27 +88,6 @@ def supervisor(flow: Flow) -> Iterator[SupervisorFactory]:
     yield make
     for sup in started:
         sup.close()
-
-
-def submit(client: Peer, d: dict[str, Any], root: str = "a", **kw: Any) -> str:
-    reply = client.request(Submit(name="wf", root=root, diff=d, **kw))
-    assert reply.type == "submitted", reply
-    return str(reply.workflow_id)
-
-
-def history(client: Peer, wf: str) -> list[dict[str, Any]]:
-    return list(client.request(GetHistory(workflow_id=wf)).events)
-
-
-def result(client: Peer, wf: str, timeout: float = 10.0) -> WorkflowResult:
-    reply = client.request(AwaitResult(workflow_id=wf), timeout=timeout)
-    assert isinstance(reply, WorkflowResult), reply
-    return reply
-
-
-def states(events: list[dict[str, Any]], node: str) -> list[tuple[str, int]]:
-    return [(e["state"], e["attempt"]) for e in events
-            if e["type"] == "state" and e["node"] == node]
 
 
 # --- the happy paths ------------------------------------------------------------------

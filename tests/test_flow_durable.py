@@ -1,0 +1,476 @@
+"""Durable execution in Flow, at protocol level: suspension without a process and
+resumption with history, recorded values, retries with durable backoff, the
+three timeouts, sleeps, signals, heartbeats, queries, and the workflow status
+rule. A fake client and fake supervisors speak to a real Flow in this process,
+whose clock is a :class:`FakeClock`: timers fire when the test moves time, and
+nothing waits for real time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flowkit import (
+    FakeSupervisor,
+    Peer,
+    diff,
+    history,
+    recorded,
+    result,
+    settings,
+    spec,
+    states,
+    submit,
+)
+
+from plait.actors.clock import FakeClock
+from plait.actors.flow import Flow
+from plait.actors.history import WorkflowState
+from plait.protocol.messages import (
+    Ack,
+    Assign,
+    CancelTask,
+    Error,
+    GetGraph,
+    Query,
+    QueryReply,
+    Resolved,
+    SendSignal,
+    TaskInfo,
+)
+
+Factory = Callable[..., FakeSupervisor]
+BOOM = {"type": "IOError", "message": "flaky", "retryable": True}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def flow(tmp_path: Any, clock: FakeClock) -> Iterator[Flow]:
+    f = Flow(settings(tmp_path, clock=clock, retry_scale=1.0)).start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def client(flow: Flow) -> Iterator[Peer]:
+    peer = Peer(flow.endpoint)
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def supervisor(flow: Flow) -> Iterator[Factory]:
+    started: list[FakeSupervisor] = []
+
+    def make(*tasks: str | TaskInfo, **kw: Any) -> FakeSupervisor:
+        sup = FakeSupervisor(flow.endpoint, tasks, **kw)
+        started.append(sup)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.close()
+
+
+def node_states(client: Peer, wf: str) -> dict[str, str]:
+    graph = client.request(GetGraph(workflow_id=wf, unfold=True)).graph
+    return {n["id"]: n["state"] for n in graph["nodes"] if not n["provisional"]}
+
+
+def kids(parent: str, *tasks: str, args: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """``parent`` spawns one child per task, ids ``parent.1``, ``parent.2``..."""
+    specs = [spec(f"{parent}.{i}", t, *args, creator=parent) for i, t in enumerate(tasks, 1)]
+    return diff(*specs, proposer=parent)
+
+
+def rebuilt_equals_live(client: Peer, wf: str) -> None:
+    events = history(client, wf)
+    live = client.request(GetGraph(workflow_id=wf, unfold=True))
+    assert live.seq == len(events)
+    rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
+    assert rebuilt.view_json(unfold=True) == live.graph
+
+
+# --- suspension and resumption ---------------------------------------------------------
+
+
+def test_durable_wait_frees_the_worker_and_resumes_with_history(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    p = sup.assign(node="parent")
+    assert p.history is None  # a first execution of a first attempt
+    drawn = [recorded(0, "random", 0.25), recorded(1, "uuid4", "u-1")]
+    assert sup.propose(p, kids("parent", "child", "child"), recorded=drawn).ok
+    sup.wait(p, ["parent.1", "parent.2"], resident=False)
+    assert node_states(client, wf)["parent"] == "suspended"
+    c1, c2 = sup.assign(node="parent.1"), sup.assign(node="parent.2")
+    sup.finish(c1, 10)
+    sup.none(lambda m: isinstance(m, Assign) and m.node == "parent", within=0.1)
+    sup.finish(c2, ok=False, error={"type": "KeyError", "message": "k", "retryable": False})
+    again = sup.assign(node="parent")
+    assert again.attempt == 1  # a resumption, not a new attempt
+    h = again.history
+    assert h is not None
+    assert [(r.seq, r.kind, r.value) for r in h.recorded] == [(0, "random", 0.25),
+                                                              (1, "uuid4", "u-1")]
+    assert h.results["parent.1"].output == 10
+    assert h.results["parent.2"].state == "failed"
+    assert (h.results["parent.2"].error or {})["type"] == "KeyError"
+    assert (h.previous, h.timers, h.signals) == ([], [], [])
+    # The replay re-proposes its spawns and values: no-ops, nothing recorded twice.
+    assert sup.propose(again, kids("parent", "child", "child"), recorded=drawn).ok
+    sup.finish(again, "coped", recorded=[recorded(2, "now", 5.0)])
+    done = result(client, wf)
+    assert (done.status, done.output) == ("succeeded", "coped")  # the root handled it
+    events = history(client, wf)
+    assert states(events, "parent") == [("running", 1), ("suspended", 1), ("ready", 1),
+                                        ("running", 1), ("succeeded", 1)]
+    values = [v["seq"] for e in events if e["type"] == "recorded" for v in e["values"]]
+    assert values == [0, 1, 2]
+    suspended = next(e for e in events if e.get("state") == "suspended")
+    assert suspended["wait"]["handles"] == ["parent.1", "parent.2"]
+    assert suspended["wait"]["resident"] is False
+    rebuilt_equals_live(client, wf)
+
+
+def test_durable_wait_already_satisfied_reassigns_at_once(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    p = sup.assign(node="parent")
+    assert sup.propose(p, kids("parent", "child")).ok
+    sup.finish(sup.assign(node="parent.1"), 1)
+    sup.wait(p, ["parent.1"], resident=False)  # evicted anyway: assigned again
+    again = sup.assign(node="parent")
+    assert again.history is not None
+    assert again.history.results["parent.1"].output == 1
+    sup.finish(again, "ok")
+    assert result(client, wf).output == "ok"
+
+
+def test_a_resident_wait_that_turns_durable(client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    p = sup.assign(node="parent")
+    assert sup.propose(p, kids("parent", "child")).ok
+    sup.wait(p, ["parent.1"])  # resident first
+    child = sup.assign(node="parent.1")
+    sup.wait(p, ["parent.1"], resident=False)  # the supervisor needed the room: evicted
+    sup.finish(child, 7)
+    sup.none(Resolved, within=0.1)  # nobody holds the task to answer
+    again = sup.assign(node="parent")
+    assert again.history is not None
+    assert again.history.results["parent.1"].output == 7
+    sup.finish(again, "done")
+    assert result(client, wf).output == "done"
+    assert [e["type"] for e in history(client, wf)].count("wait") == 1
+
+
+def test_a_stale_resent_durable_wait_is_only_acknowledged(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor("sleeper")
+    wf = submit(client, diff(spec("sleeper")), root="sleeper")
+    a = sup.assign()
+    sup.wait(a, timer=5, seq=0, resident=False)
+    clock.advance(5)
+    again = sup.assign()
+    sup.wait(a, timer=5, seq=0, resident=False)  # the first one, re-sent late
+    sup.none(Assign, within=0.1)
+    assert node_states(client, wf)["sleeper"] == "running"
+    sup.finish(again, "ok")
+    assert result(client, wf).output == "ok"
+
+
+# --- retries ------------------------------------------------------------------------------
+
+
+def test_retry_backoff_is_a_timer_on_flows_clock(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 3, "initial": 10,
+                                               "backoff": 3, "maximum": 20}))
+    wf = submit(client, diff(spec("a")))
+    sup.finish(sup.assign(), ok=False, error=BOOM)
+    sup.none(Assign, within=0.1)
+    clock.advance(9.9)
+    sup.none(Assign, within=0.1)
+    clock.advance(0.1)
+    second = sup.assign()
+    assert second.attempt == 2
+    assert second.history is not None  # a new attempt: fresh values, no previous children
+    assert (second.history.recorded, second.history.previous) == ([], [])
+    sup.finish(second, ok=False, error=BOOM)
+    clock.advance(19.9)  # 10 * 3 = 30, capped at 20
+    sup.none(Assign, within=0.1)
+    clock.advance(0.1)
+    third = sup.assign()
+    sup.finish(third, ok=False, error=BOOM)
+    done = result(client, wf)
+    assert (done.status, done.error and done.error["attempts"]) == ("failed", 3)
+    retries = [e for e in history(client, wf) if e.get("state") == "ready"]
+    assert [e["due"] - e["ts"] for e in retries] == [10, 20]  # stored: survives a restart
+
+
+def test_non_retryable_exception_names(client: Peer, supervisor: Factory) -> None:
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 5, "initial": 0,
+                                               "non_retryable": ["ValueError"]}))
+    wf = submit(client, diff(spec("a")))
+    sup.finish(sup.assign(), ok=False, error={"type": "ValueError", "message": "no",
+                                              "retryable": True})
+    done = result(client, wf)
+    assert done.status == "failed"
+    assert (done.error or {})["type"] == "ValueError"
+    assert states(history(client, wf), "a") == [("running", 1), ("failed", 1)]
+
+
+def test_failing_root_is_retried_and_reuses_its_completed_children(
+        client: Peer, supervisor: Factory) -> None:
+    """Seed 004: each email is sent once, however often the root fails at its end."""
+    sup = supervisor(TaskInfo(name="weekly", retry={"max_attempts": 3, "initial": 0}),
+                     "send_email")
+    wf = submit(client, diff(spec("weekly")), root="weekly")
+    orgs = ["a", "b", "c"]
+    emails = diff(*[spec(f"weekly.{i}", "send_email", org, creator="weekly")
+                    for i, org in enumerate(orgs, 1)], proposer="weekly")
+    root = sup.assign(node="weekly")
+    sup.heartbeat(root, {"sent": 0})
+    assert sup.propose(root, emails, recorded=[recorded(0, "random", 0.9)]).ok
+    wait = sup.wait(root, ["weekly.1", "weekly.2", "weekly.3"])
+    for _ in orgs:
+        sup.finish(sup.assign(), True)
+    assert isinstance(sup.next(lambda m: m.id == wait.id), Resolved)
+    sup.finish(root, ok=False, error={"type": "ZeroDivisionError", "message": "1/0",
+                                      "retryable": True})
+    for attempt in (2, 3):
+        again = sup.assign(node="weekly")
+        assert again.attempt == attempt
+        h = again.history
+        assert h is not None
+        assert h.recorded == []  # a new attempt draws fresh values
+        assert [(p.seq, p.id, p.task, p.inputs["args"]) for p in h.previous] == [
+            (i, f"weekly.{i}", "send_email", [org]) for i, org in enumerate(orgs, 1)]
+        assert {k: r.output for k, r in h.results.items()} == {
+            "weekly.1": True, "weekly.2": True, "weekly.3": True}
+        assert h.heartbeat == {"sent": 0}
+        assert sup.propose(again, emails).ok  # the same children: reused, not rerun
+        if attempt == 2:
+            sup.finish(again, ok=False, error={"type": "ZeroDivisionError",
+                                               "message": "1/0", "retryable": True})
+        else:
+            sup.finish(again, 3)
+    assert result(client, wf).output == 3
+    events = history(client, wf)
+    for i in (1, 2, 3):
+        assert states(events, f"weekly.{i}") == [("running", 1), ("succeeded", 1)]
+
+
+def test_a_retry_that_spawns_differently_keeps_the_earlier_child_as_history(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor(TaskInfo(name="r", retry={"initial": 0}), "x", "y")
+    wf = submit(client, diff(spec("r")), root="r")
+    first = sup.assign(node="r")
+    assert sup.propose(first, kids("r", "x")).ok
+    sup.finish(sup.assign(node="r.1"), "x1")
+    sup.finish(first, ok=False, error=BOOM)
+    second = sup.assign(node="r")
+    assert second.history is not None
+    assert [p.id for p in second.history.previous] == ["r.1"]
+    other = diff(spec("r.1@2", "y", creator="r"), proposer="r")  # what replay.ChildIds makes
+    assert sup.propose(second, other).ok
+    sup.finish(sup.assign(node="r.1@2"), "y1")
+    sup.finish(second, "done")
+    assert result(client, wf).output == "done"
+    assert node_states(client, wf) == {"r": "succeeded", "r.1": "succeeded",
+                                       "r.1@2": "succeeded"}
+
+
+# --- the status rule ---------------------------------------------------------------------
+
+
+def test_a_root_that_fails_for_good_fails_the_workflow_at_once(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor(TaskInfo(name="root", retry={"max_attempts": 1}), "child")
+    wf = submit(client, diff(spec("root")), root="root")
+    root = sup.assign(node="root")
+    assert sup.propose(root, kids("root", "child")).ok
+    child = sup.assign(node="root.1")
+    sup.finish(root, ok=False, error={"type": "RuntimeError", "message": "no"})
+    cancel = sup.next(CancelTask)
+    assert (cancel.node, cancel.attempt) == ("root.1", 1)
+    done = result(client, wf)
+    assert done.status == "failed"
+    assert (done.error or {})["node"] == "root"
+    sup.finish(child, 1)  # too late: dropped
+    assert states(history(client, wf), "root.1") == [("running", 1)]
+    assert node_states(client, wf)["root.1"] == "cancelled"
+
+
+# --- timeouts ------------------------------------------------------------------------------
+
+
+def test_schedule_to_start_fails_a_node_nobody_starts(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", schedule_to_start=30), slots=0)
+    wf = submit(client, diff(spec("a")))
+    sup.none(Assign, within=0.1)
+    clock.advance(30)
+    done = result(client, wf)
+    assert done.status == "failed"
+    assert (done.error or {})["type"] == "ScheduleToStartTimeout"
+    assert states(history(client, wf), "a") == [("running", 1), ("failed", 1)]
+
+
+def test_start_to_close_on_flows_clock(
+        flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", timeout=60, retry={"initial": 0}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    clock.advance(59)
+    sup.none(CancelTask, within=0.1)
+    clock.advance(1)
+    assert sup.next(CancelTask).attempt == 1
+    second = sup.assign()
+    assert second.attempt == 2
+    sup.finish(second, "ok")
+    assert result(client, wf).output == "ok"
+    assert flow.counters.get("attempts.timed_out") == 1
+    sup.finish(first, "late")  # dropped
+
+
+def test_heartbeat_timeout_and_details_for_the_retry(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", heartbeat_timeout=10, retry={"initial": 0}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    for done in range(1, 4):  # each heartbeat restarts the count
+        clock.advance(9)
+        assert isinstance(sup.heartbeat(first, {"done": done}), Ack)
+    sup.heartbeat(first, {"done": 3})  # same details: not recorded again
+    sup.none(CancelTask, within=0.1)
+    clock.advance(10)
+    assert sup.next(CancelTask).attempt == 1
+    second = sup.assign()
+    assert second.history is not None
+    assert second.history.heartbeat == {"done": 3}
+    sup.finish(second, "resumed")
+    assert result(client, wf).output == "resumed"
+    events = history(client, wf)
+    assert [e["details"] for e in events if e["type"] == "heartbeat"] == [
+        {"done": 1}, {"done": 2}, {"done": 3}]
+    error = next(e["error"] for e in events if e.get("state") == "ready")
+    assert error["type"] == "HeartbeatTimeout"
+
+
+# --- sleeps and signals -------------------------------------------------------------------
+
+
+def test_sleep_is_a_durable_timer(client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor("sleeper")
+    wf = submit(client, diff(spec("sleeper")), root="sleeper")
+    a = sup.assign()
+    sup.wait(a, timer=3600, seq=2, resident=False,
+             recorded=[recorded(0, "now", 1.0), recorded(1, "random", 0.5)])
+    assert node_states(client, wf)["sleeper"] == "suspended"
+    clock.advance(3599)
+    sup.none(Assign, within=0.1)
+    clock.advance(1)
+    again = sup.assign()
+    assert again.attempt == 1
+    assert again.history is not None
+    assert again.history.timers == [2]
+    assert [r.seq for r in again.history.recorded] == [0, 1]
+    sup.wait(again, timer=60, seq=3, resident=False)  # the next sleep
+    clock.advance(60)
+    third = sup.assign()
+    assert third.history is not None
+    assert third.history.timers == [2, 3]
+    sup.finish(third, "woke")
+    assert result(client, wf).output == "woke"
+    rebuilt_equals_live(client, wf)
+
+
+def test_signals_are_buffered_in_order_and_never_lost(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("approve")
+    wf = submit(client, diff(spec("approve")), root="approve")
+    a = sup.assign()
+    for payload in ({"ok": True}, {"ok": False}):  # sent before anybody waits
+        assert isinstance(client.request(SendSignal(workflow_id=wf, name="go",
+                                                    payload=payload)), Ack)
+    sup.wait(a, signal="go", seq=0, resident=False)
+    b = sup.assign()
+    assert b.history is not None
+    assert b.history.signals == [(0, {"ok": True})]
+    sup.wait(b, signal="go", seq=1, resident=False)
+    c = sup.assign()
+    assert c.history is not None
+    assert c.history.signals == [(0, {"ok": True}), (1, {"ok": False})]
+    sup.wait(c, signal="go", seq=2, resident=False)  # nothing buffered: suspended
+    sup.none(Assign, within=0.1)
+    client.request(SendSignal(workflow_id=wf, name="other", payload=1))
+    sup.none(Assign, within=0.1)
+    client.request(SendSignal(workflow_id=wf, name="go", payload="third"))
+    d = sup.assign()
+    assert d.history is not None
+    assert d.history.signals[-1] == (2, "third")
+    sup.finish(d, "approved")
+    assert result(client, wf).output == "approved"
+    events = history(client, wf)
+    assert [e["payload"] for e in events if e["type"] == "delivered"] == [
+        {"ok": True}, {"ok": False}, "third"]
+    rebuilt_equals_live(client, wf)
+    late = client.request(SendSignal(workflow_id=wf, name="go"))
+    assert isinstance(late, Error)
+    assert late.code == "rejected"
+
+
+def test_a_resident_signal_wait_is_resolved_with_the_payload(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("t")
+    wf = submit(client, diff(spec("t")), root="t")
+    a = sup.assign()
+    wait = sup.wait(a, signal="answer", seq=0)
+    client.request(SendSignal(workflow_id=wf, name="answer", payload=42))
+    resolved = sup.next(lambda m: m.id == wait.id)
+    assert isinstance(resolved, Resolved)
+    assert resolved.value == 42
+    sup.finish(a, "ok")
+    assert result(client, wf).output == "ok"
+
+
+# --- queries and state ---------------------------------------------------------------------
+
+
+def test_query_reads_set_state_during_and_after_the_run(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("a", "b")
+    wf = submit(client, diff(spec("a"), spec("b")), root="graph")
+    a, b = sup.assign(node="a"), sup.assign(node="b")
+    empty = client.request(Query(workflow_id=wf))
+    assert isinstance(empty, QueryReply)
+    assert (empty.state, empty.nodes) == (None, {})
+    sup.set_state(a, {"progress": 0.5})
+    sup.set_state(b, "b-started")
+    sup.set_state(b, "b-started")  # unchanged: not recorded again
+    live = client.request(Query(workflow_id=wf))
+    assert (live.state, live.nodes) == ("b-started", {"a": {"progress": 0.5},
+                                                      "b": "b-started"})
+    sup.set_state(a, {"progress": 1.0})
+    sup.finish(a, 1)
+    sup.finish(b, 2)
+    assert result(client, wf).status == "succeeded"
+    after = client.request(Query(workflow_id=wf))  # answered by the Reader, from events
+    assert (after.state, after.nodes) == ({"progress": 1.0}, {"a": {"progress": 1.0},
+                                                              "b": "b-started"})
+    assert [e["type"] for e in history(client, wf)].count("set_state") == 3
+    missing = client.request(Query(workflow_id="nope"))
+    assert isinstance(missing, Error)
+    assert missing.code == "not_found"
