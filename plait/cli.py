@@ -7,21 +7,30 @@ workflow that failed from a Flow that could not be reached.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from enum import IntEnum
 from pathlib import Path
-from typing import Any
 
 import zmq
 
-from plait.client import Client, FlowUnavailable, NotFound, Run, outcome_error
+from plait.cli_base import (
+    STATUS_EXIT,
+    Exit,
+    Interrupted,
+    UsageError,
+    client_of,
+    client_options,
+    importable_cwd,
+    interruptible,
+    print_json,
+    registration_of,
+)
+from plait.cli_control import CONTROL_VERBS
+from plait.client import FlowError, FlowUnavailable, NotFound, Run, outcome_error
 from plait.errors import (
     NonDeterminismError,
     PlaitError,
@@ -34,34 +43,7 @@ from plait.protocol.messages import FeedEvent, RunInfo
 
 __all__ = ["Exit", "main"]
 
-
-class Exit(IntEnum):
-    """The process exit codes of every verb."""
-
-    OK = 0
-    ERROR = 1  # anything else (the message says what)
-    USAGE = 2  # bad arguments, unknown target, unreadable input
-    UNREACHABLE = 3  # Flow did not answer
-    FAILED = 4  # the workflow (or the submitted plan) failed
-    VIOLATED = 5  # the workflow broke a promise
-    CANCELLED = 6  # the workflow was cancelled
-    NOT_FOUND = 7  # no such workflow
-    INTERRUPTED = 130  # Ctrl-C
-
-
 DEFAULT_DB = str(Path(".plait") / "flow.db")
-
-
-class UsageError(PlaitError):
-    """The command line names something that does not exist or cannot be used."""
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived while a verb was blocking."""
-
-
-STATUS_EXIT = {"succeeded": Exit.OK, "failed": Exit.FAILED, "violated": Exit.VIOLATED,
-               "cancelled": Exit.CANCELLED}
 
 # Most specific first: the first matching class decides the exit code.
 ERROR_EXIT: list[tuple[type[BaseException], Exit]] = [
@@ -71,56 +53,10 @@ ERROR_EXIT: list[tuple[type[BaseException], Exit]] = [
     (UsageError, Exit.USAGE), (TypeError, Exit.USAGE), (ValueError, Exit.USAGE),
     (zmq.ZMQError, Exit.USAGE), (PlaitError, Exit.ERROR),
 ]
+FLOW_ERROR_EXIT = {"rejected": Exit.REFUSED, "invalid": Exit.USAGE}  # by Flow's error code
 
 
 # --- small helpers -------------------------------------------------------------------
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, default=str), flush=True)
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.flow, feed=args.feed, timeout=args.timeout)
-
-
-def _arg(text: str) -> Any:
-    """A command-line argument: JSON if it parses, else the string itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _keyword(text: str) -> tuple[str, Any]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.isidentifier():
-        raise ValueError(f"--kw takes NAME=JSON, got {text!r}")
-    return name, _arg(value)
-
-
-def _importable_cwd() -> None:
-    # Like celery and uvicorn: "module:task" names a module of the project the
-    # command runs in, even when the console script's directory is elsewhere.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-
-
-@contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupted inside the block (handlers restored after)."""
-    def interrupt(signum: int, _frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; Ctrl-C stays KeyboardInterrupt
-        return
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _ready_file(path: str | None) -> threading.Event:
@@ -151,6 +87,10 @@ def cmd_flow(args: argparse.Namespace) -> int:
                             heartbeat_interval=args.heartbeat_interval,
                             heartbeat_timeout=args.heartbeat_timeout,
                             retry_scale=args.retry_scale)
+    if args.clock_file:  # tests move Flow's time by rewriting the file
+        from plait.actors.clock import FileClock
+
+        settings.clock = FileClock(args.clock_file)
     run_flow(settings, ready=_ready_file(args.ready_file))
     return Exit.OK
 
@@ -160,7 +100,7 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     from plait.supervisor.daemon import SupervisorSettings, run_supervisor
 
     _setup_logging(args.log_level)
-    _importable_cwd()
+    importable_cwd()
     sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers))
              if v is not None}
     settings = SupervisorSettings(flow=args.flow, imports=args.imports, **sizes)
@@ -198,19 +138,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a workflow; print its id (with --wait: its result)."""
-    from plait.graph import registration
-
-    _importable_cwd()
-    kwargs = dict(_keyword(k) for k in args.kw)
-    try:
-        name, root, diff = registration(args.target, [_arg(a) for a in args.args], kwargs)
-    except PlaitError as exc:
-        raise UsageError(str(exc)) from exc
-    with _client(args) as client:
+    name, root, diff = registration_of(args.target, args.args, args.kw)
+    with client_of(args) as client:
         run = client.submit_diff(name, root, diff.to_dict(), workflow_id=args.id)
         if not args.wait:
             if args.json:
-                _print_json({"workflow_id": run.id})
+                print_json({"workflow_id": run.id})
             else:
                 print(run.id)
             return Exit.OK
@@ -220,7 +153,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _report_result(run: Run, args: argparse.Namespace) -> int:
     finished = run.wait(args.wait_timeout)
     if args.json:
-        _print_json({"workflow_id": run.id, "status": finished.status,
+        print_json({"workflow_id": run.id, "status": finished.status,
                      "output": finished.output, "error": finished.error})
     elif finished.status == "succeeded":
         print(json.dumps(finished.output, ensure_ascii=False, default=str))
@@ -231,10 +164,10 @@ def _report_result(run: Run, args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show one workflow's status, or every workflow's."""
-    with _client(args) as client:
+    with client_of(args) as client:
         runs = [client.run_info(args.workflow)] if args.workflow else client.runs()
     if args.json:
-        _print_json([r.model_dump(mode="json") for r in runs] if not args.workflow
+        print_json([r.model_dump(mode="json") for r in runs] if not args.workflow
                     else runs[0].model_dump(mode="json"))
     else:
         for line in _status_table(runs):
@@ -250,10 +183,10 @@ def _status_table(runs: Sequence[RunInfo]) -> Iterator[str]:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Print the mutation feed live (one workflow's, or all); Ctrl-C stops."""
-    with _client(args) as client, _interruptible(), client.watch(args.workflow) as feed:
+    with client_of(args) as client, interruptible(), client.watch(args.workflow) as feed:
         for event in feed:
             if args.json:
-                _print_json(event.model_dump(mode="json"))
+                print_json(event.model_dump(mode="json"))
             else:
                 print(describe(event), flush=True)
     return Exit.OK
@@ -286,7 +219,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     fmt = args.format or ("json" if args.json else
                           Path(args.output).suffix.lstrip(".") if args.output else "dot")
-    with _client(args) as client:
+    with client_of(args) as client:
         doc = client.graph(args.workflow, at=args.at, unfold=args.unfold).graph
     if args.output:
         print(render(doc, args.output, fmt))
@@ -308,14 +241,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    with _client(args) as client:
+    with client_of(args) as client:
         seqs = [e["seq"] for e in client.history(args.workflow) if e.get("type") == "diff"]
         for n, seq in enumerate(seqs, start=1):
             doc = client.graph(args.workflow, at=seq, unfold=args.unfold).graph
             written.append(render(doc, out / f"frame-{n:04d}-seq-{seq}.{args.format}",
                                   args.format))
     if args.json:
-        _print_json([str(p) for p in written])
+        print_json([str(p) for p in written])
     else:
         print(f"{len(written)} frames in {out}")
     return Exit.OK
@@ -323,36 +256,24 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print the workflow's event log as JSON lines."""
-    with _client(args) as client:
+    with client_of(args) as client:
         for event in client.history(args.workflow):
-            _print_json(event)
+            print_json(event)
     return Exit.OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a workflow."""
-    with _client(args) as client:
+    with client_of(args) as client:
         client.cancel(args.workflow)
     if args.json:
-        _print_json({"workflow_id": args.workflow, "cancelled": True})
+        print_json({"workflow_id": args.workflow, "cancelled": True})
     else:
         print(f"cancelled {args.workflow}")
     return Exit.OK
 
 
 # --- the parser ----------------------------------------------------------------------------
-
-
-def _client_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--flow", default=None, metavar="ADDRESS",
-                   help="Flow's address (default: $PLAIT_FLOW, else tcp://127.0.0.1:7100)")
-    p.add_argument("--feed", default=None, metavar="ADDRESS",
-                   help="Flow's feed address (default: $PLAIT_FEED, else Flow's port + 1)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                   help="seconds to wait for Flow to answer (default: 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return p
 
 
 def _process_options() -> argparse.ArgumentParser:
@@ -381,6 +302,7 @@ def _flow_options(p: argparse.ArgumentParser) -> None:
                    help="a supervisor silent this long is dead (default: 3)")
     p.add_argument("--retry-scale", type=float, default=1.0, metavar="X",
                    help="multiply every retry delay by X (default: 1)")
+    p.add_argument("--clock-file", default=None, help=argparse.SUPPRESS)  # tests' clock
 
 
 def _supervisor_options(p: argparse.ArgumentParser) -> None:
@@ -453,6 +375,7 @@ VERBS: dict[str, tuple[Command, Options, str]] = {
     "history": (cmd_history, _one_workflow, "client"),
     "cancel": (cmd_cancel, _one_workflow, "client"),
     "demo": (cmd_demo, _demo_options, ""),
+    **CONTROL_VERBS,
 }
 
 
@@ -462,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="plait", description="plait: durable workflows, from static to dynamic, "
                                   "with promises.", epilog=f"exit codes: {codes}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    shared = {"client": [_client_options()], "process": [_process_options()], "": []}
+    shared = {"client": [client_options()], "process": [_process_options()], "": []}
     for name, (command, options, kind) in VERBS.items():
         doc = (command.__doc__ or "").strip()
         p = verbs.add_parser(name, help=doc, description=doc, parents=shared[kind])
@@ -473,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(exc: BaseException) -> Exit:
     """The exit code an exception escaping a verb means."""
+    if isinstance(exc, FlowError) and not isinstance(exc, NotFound):
+        return FLOW_ERROR_EXIT.get(exc.code, Exit.ERROR)
     for cls, code in ERROR_EXIT:
         if isinstance(exc, cls):
             return code

@@ -20,18 +20,22 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from plait.errors import (
-    NonDeterminismError,
-    PlaitError,
-    PlanError,
-    PromiseViolation,
-    ProtocolError,
-    TaskFailed,
-    WorkflowCancelled,
+from plait.client_errors import (
+    FlowError,
+    FlowUnavailable,
+    NotFound,
+    ReplayDiverged,
+    ResultTimeout,
+    error_from_reply,
+    outcome_error,
+    rejection_error,
 )
+from plait.errors import PlaitError, ProtocolError
 from plait.protocol import codec
+from plait.protocol.diff import AttrChange
 from plait.protocol.messages import (
     Ack,
+    AddSchedule,
     AwaitResult,
     CancelWorkflow,
     Error,
@@ -40,55 +44,47 @@ from plait.protocol.messages import (
     GetStatus,
     GraphReply,
     HistoryReply,
+    ListSchedules,
     Message,
+    PauseWorkflow,
+    Query,
+    QueryReply,
+    RemoveSchedule,
+    RestartNode,
+    ResumeWorkflow,
     RunInfo,
+    ScheduleInfo,
+    ScheduleList,
+    SendSignal,
+    SetAttrs,
     StatusReply,
     Submit,
     Submitted,
     WorkflowResult,
 )
+from plait.run import Run
 from plait.watch import TERMINAL, Watch
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "OVERLAP",
     "Client",
     "FlowError",
     "FlowUnavailable",
     "NotFound",
+    "ReplayDiverged",
     "ResultTimeout",
     "Run",
     "Watch",
+    "error_from_reply",
     "feed_address",
+    "outcome_error",
+    "rejection_error",
 ]
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:7100"
+OVERLAP = ("skip", "queue", "cancel")  # what a cron tick does while the last run is live
 _M = TypeVar("_M", bound=Message)
-
-
-class FlowUnavailable(PlaitError):
-    """Flow did not answer within the client's timeout (down, or wrong address)."""
-
-    code = "unavailable"
-
-
-class FlowError(PlaitError):
-    """Flow answered a request with an error (``code`` is the wire's stable code)."""
-
-    def __init__(self, code: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
-        self.detail = dict(detail or {})
-
-
-class NotFound(FlowError):
-    """No such workflow (or node) in Flow."""
-
-
-class ResultTimeout(PlaitError, TimeoutError):
-    """``Run.result(timeout=...)`` expired before the workflow finished."""
-
-    code = "timeout"
 
 
 def feed_address(address: str) -> str:
@@ -97,94 +93,6 @@ def feed_address(address: str) -> str:
     if parts.scheme != "tcp" or parts.port is None:
         raise ValueError(f"cannot derive the feed address of {address!r}: pass feed=...")
     return f"tcp://{parts.hostname}:{parts.port + 1}"
-
-
-def error_from_reply(error: Error) -> PlaitError:
-    """The exception a Flow error reply means for the caller."""
-    if error.code == "not_found":
-        return NotFound(error.code, error.reason, error.detail)
-    if error.code == "rejected" and error.detail.get("kind"):
-        return rejection_error(error.detail)
-    if error.code in {"malformed", "too_large", "unknown_type", "bad_version"}:
-        return ProtocolError(error.code, error.reason)
-    return FlowError(error.code, error.reason, error.detail)
-
-
-def rejection_error(rejection: Mapping[str, Any]) -> PlaitError:
-    """A rejection dict (``Rejection.to_dict()``) as the matching exception."""
-    reason = str(rejection.get("reason") or rejection.get("message") or "rejected")
-    kind = rejection.get("kind", "violation")
-    if kind == "plan":
-        return PlanError(reason)
-    if kind == "nondeterminism":
-        return NonDeterminismError(reason)
-    violation = PromiseViolation(
-        str(rejection.get("message") or reason), promise=str(rejection.get("promise") or ""),
-        owner=rejection.get("owner"), proposer=rejection.get("proposer"),
-        diff=dict(rejection.get("diff") or {}),
-    )
-    violation.reason = reason  # str() is the whole story; .reason just the broken rule
-    return violation
-
-
-def outcome_error(result: WorkflowResult) -> PlaitError:
-    """Why a finished workflow has no result, as the exception ``Run.result`` raises."""
-    error = dict(result.error or {})
-    message = str(error.get("message") or error.get("reason") or result.status)
-    if result.status == "violated":
-        inner = error.get("rejection")
-        return rejection_error({"kind": "violation", **error, **(inner or {})})
-    if result.status == "cancelled":
-        return WorkflowCancelled(f"workflow {result.workflow_id} was cancelled")
-    node = error.get("node")
-    where = f" in {node}" if node else ""
-    return TaskFailed(
-        f"workflow {result.workflow_id} failed{where}: {error.get('type', 'Error')}: {message}",
-        node=node, attempts=int(error.get("attempt") or error.get("attempts") or 0),
-        cause=error.get("type"),
-    )
-
-
-class Run:
-    """A handle on one submitted workflow."""
-
-    def __init__(self, client: Client, workflow_id: str) -> None:
-        self.client = client
-        self.id = workflow_id
-
-    def __repr__(self) -> str:
-        return f"Run({self.id!r})"
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The workflow's output once it succeeded; raises ``TaskFailed``,
-        ``PromiseViolation`` or ``WorkflowCancelled`` when it did not, and
-        :class:`ResultTimeout` if ``timeout`` seconds pass first."""
-        finished = self.wait(timeout)
-        if finished.status == "succeeded":
-            return finished.output
-        raise outcome_error(finished)
-
-    def wait(self, timeout: float | None = None) -> WorkflowResult:
-        """The finished workflow's result message, whatever its status."""
-        return self.client.await_result(self.id, timeout)
-
-    def info(self) -> RunInfo:
-        return self.client.run_info(self.id)
-
-    def status(self) -> str:
-        """One of running, paused, succeeded, failed, cancelled, violated."""
-        return self.info().status
-
-    def graph(self, at: int | None = None, *, unfold: bool = False) -> dict[str, Any]:
-        """The as-of-now view as its JSON document (or as of sequence number ``at``)."""
-        return self.client.graph(self.id, at=at, unfold=unfold).graph
-
-    def history(self) -> list[dict[str, Any]]:
-        """The workflow's event log, oldest first."""
-        return self.client.history(self.id)
-
-    def cancel(self) -> None:
-        self.client.cancel(self.id)
 
 
 class Client:
@@ -343,6 +251,60 @@ class Client:
 
     def cancel(self, workflow_id: str) -> None:
         self.request(CancelWorkflow(workflow_id=workflow_id), Ack)
+
+    # --- operator controls (Run has the same, for its workflow) ----------------------
+
+    def pause(self, workflow_id: str) -> None:
+        self.request(PauseWorkflow(workflow_id=workflow_id), Ack)
+
+    def resume(self, workflow_id: str) -> None:
+        self.request(ResumeWorkflow(workflow_id=workflow_id), Ack)
+
+    def restart(self, workflow_id: str, node: str) -> None:
+        self.request(RestartNode(workflow_id=workflow_id, node=node), Ack)
+
+    def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        self.request(SendSignal(workflow_id=workflow_id, name=name, payload=payload), Ack)
+
+    def query(self, workflow_id: str) -> QueryReply:
+        """The workflow's latest ``ctx.set_state`` value and every node's latest."""
+        return self.request(Query(workflow_id=workflow_id), QueryReply)
+
+    def set_attrs(self, workflow_id: str, changes: Sequence[AttrChange]) -> None:
+        """Apply cosmetic changes as one operator diff."""
+        self.request(SetAttrs(workflow_id=workflow_id,
+                              changes=[c.to_dict() for c in changes]), Ack)
+
+    # --- cron schedules -------------------------------------------------------------------
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by name."""
+        return list(self.request(ListSchedules(), ScheduleList).schedules)
+
+    def add_schedule(self, name: str, cron: str, target: Any, *args: Any,
+                     overlap: str = "skip", **kwargs: Any) -> ScheduleInfo:
+        """Submit ``target(*args, **kwargs)`` on every tick of ``cron`` (five fields,
+        UTC, or ``@hourly``...); replaces a schedule of the same name. ``overlap``
+        says what a tick does while the schedule's last run is still live:
+        ``skip`` it, ``queue`` it (one at most), or ``cancel`` the live run."""
+        wf_name, root, diff = _registration()(target, tuple(args), dict(kwargs))
+        label = target if isinstance(target, str) else wf_name
+        return self.add_schedule_diff(name, cron, label, wf_name, root, diff.to_dict(),
+                                      overlap=overlap)
+
+    def add_schedule_diff(self, name: str, cron: str, target: str, wf_name: str, root: str,
+                          diff: Mapping[str, Any], *, overlap: str = "skip") -> ScheduleInfo:
+        """:meth:`add_schedule` from a registration diff already built (its dict form)."""
+        if overlap not in OVERLAP:
+            raise ValueError(f"overlap is one of {', '.join(OVERLAP)}, not {overlap!r}")
+        info = ScheduleInfo(name=name, cron=cron, overlap=overlap, target=target)
+        self.request(AddSchedule(schedule=info, submit=Submit(name=wf_name, root=root,
+                                                              diff=dict(diff))), Ack)
+        return next((s for s in self.schedules() if s.name == name), info)
+
+    def remove_schedule(self, name: str) -> None:
+        """Stop a schedule (its runs so far are not touched); ``NotFound`` if none."""
+        self.request(RemoveSchedule(name=name), Ack)
 
     def await_result(self, workflow_id: str, timeout: float | None = None) -> WorkflowResult:
         """Block until the workflow finishes (or ``timeout`` passes).

@@ -157,7 +157,9 @@ class Cluster:
     """A Flow and ``supervisors`` supervisors serving ``imports``, on loopback.
 
     ``port``/``feed_port``/``db`` default to free ports and a temporary
-    database; ``paths`` are prepended to the children's PYTHONPATH (for task
+    database; ``clock`` (seconds since the epoch) gives Flow a time of its own
+    that only :meth:`advance` moves (durable timers, retries' backoff, cron);
+    ``paths`` are prepended to the children's PYTHONPATH (for task
     modules outside the package); ``logs=False`` lets the children write to
     this process's stdout/stderr instead of log files (``plait dev``).
     """
@@ -167,7 +169,8 @@ class Cluster:
                  feed_port: int | None = None, paths: Iterable[str | os.PathLike[str]] = (),
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
                  flow_args: Sequence[str] = (), supervisor_args: Sequence[str] = (),
-                 logs: bool = True, ready_timeout: float = 60.0, grace: float = 10.0) -> None:
+                 logs: bool = True, ready_timeout: float = 60.0, grace: float = 10.0,
+                 clock: float | None = None) -> None:
         self.imports = list(imports)
         self.workers = workers
         self.initial_supervisors = supervisors
@@ -179,6 +182,11 @@ class Cluster:
         self.cwd = cwd
         self.env = self._environment(paths, env)
         self.flow_args = list(flow_args)
+        self.clock_file: Path | None = None
+        if clock is not None:
+            self.clock_file = self.dir / "clock"
+            self.set_time(clock)
+            self.flow_args += ["--clock-file", str(self.clock_file)]
         self.supervisor_args = list(supervisor_args)
         self.logs = logs
         self.ready_timeout = ready_timeout
@@ -293,6 +301,26 @@ class Cluster:
     def restart_flow(self) -> Proc:
         self.kill_flow()
         return self.start_flow()
+
+    # --- Flow's time (with ``clock=``) ---------------------------------------------------
+
+    def now(self) -> float:
+        """Flow's time, as this cluster set it."""
+        if self.clock_file is None:
+            raise RuntimeError("this Cluster runs on real time: pass clock=...")
+        return float(self.clock_file.read_text())
+
+    def set_time(self, t: float) -> None:
+        if self.clock_file is None:
+            raise RuntimeError("this Cluster runs on real time: pass clock=...")
+        from plait.actors.clock import FileClock
+
+        FileClock.write(str(self.clock_file), t)
+
+    def advance(self, seconds: float) -> float:
+        """Move Flow's time forward (due timers fire within a few polls); the new time."""
+        self.set_time(self.now() + seconds)
+        return self.now()
 
     # --- supervisors --------------------------------------------------------------------
 

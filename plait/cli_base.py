@@ -1,0 +1,137 @@
+"""What every ``plait`` verb shares: exit codes, argument parsing helpers, the
+client options, and how a verb prints data.
+
+Kept apart from :mod:`plait.cli` so that the verb modules (:mod:`plait.cli`,
+:mod:`plait.cli_control`) can share it without importing each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from enum import IntEnum
+from typing import Any
+
+from plait.client import Client
+from plait.errors import PlaitError
+from plait.protocol.diff import PlanDiff
+
+__all__ = ["STATUS_EXIT", "Exit", "Interrupted", "UsageError", "client_of", "client_options",
+           "done", "importable_cwd", "interruptible", "keyword", "parse_arg", "print_json",
+           "registration_of"]
+
+
+class Exit(IntEnum):
+    """The process exit codes of every verb."""
+
+    OK = 0
+    ERROR = 1  # anything else (the message says what)
+    USAGE = 2  # bad arguments, unknown target, unreadable input
+    UNREACHABLE = 3  # Flow did not answer
+    FAILED = 4  # the workflow (or the submitted plan) failed
+    VIOLATED = 5  # the workflow broke a promise
+    CANCELLED = 6  # the workflow was cancelled
+    NOT_FOUND = 7  # no such workflow (node, schedule)
+    REFUSED = 8  # Flow refused the control (the workflow has ended, the node is running...)
+    INTERRUPTED = 130  # Ctrl-C
+
+
+STATUS_EXIT = {"succeeded": Exit.OK, "failed": Exit.FAILED, "violated": Exit.VIOLATED,
+               "cancelled": Exit.CANCELLED}
+
+
+class UsageError(PlaitError):
+    """The command line names something that does not exist or cannot be used."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while a verb was blocking."""
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, default=str), flush=True)
+
+
+def done(args: argparse.Namespace, text: str, data: dict[str, Any]) -> int:
+    """Report a control that worked: ``data`` as JSON with --json, else ``text``."""
+    if args.json:
+        print_json(data)
+    else:
+        print(text, flush=True)
+    return Exit.OK
+
+
+def client_of(args: argparse.Namespace) -> Client:
+    return Client(args.flow, feed=args.feed, timeout=args.timeout)
+
+
+def parse_arg(text: str) -> Any:
+    """A command-line argument: JSON if it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def keyword(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise ValueError(f"expected NAME=JSON, got {text!r}")
+    return name, parse_arg(value)
+
+
+def importable_cwd() -> None:
+    # Like celery and uvicorn: "module:task" names a module of the project the
+    # command runs in, even when the console script's directory is elsewhere.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def registration_of(target: str, args: Sequence[str],
+                    kwargs: Sequence[str]) -> tuple[str, str, PlanDiff]:
+    """The registration of ``module:attr`` with arguments as typed on the command line;
+    a target that cannot be imported or used is a usage error."""
+    from plait.graph import registration
+
+    importable_cwd()
+    keywords = dict(keyword(k) for k in kwargs)
+    try:
+        return registration(target, [parse_arg(a) for a in args], keywords)
+    except PlaitError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted inside the block (handlers restored after)."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; Ctrl-C stays KeyboardInterrupt
+        return
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def client_options() -> argparse.ArgumentParser:
+    """The options of every verb that talks to Flow (a parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--flow", default=None, metavar="ADDRESS",
+                   help="Flow's address (default: $PLAIT_FLOW, else tcp://127.0.0.1:7100)")
+    p.add_argument("--feed", default=None, metavar="ADDRESS",
+                   help="Flow's feed address (default: $PLAIT_FEED, else Flow's port + 1)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for Flow to answer (default: 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
