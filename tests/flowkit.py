@@ -7,9 +7,15 @@ replies by correlation id or by type, with deadlines (never sleeps). A
 
 from __future__ import annotations
 
+import os
+import select
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import zmq
@@ -102,6 +108,33 @@ def states(events: list[dict[str, Any]], node: str) -> list[tuple[str, int]]:
     """A node's (state, attempt) transitions, as recorded."""
     return [(e["state"], e["attempt"]) for e in events
             if e["type"] == "state" and e["node"] == node]
+
+
+@contextmanager
+def flow_process(tmp_path: Any, db: str, *args: str
+                 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m plait.actors.flow`` on free ports (more ``args`` appended); yields
+    (process, endpoint)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "flow.log", "a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plait.actors.flow", "--db", db, "--port", "0",
+             "--heartbeat-interval", "0.1", "--heartbeat-timeout", "1.0",
+             "--retry-scale", "0.001", *args],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("flow ready"), (line, (tmp_path / "flow.log").read_text())
+        yield proc, line.split()[2]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 class Peer:

@@ -8,6 +8,7 @@ nothing waits for real time.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from flowkit import (
     FakeSupervisor,
     Peer,
     diff,
+    flow_process,
     history,
     recorded,
     result,
@@ -25,12 +27,13 @@ from flowkit import (
     submit,
 )
 
-from plait.actors.clock import FakeClock
+from plait.actors.clock import FakeClock, FileClock
 from plait.actors.flow import Flow
 from plait.actors.history import WorkflowState
 from plait.protocol.messages import (
     Ack,
     Assign,
+    AttemptRef,
     CancelTask,
     Error,
     GetGraph,
@@ -474,3 +477,61 @@ def test_query_reads_set_state_during_and_after_the_run(
     missing = client.request(Query(workflow_id="nope"))
     assert isinstance(missing, Error)
     assert missing.code == "not_found"
+
+
+# --- a Flow restart (SIGKILL) loses no timer, signal or suspended node -----------------------
+
+
+def test_sigkill_keeps_timers_signals_and_suspended_nodes(tmp_path: Any) -> None:
+    db, clock_file = str(tmp_path / "flow.db"), str(tmp_path / "clock")
+    FileClock.write(clock_file, 1_700_000_000.0)
+    tasks = ["sleeper", "waiter", "parent", "child"]
+    with flow_process(tmp_path, db, "--clock-file", clock_file) as (proc, endpoint):
+        client, sup = Peer(endpoint), FakeSupervisor(endpoint, tasks, supervisor_id="s")
+        try:
+            w1 = submit(client, diff(spec("sleeper")), root="sleeper")
+            sup.wait(sup.assign(node="sleeper"), timer=100, seq=0, resident=False)
+            w2 = submit(client, diff(spec("waiter")), root="waiter")
+            waiter = sup.assign(node="waiter")
+            client.request(SendSignal(workflow_id=w2, name="go", payload="kept"))
+            w3 = submit(client, diff(spec("parent")), root="parent")
+            parent = sup.assign(node="parent")
+            assert sup.propose(parent, kids("parent", "child")).ok
+            sup.wait(parent, ["parent.1"], resident=False)
+            child = sup.assign(node="parent.1")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            client.close()
+            sup.close()
+    with flow_process(tmp_path, db, "--clock-file", clock_file) as (proc, endpoint):
+        held = [AttemptRef(workflow_id=w2, node="waiter", attempt=1),
+                AttemptRef(workflow_id=w3, node="parent.1", attempt=1)]
+        client = Peer(endpoint)
+        sup = FakeSupervisor(endpoint, tasks, supervisor_id="s", running=held)
+        try:
+            sup.wait(waiter, signal="go", seq=0, resident=False)  # the buffered signal
+            again = sup.assign(node="waiter")
+            assert again.history is not None
+            assert again.history.signals == [(0, "kept")]
+            sup.finish(again, "signalled")
+            sup.finish(child, "C")  # the suspended parent resumes
+            resumed = sup.assign(node="parent")
+            assert (resumed.attempt, resumed.history and resumed.history.results["parent.1"].output
+                    ) == (1, "C")
+            sup.finish(resumed, "P")
+            sup.none(lambda m: isinstance(m, Assign) and m.node == "sleeper", within=0.2)
+            FileClock.write(clock_file, 1_700_000_100.0)  # the sleep is due
+            woke = sup.assign(node="sleeper")
+            assert woke.history is not None
+            assert woke.history.timers == [0]
+            sup.finish(woke, "S")
+            outputs = {wf: result(client, wf).output for wf in (w1, w2, w3)}
+            assert outputs == {w1: "S", w2: "signalled", w3: "P"}
+            assert states(history(client, w3), "parent.1") == [("running", 1), ("succeeded", 1)]
+            assert states(history(client, w1), "sleeper") == [
+                ("running", 1), ("suspended", 1), ("ready", 1), ("running", 1),
+                ("succeeded", 1)]
+        finally:
+            client.close()
+            sup.close()

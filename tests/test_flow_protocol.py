@@ -8,15 +8,9 @@ answers with Propose, Wait and Finish as a worker would.
 
 from __future__ import annotations
 
-import os
-import select
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +19,7 @@ from flowkit import (
     FakeSupervisor,
     Peer,
     diff,
+    flow_process,
     free_port,
     history,
     result,
@@ -467,31 +462,6 @@ def test_unknown_supervisor_heartbeat_asks_for_hello(client: Peer) -> None:
 
 
 # --- restart ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def flow_process(tmp_path: Any, db: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m plait.actors.flow`` on free ports; yields (process, endpoint)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    with open(tmp_path / "flow.log", "a") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "plait.actors.flow", "--db", db, "--port", "0",
-             "--heartbeat-interval", "0.1", "--heartbeat-timeout", "1.0",
-             "--retry-scale", "0.001"],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline() if ready else ""
-        assert line.startswith("flow ready"), (line, (tmp_path / "flow.log").read_text())
-        yield proc, line.split()[2]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_restart_after_sigkill_resumes_from_the_store(tmp_path: Any) -> None:

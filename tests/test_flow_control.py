@@ -1,0 +1,469 @@
+"""Operator controls, cron schedules and the result cache, at protocol level: a
+real Flow in this process on a :class:`FakeClock`, a fake client and fake
+supervisors. Pause and resume, cancel, restart a node (also after the end),
+set attributes; schedules that tick, overlap policies, a missed tick after
+downtime that fires once and never twice; cached results across workflows."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flowkit import (
+    FakeSupervisor,
+    Peer,
+    diff,
+    history,
+    result,
+    settings,
+    spec,
+    states,
+    submit,
+    wait_for,
+)
+
+from plait.actors.clock import FakeClock
+from plait.actors.database import Database
+from plait.actors.flow import Flow
+from plait.actors.history import WorkflowState
+from plait.actors.schedules import run_id
+from plait.protocol.codec import pack, unpack
+from plait.protocol.diff import EdgeSpec
+from plait.protocol.messages import (
+    Ack,
+    AddSchedule,
+    Assign,
+    AwaitResult,
+    CancelTask,
+    CancelWorkflow,
+    Error,
+    GetGraph,
+    GetStatus,
+    ListSchedules,
+    PauseWorkflow,
+    RemoveSchedule,
+    RestartNode,
+    ResumeWorkflow,
+    ScheduleInfo,
+    ScheduleList,
+    SendSignal,
+    SetAttrs,
+    Submit,
+    TaskInfo,
+)
+
+Factory = Callable[..., FakeSupervisor]
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def flow(tmp_path: Any, clock: FakeClock) -> Iterator[Flow]:
+    f = Flow(settings(tmp_path, clock=clock)).start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def client(flow: Flow) -> Iterator[Peer]:
+    peer = Peer(flow.endpoint)
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def supervisor(flow: Flow) -> Iterator[Factory]:
+    started: list[FakeSupervisor] = []
+
+    def make(*tasks: str | TaskInfo, **kw: Any) -> FakeSupervisor:
+        sup = FakeSupervisor(flow.endpoint, tasks, **kw)
+        started.append(sup)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.close()
+
+
+def status(client: Peer, wf: str) -> str:
+    return str(client.request(GetStatus(workflow_id=wf)).runs[0].status)
+
+
+def graph(client: Peer, wf: str, at: int | None = None) -> dict[str, dict[str, Any]]:
+    doc = client.request(GetGraph(workflow_id=wf, at=at, unfold=True)).graph
+    return {n["id"]: n for n in doc["nodes"] if not n["provisional"]}
+
+
+def chain(*ids: str) -> dict[str, Any]:
+    return diff(*[spec(i) for i in ids], edges=list(itertools.pairwise(ids)))
+
+
+def assert_rebuilt_equals_live(client: Peer, wf: str) -> None:
+    events = history(client, wf)
+    live = client.request(GetGraph(workflow_id=wf, unfold=True))
+    rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
+    assert (live.seq, live.graph) == (len(events), rebuilt.view_json(unfold=True))
+
+
+# --- pause, resume, cancel -------------------------------------------------------------------
+
+
+def test_pause_holds_new_starts_and_resume_releases_them(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("a", "b", "c")
+    wf = submit(client, chain("a", "b"), root="graph")
+    extra = submit(client, diff(spec("c")), root="c")
+    a = sup.assign(node="a")
+    assert isinstance(client.request(PauseWorkflow(workflow_id=wf)), Ack)
+    assert isinstance(client.request(PauseWorkflow(workflow_id=wf)), Ack)  # idempotent
+    assert status(client, wf) == "paused"
+    sup.finish(a, 1)  # a running task finishes
+    sup.finish(sup.assign(node="c"), "other workflows run")
+    sup.none(Assign, within=0.2)  # b is ready, but held
+    assert graph(client, wf)["b"]["state"] == "ready"
+    assert isinstance(client.request(ResumeWorkflow(workflow_id=wf)), Ack)
+    assert status(client, wf) == "running"
+    sup.finish(sup.assign(node="b"), 2)
+    assert result(client, wf).status == "succeeded"
+    assert result(client, extra).output == "other workflows run"
+    kinds = [e["type"] for e in history(client, wf)]
+    assert (kinds.count("paused"), kinds.count("resumed")) == (1, 1)
+    late = client.request(PauseWorkflow(workflow_id=wf))
+    assert isinstance(late, Error)
+    assert late.code == "rejected"
+
+
+def test_pause_holds_a_retry_until_resumed(client: Peer, supervisor: Factory) -> None:
+    sup = supervisor(TaskInfo(name="a", retry={"initial": 0}))
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    client.request(PauseWorkflow(workflow_id=wf))
+    sup.finish(a, ok=False, error={"type": "E", "message": "", "retryable": True})
+    sup.none(Assign, within=0.2)
+    client.request(ResumeWorkflow(workflow_id=wf))
+    again = sup.assign()
+    assert again.attempt == 2
+    sup.finish(again, "ok")
+    assert result(client, wf).output == "ok"
+
+
+def test_cancel_stops_running_and_suspended_tasks_and_schedules_nothing(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor("root", "child", "sleeper")
+    wf = submit(client, diff(spec("root"), spec("sleeper")), root="graph")
+    root, sleeper = sup.assign(node="root"), sup.assign(node="sleeper")
+    kids = diff(spec("root.1", "child", creator="root"), spec("root.2", "child", creator="root"),
+                edges=[("root.1", "root.2")], proposer="root")
+    assert sup.propose(root, kids).ok
+    sup.wait(root, ["root.1", "root.2"], resident=False)  # no process holds it
+    sup.wait(sleeper, timer=30, seq=0, resident=False)
+    child = sup.assign(node="root.1")
+    assert isinstance(client.request(CancelWorkflow(workflow_id=wf)), Ack)
+    cancel = sup.next(CancelTask)
+    assert (cancel.node, cancel.attempt) == ("root.1", 1)
+    sup.none(CancelTask, within=0.1)  # nothing else holds a process
+    assert result(client, wf).status == "cancelled"
+    sup.finish(child, 1)
+    clock.advance(30)
+    sup.none(Assign, within=0.2)
+    assert {n: g["state"] for n, g in graph(client, wf).items()} == {
+        "root": "cancelled", "sleeper": "cancelled", "root.1": "cancelled",
+        "root.2": "cancelled"}
+
+
+# --- restart ----------------------------------------------------------------------------------
+
+
+def test_restart_a_node_and_its_downstream_after_the_end(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("a", "b", "c")
+    wf = submit(client, chain("a", "b", "c"), root="graph")
+    for node, out in (("a", 1), ("b", 2), ("c", 3)):
+        sup.finish(sup.assign(node=node), out)
+    assert result(client, wf).output == 3
+    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire")
+    ended_at = len(history(client, wf))
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="b")), Ack)
+    assert status(client, wf) == "running"
+    b = sup.assign(node="b")
+    assert b.attempt == 2
+    refused = client.request(RestartNode(workflow_id=wf, node="a"))  # b runs: refused
+    assert isinstance(refused, Error)
+    assert refused.code == "rejected"
+    assert "still running" in refused.reason
+    sup.finish(b, 20)
+    c = sup.assign(node="c")
+    assert c.attempt == 2
+    sup.finish(c, 30)
+    assert result(client, wf).output == 30
+    events = history(client, wf)
+    assert states(events, "a") == [("running", 1), ("succeeded", 1)]
+    assert states(events, "b") == [("running", 1), ("succeeded", 1), ("running", 2),
+                                   ("succeeded", 2)]
+    assert [e["type"] for e in events].count("workflow") == 2  # earlier end kept as history
+    old = graph(client, wf, at=ended_at)  # the view as of the first end is unchanged
+    assert old["c"]["state"] == "succeeded"
+    assert_rebuilt_equals_live(client, wf)
+    missing = client.request(RestartNode(workflow_id=wf, node="ghost"))
+    assert isinstance(missing, Error)
+    assert missing.code == "not_found"
+
+
+def test_restarting_a_parent_supersedes_its_children_until_reproposed(
+        client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("p", "k")
+    wf = submit(client, diff(spec("p")), root="p")
+    p = sup.assign(node="p")
+    kids = diff(spec("p.1", "k", 1, creator="p"), spec("p.2", "k", 2, creator="p"),
+                proposer="p")
+    assert sup.propose(p, kids).ok
+    sup.finish(sup.assign(node="p.1"), 1)
+    sup.finish(sup.assign(node="p.2"), 2)
+    sup.finish(p, 3)
+    assert result(client, wf).output == 3
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="p")), Ack)
+    p2 = sup.assign(node="p")
+    assert p2.attempt == 2
+    assert p2.history is not None
+    assert [(c.seq, c.id) for c in p2.history.previous] == [(1, "p.1"), (2, "p.2")]
+    assert p2.history.results == {}  # superseded: their old results are history
+    assert sup.propose(p2, diff(spec("p.1", "k", 1, creator="p"), proposer="p")).ok
+    again = sup.assign(node="p.1")  # re-proposed: it runs again
+    assert again.attempt == 2
+    sup.finish(again, 10)
+    sup.finish(p2, 30)
+    assert result(client, wf).output == 30
+    nodes = graph(client, wf)
+    assert nodes["p.2"]["state"] == "succeeded"  # not re-proposed: the first attempt's
+    assert_rebuilt_equals_live(client, wf)
+
+
+# --- attributes --------------------------------------------------------------------------------
+
+
+def test_set_attrs_live_and_after_the_end(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    sup = supervisor("a", "b")
+    wf = submit(client, diff(spec("a"), spec("b"), edges=[EdgeSpec("a", "b")]), root="graph")
+    red = {"key": "color", "value": "red", "node": "a"}
+    assert isinstance(client.request(SetAttrs(workflow_id=wf, changes=[red])), Ack)
+    assert graph(client, wf)["a"]["attrs"]["color"] == "red"
+    bad = client.request(SetAttrs(workflow_id=wf, changes=[{**red, "node": "ghost"}]))
+    assert isinstance(bad, Error)
+    assert bad.code == "rejected"
+    sup.finish(sup.assign(node="a"), 1)
+    sup.finish(sup.assign(node="b"), 2)
+    assert result(client, wf).status == "succeeded"
+    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire")
+    label = {"key": "label", "value": "done", "node": "b"}
+    edge = {"key": "color", "value": "blue", "edge": ["a", "b"]}
+    assert isinstance(client.request(SetAttrs(workflow_id=wf, changes=[label, edge])), Ack)
+    assert graph(client, wf)["b"]["attrs"]["label"] == "done"
+    assert status(client, wf) == "succeeded"
+    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire again")
+    events = history(client, wf)
+    plan = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events]).plan
+    assert plan.edges[("a", "b")].attrs == {"color": "blue"}  # the view draws no edge attrs
+    assert_rebuilt_equals_live(client, wf)
+
+
+# --- cron schedules ---------------------------------------------------------------------------
+
+
+def add_schedule(client: Peer, name: str, cron: str = "* * * * *", overlap: str = "skip",
+                 task: str = "job") -> Any:
+    info = ScheduleInfo(name=name, cron=cron, overlap=overlap,  # type: ignore[arg-type]
+                        target=f"tasks:{task}")
+    submit_msg = Submit(name=task, root=task, diff=diff(spec(task)))
+    return client.request(AddSchedule(schedule=info, submit=submit_msg))
+
+
+def schedules(client: Peer) -> dict[str, ScheduleInfo]:
+    reply = client.request(ListSchedules())
+    assert isinstance(reply, ScheduleList)
+    return {s.name: s for s in reply.schedules}
+
+
+def tick(client: Peer, clock: FakeClock, name: str, seconds: float) -> None:
+    """Move time on and wait until the schedule has taken its tick."""
+    now = clock.advance(seconds)
+    wait_for(lambda: (schedules(client)[name].next_fire or 0) > now, what=f"{name}'s tick")
+
+
+def test_schedule_ticks_submit_runs_and_skip_overlaps(
+        flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor("job")
+    assert isinstance(add_schedule(client, "nightly"), Ack)
+    first_tick = T0 + 40  # 22:14:00
+    assert schedules(client)["nightly"].next_fire == first_tick
+    sup.none(Assign, within=0.1)
+    clock.advance(40)
+    run = sup.assign()
+    assert run.workflow_id == run_id("nightly", first_tick) == "nightly-20231114T2214Z"
+    tick(client, clock, "nightly", 60)  # the next tick finds the run live: skipped
+    sup.none(Assign, within=0.1)
+    assert flow.counters.get("schedule.skipped") == 1
+    sup.finish(run, "done")
+    assert result(client, run.workflow_id).output == "done"
+    clock.advance(60)
+    nxt = sup.assign()
+    assert nxt.workflow_id == "nightly-20231114T2216Z"
+    info = schedules(client)["nightly"]
+    assert (info.last_run, info.last_fired, info.next_fire) == (
+        nxt.workflow_id, first_tick + 120, first_tick + 180)
+    assert isinstance(client.request(RemoveSchedule(name="nightly")), Ack)
+    assert schedules(client) == {}
+    clock.advance(600)
+    sup.none(Assign, within=0.2)
+    gone = client.request(RemoveSchedule(name="nightly"))
+    assert isinstance(gone, Error)
+    assert gone.code == "not_found"
+
+
+def test_schedule_overlap_queue_starts_when_the_previous_run_ends(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor("job")
+    add_schedule(client, "q", overlap="queue")
+    clock.advance(40)
+    first = sup.assign()
+    tick(client, clock, "q", 60)  # queued
+    tick(client, clock, "q", 60)  # at most one queued: dropped
+    sup.none(Assign, within=0.1)
+    sup.finish(first, 1)
+    second = sup.assign()
+    assert second.workflow_id == "q-20231114T2215Z"  # the queued tick's run
+    sup.none(Assign, within=0.2)
+    sup.finish(second, 2)
+    assert result(client, second.workflow_id).output == 2
+
+
+def test_schedule_overlap_cancel_cancels_the_previous_run_first(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor("job")
+    add_schedule(client, "c", overlap="cancel")
+    clock.advance(40)
+    first = sup.assign()
+    clock.advance(60)
+    cancel = sup.next(CancelTask)
+    assert cancel.workflow_id == first.workflow_id
+    second = sup.assign()
+    assert second.workflow_id == "c-20231114T2215Z"
+    assert result(client, first.workflow_id).status == "cancelled"
+    sup.finish(second, "ok")
+    assert result(client, second.workflow_id).output == "ok"
+
+
+def test_bad_schedules_are_refused(client: Peer) -> None:
+    bad = add_schedule(client, "x", cron="61 * * * *")
+    assert isinstance(bad, Error)
+    assert (bad.code, "cron" in bad.reason) == ("invalid", True)
+    info = ScheduleInfo(name="y", cron="@daily", target="t")
+    broken = Submit(name="y", root="y", diff=diff(spec("y"), edges=[("y", "nowhere")]))
+    refused = client.request(AddSchedule(schedule=info, submit=broken))
+    assert isinstance(refused, Error)
+    assert refused.code == "invalid"
+    assert schedules(client) == {}
+
+
+def test_a_missed_tick_fires_once_after_downtime_never_twice(
+        tmp_path: Any, clock: FakeClock) -> None:
+    s = settings(tmp_path, clock=clock)
+
+    def runs(endpoint: str) -> list[str]:
+        peer = Peer(endpoint)
+        try:
+            return sorted(r.workflow_id for r in peer.request(GetStatus()).runs)
+        finally:
+            peer.close()
+
+    flow = Flow(s).start()
+    peer = Peer(flow.endpoint)
+    try:
+        assert isinstance(add_schedule(peer, "m", cron="*/5 * * * *"), Ack)  # next: 22:15
+    finally:
+        peer.close()
+        flow.stop()
+    clock.advance(3 * 3600)  # down for hours: 36 ticks missed
+    flow = Flow(s).start()
+    try:
+        wait_for(lambda: runs(flow.endpoint), what="the missed tick's run")
+        assert runs(flow.endpoint) == ["m-20231115T0110Z"]  # the latest missed tick, once
+        peer = Peer(flow.endpoint)
+        peer.request(CancelWorkflow(workflow_id="m-20231115T0110Z"))  # over: no overlap
+        peer.close()
+    finally:
+        flow.stop()
+    # The run was recorded but say the schedule's own row was not: the tick comes again.
+    db = Database(s.db)
+    body = unpack(db.conn.execute("SELECT body FROM schedules").fetchone()[0])
+    body["info"]["next_fire"] = body["info"]["last_fired"]
+    db.conn.execute("UPDATE schedules SET body = ?", (pack(body),))
+    db.close()
+    flow = Flow(s).start()
+    try:
+        wait_for(lambda: flow.counters.get("schedule.duplicate") == 1, what="the retry")
+        assert runs(flow.endpoint) == ["m-20231115T0110Z"]  # its id is taken: never twice
+    finally:
+        flow.stop()
+
+
+# --- the cache ---------------------------------------------------------------------------------
+
+
+def test_a_cached_result_serves_another_workflow_without_running(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    sup = supervisor(TaskInfo(name="square", cache=True, version="1"), "use")
+    square = diff(spec("square", "square", 3, exp=2))
+    first = submit(client, square, root="square")
+    a = sup.assign()
+    assert a.inputs == {"args": [3], "kwargs": {"exp": 2}}
+    sup.finish(a, 9)
+    assert result(client, first).output == 9
+    second = submit(client, diff(spec("square", "square", 3, exp=2), spec("use", "use",
+                                 {"$ref": "square"}), edges=[EdgeSpec("square", "use",
+                                                                     data=True)]),
+                    root="use")
+    use = sup.assign()
+    assert use.node == "use"  # square was never assigned: served from the cache
+    assert use.inputs == {"args": [9], "kwargs": {}}
+    sup.finish(use, "used")
+    assert result(client, second).output == "used"
+    assert graph(client, second)["square"]["attrs"] == {"cached": True}
+    assert states(history(client, second), "square") == [("running", 1), ("succeeded", 1)]
+    assert flow.counters.get("cache.hits") == 1
+    third = submit(client, diff(spec("square", "square", 4, exp=2)), root="square")
+    miss = sup.assign()  # other inputs: a miss
+    assert miss.workflow_id == third
+    sup.finish(miss, 16)
+    assert result(client, third).output == 16
+    assert_rebuilt_equals_live(client, second)
+
+
+def test_a_new_task_version_misses_the_cache(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    old = supervisor(TaskInfo(name="f", cache=True, version="1"), supervisor_id="s")
+    wf = submit(client, diff(spec("f", "f", 1)), root="f")
+    old.finish(old.assign(), "v1")
+    assert result(client, wf).output == "v1"
+    old.close()  # redeployed: the same supervisor comes back with version 2
+    new = supervisor(TaskInfo(name="f", cache=True, version="2"), supervisor_id="s")
+    wf2 = submit(client, diff(spec("f", "f", 1)), root="f")
+    new.finish(new.assign(), "v2")
+    assert result(client, wf2).output == "v2"
+    assert flow.counters.get("cache.hits") == 0
+
+
+def test_signal_to_an_unknown_workflow_is_not_found(client: Peer) -> None:
+    for ask in (SendSignal(workflow_id="nope", name="x"), PauseWorkflow(workflow_id="nope"),
+                RestartNode(workflow_id="nope", node="a"), AwaitResult(workflow_id="nope")):
+        reply = client.request(ask)
+        assert isinstance(reply, Error), ask
+        assert reply.code == "not_found", (ask, reply)
