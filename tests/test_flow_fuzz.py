@@ -25,21 +25,39 @@ from plait.errors import ProtocolError
 from plait.protocol.codec import correlation_of, decode, encode, pack
 from plait.protocol.messages import (
     Ack,
+    AddSchedule,
     Assign,
     AttemptRef,
     AwaitResult,
     CancelTask,
     Credit,
     Error,
+    Evict,
     FeedEvent,
     Finish,
     GetGraph,
     Hello,
+    History,
+    ListSchedules,
     Message,
+    NodeResult,
+    PauseWorkflow,
     Propose,
+    Query,
+    QueryReply,
+    Recorded,
+    RemoveSchedule,
     Resolved,
+    RestartNode,
+    ResumeWorkflow,
+    ScheduleInfo,
+    ScheduleList,
+    SendSignal,
+    SetAttrs,
+    SetState,
     Submit,
     Submitted,
+    TaskHeartbeat,
     TaskInfo,
     Wait,
     Welcome,
@@ -49,7 +67,9 @@ from plait.protocol.messages import (
 N = 10_000
 LIMIT = 64 * 1024
 ANSWERS = (Error, Ack)  # Flow never answers an answer
-TO_FLOW = (Submit, AwaitResult, GetGraph, Hello, Credit, Propose, Wait, Finish)
+TO_FLOW = (Submit, AwaitResult, GetGraph, Hello, Credit, Propose, Wait, Finish, TaskHeartbeat,
+           SetState, SendSignal, Query, PauseWorkflow, ResumeWorkflow, RestartNode, SetAttrs,
+           AddSchedule, RemoveSchedule, ListSchedules)
 CODES = {"malformed", "too_large", "bad_version", "unknown_type", "invalid"}
 
 SEEDS: list[Message] = [
@@ -69,6 +89,23 @@ SEEDS: list[Message] = [
     Resolved(workflow_id="w", node="n", results={}),
     FeedEvent(workflow_id="w", seq=1, event={}),
     Error(code="x", reason="y"), Ack(),
+    # durable execution and operator controls
+    Wait(workflow_id="w", node="n", attempt=1, timer=5.0, seq=2, resident=False,
+         recorded=[Recorded(seq=0, kind="random", value=0.5, site="f.py:3")]),
+    TaskHeartbeat(workflow_id="w", node="n", attempt=1, details={"i": 3}),
+    SetState(workflow_id="w", node="n", attempt=1, value=[1]),
+    SendSignal(workflow_id="w", name="go", payload={"ok": True}), Query(workflow_id="w"),
+    PauseWorkflow(workflow_id="w"), ResumeWorkflow(workflow_id="w"),
+    RestartNode(workflow_id="w", node="n"),
+    SetAttrs(workflow_id="w", changes=[{"key": "color", "value": "red", "node": "n"}]),
+    AddSchedule(schedule=ScheduleInfo(name="s", cron="* * * * *", target="m:t"),
+                submit=Submit(name="t", root="t", diff=diff(spec("t")))),
+    RemoveSchedule(name="s"), ListSchedules(),
+    Assign(workflow_id="w", node="n", attempt=2, task="t", inputs={}, idempotency_key="k",
+           history=History(results={"n.1": NodeResult(state="succeeded", output=1)},
+                           timers=[1], signals=[(2, "x")])),
+    Evict(workflow_id="w", node="n", attempt=1), QueryReply(workflow_id="w"),
+    ScheduleList(schedules=[]),
 ]
 
 WRONG = [None, 7, -1, 2.5, "s", b"bytes", [1, "x"], {"k": "v"}, True, "x" * 300]
