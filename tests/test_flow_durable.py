@@ -222,6 +222,34 @@ def test_retry_backoff_is_a_timer_on_flows_clock(
     assert [e["due"] - e["ts"] for e in retries] == [10, 20]  # stored: survives a restart
 
 
+def test_retry_backoff_survives_a_flow_restart(tmp_path: Any, clock: FakeClock) -> None:
+    s = settings(tmp_path, clock=clock, retry_scale=1.0)
+    info = TaskInfo(name="a", retry={"initial": 100, "maximum": 100})
+    flow = Flow(s).start()
+    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info])
+    try:
+        wf = submit(client, diff(spec("a")))
+        sup.finish(sup.assign(), ok=False, error=BOOM)
+    finally:
+        client.close()
+        sup.close()
+        flow.stop()
+    clock.advance(60)
+    flow = Flow(s).start()
+    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info])
+    try:
+        sup.none(Assign, within=0.2)  # 40 s of backoff left
+        clock.advance(40)
+        again = sup.assign()
+        assert again.attempt == 2
+        sup.finish(again, "ok")
+        assert result(client, wf).output == "ok"
+    finally:
+        client.close()
+        sup.close()
+        flow.stop()
+
+
 def test_non_retryable_exception_names(client: Peer, supervisor: Factory) -> None:
     sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 5, "initial": 0,
                                                "non_retryable": ["ValueError"]}))

@@ -119,9 +119,10 @@ class Database:
                                          pack(ev.get("error")), wf))
         elif kind in _STATUS:
             cur.execute("UPDATE workflows SET status = ? WHERE id = ?", (_STATUS[kind], wf))
-        elif kind == "restart":
+        elif kind == "restart":  # an ended workflow runs again; a live one stays as it is
             cur.execute("UPDATE workflows SET status = 'running', finished = NULL, "
-                        "output = NULL, error = NULL WHERE id = ?", (wf,))
+                        "output = NULL, error = NULL WHERE id = ? AND status IN (?, ?, ?, ?)",
+                        (wf, *sorted(ENDED)))
 
     # --- reading --------------------------------------------------------------
 

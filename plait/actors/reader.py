@@ -135,7 +135,9 @@ class Reader(pykka.ThreadingActor):
         if isinstance(msg, REFUSED):
             return Error(id=msg.id, code="rejected", reason=f"workflow {wf!r} has ended "
                                                              f"({status})")
-        if isinstance(msg, RestartNode | SetAttrs) and self._revive is not None:
+        if isinstance(msg, RestartNode | SetAttrs):
+            if self._revive is None:
+                return Error(id=msg.id, code="unavailable", reason="Flow is stopping")
             self._revive(wf, WorkflowState.rebuild(wf, self.db.events(wf)), request)
             return None  # the revived keeper answers
         return WorkflowResult(id=msg.id, workflow_id=wf, status=status, output=output,
