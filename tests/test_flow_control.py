@@ -328,6 +328,19 @@ def test_schedule_ticks_submit_runs_and_skip_overlaps(
     assert gone.code == "not_found"
 
 
+def test_schedules_sharing_ticks_share_timers(
+        flow: Flow, client: Peer, clock: FakeClock) -> None:
+    for name in ("x", "y", "z"):
+        add_schedule(client, name, cron="*/2 * * * *")
+    add_schedule(client, "w")
+    for _ in range(6):
+        tick(client, clock, "w", 60)
+    # one look at Flow's start, then one per distinct tick time, however many schedules
+    assert flow.counters.get("schedule.checks") == 1 + 6
+    assert flow.counters.get("schedule.runs") == 4  # the first tick; later ones overlap
+    assert flow.counters.get("schedule.skipped") == 5 + 2 * 3
+
+
 def test_schedule_overlap_queue_starts_when_the_previous_run_ends(
         client: Peer, supervisor: Factory, clock: FakeClock) -> None:
     sup = supervisor("job")

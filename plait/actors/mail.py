@@ -246,7 +246,9 @@ class Retire:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleDue:
-    """A schedule's next tick may have come."""
+    """A schedule's next tick may have come (the timer was armed for ``at``)."""
+
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class Scheduler(pykka.ThreadingActor):
         self.store, self.registry, self.counters = store, registry, counters
         self.timers, self.start_run = timers, start_run
         self.schedules: dict[str, Schedule] = {}
+        self.armed: set[float] = set()  # times a ScheduleDue is on its way for
         for body in stored:
             try:
                 s = Schedule.from_body(body)
@@ -99,6 +100,7 @@ class Scheduler(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ScheduleDue):
+            self.armed.discard(message.at or 0.0)
             self._due()
         elif isinstance(message, RunEnded):
             self._ended(message.workflow_id)
@@ -155,6 +157,7 @@ class Scheduler(pykka.ThreadingActor):
 
     def _due(self) -> None:
         """Fire every schedule whose next tick has come (once, however many passed)."""
+        self.counters.add("schedule.checks")
         now = self.timers.now()
         for s in list(self.schedules.values()):
             before = s.body()
@@ -202,13 +205,17 @@ class Scheduler(pykka.ThreadingActor):
         return workflow_id is not None and self.registry.is_live(workflow_id)
 
     def _arm(self, s: Schedule) -> None:
-        if s.info.next_fire is not None:
-            ref = self.actor_ref
+        """One timer per distinct tick time, however many schedules share it."""
+        at = s.info.next_fire
+        if at is None or at in self.armed:
+            return
+        self.armed.add(at)
+        ref = self.actor_ref
 
-            def due() -> None:  # on the timer thread: only a tell
-                safe_tell(ref, ScheduleDue())
+        def due() -> None:  # on the timer thread: only a tell
+            safe_tell(ref, ScheduleDue(at))
 
-            self.timers.call_at(s.info.next_fire, due)
+        self.timers.call_at(at, due)
 
     # --- storing and answering ----------------------------------------------------------
 
