@@ -24,13 +24,14 @@ from plait.client_errors import (
     FlowError,
     FlowUnavailable,
     NotFound,
+    Refused,
     ReplayDiverged,
     ResultTimeout,
     error_from_reply,
     outcome_error,
     rejection_error,
 )
-from plait.errors import PlaitError, ProtocolError
+from plait.errors import NonDeterminismError, PlaitError, PlanError, ProtocolError
 from plait.protocol import codec
 from plait.protocol.diff import AttrChange
 from plait.protocol.messages import (
@@ -72,6 +73,7 @@ __all__ = [
     "FlowError",
     "FlowUnavailable",
     "NotFound",
+    "Refused",
     "ReplayDiverged",
     "ResultTimeout",
     "Run",
@@ -255,16 +257,16 @@ class Client:
     # --- operator controls (Run has the same, for its workflow) ----------------------
 
     def pause(self, workflow_id: str) -> None:
-        self.request(PauseWorkflow(workflow_id=workflow_id), Ack)
+        self.control(PauseWorkflow(workflow_id=workflow_id))
 
     def resume(self, workflow_id: str) -> None:
-        self.request(ResumeWorkflow(workflow_id=workflow_id), Ack)
+        self.control(ResumeWorkflow(workflow_id=workflow_id))
 
     def restart(self, workflow_id: str, node: str) -> None:
-        self.request(RestartNode(workflow_id=workflow_id, node=node), Ack)
+        self.control(RestartNode(workflow_id=workflow_id, node=node))
 
     def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
-        self.request(SendSignal(workflow_id=workflow_id, name=name, payload=payload), Ack)
+        self.control(SendSignal(workflow_id=workflow_id, name=name, payload=payload))
 
     def query(self, workflow_id: str) -> QueryReply:
         """The workflow's latest ``ctx.set_state`` value and every node's latest."""
@@ -272,8 +274,19 @@ class Client:
 
     def set_attrs(self, workflow_id: str, changes: Sequence[AttrChange]) -> None:
         """Apply cosmetic changes as one operator diff."""
-        self.request(SetAttrs(workflow_id=workflow_id,
-                              changes=[c.to_dict() for c in changes]), Ack)
+        self.control(SetAttrs(workflow_id=workflow_id, changes=[c.to_dict() for c in changes]))
+
+    def control(self, message: Message) -> None:
+        """Send an operator's control; a refusal raises :class:`Refused` (whatever
+        rule it broke: it is the operator's request that was refused, not a task)."""
+        try:
+            self.request(message, Ack)
+        except (PlanError, NonDeterminismError) as exc:
+            raise Refused("rejected", str(exc)) from exc
+        except FlowError as exc:
+            if exc.code != "rejected" or isinstance(exc, Refused):
+                raise
+            raise Refused(exc.code, exc.reason, exc.detail) from exc
 
     # --- cron schedules -------------------------------------------------------------------
 

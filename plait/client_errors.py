@@ -23,7 +23,7 @@ from plait.errors import (
 )
 from plait.protocol.messages import Error, WorkflowResult
 
-__all__ = ["FlowError", "FlowUnavailable", "NotFound", "ReplayDiverged", "ResultTimeout",
+__all__ = ["FlowError", "FlowUnavailable", "NotFound", "Refused", "ReplayDiverged", "ResultTimeout",
            "error_from_reply", "outcome_error", "rejection_error"]
 
 
@@ -45,6 +45,11 @@ class FlowError(PlaitError):
 
 class NotFound(FlowError):
     """No such workflow, node or schedule in Flow."""
+
+
+class Refused(FlowError):
+    """Flow refused an operator's control: the workflow has ended, a node to restart
+    is still running, an attribute names no node or edge..."""
 
 
 class ResultTimeout(PlaitError, TimeoutError):
