@@ -109,7 +109,6 @@ class KeeperBase(pykka.ThreadingActor):
         self.beats: dict[str, float] = {}  # running node -> its last heartbeat
         self.queued_at: dict[str, float] = {}  # ready node -> when it was queued
         self.retiring = False  # the end is recorded: leaving once it is committed
-        self.retire_seq = 0
         self.gone = False  # left the Registry: whatever still arrives goes to the Reader
         self._events: list[StoredEvent] = []
         self._out: list[tuple[bytes, bytes]] = []

@@ -128,7 +128,7 @@ class ControlMixin(KeeperBase):
 
     def _retire_after_commit(self) -> None:
         self.retiring = True
-        self.retire_seq = seq = self.st.seq
+        seq = self.st.seq
         ref = self.actor_ref
 
         def retire() -> None:  # on the Store's thread, once the events up to seq are in
