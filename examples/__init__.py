@@ -6,7 +6,10 @@
 - :mod:`examples.map_reduce`: a collection in, a collection out, then a reduce.
 - :mod:`examples.subgraph`: ``A -> X -> B`` where X is ``N -> M`` or ``J -> K``.
 - :mod:`examples.broken_promise`: a task that breaks its promise and is terminated.
-- :mod:`examples.weekly_email`: seed 004's weekly email, with retries.
+- :mod:`examples.weekly_email`: seed 004's weekly email, with retries; each email sent once.
+- :mod:`examples.reminder`: a durable ``ctx.sleep`` that holds no process.
+- :mod:`examples.approval`: waits for a person's signal (``ctx.signal``) without a process.
 
-``plait demo`` runs them all; ``plait dev`` serves them by default.
+``plait demo`` runs them all but ``approval`` (it waits for a signal); ``plait dev``
+serves them all by default.
 """

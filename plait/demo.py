@@ -2,7 +2,8 @@
 
 ``plait dev`` keeps Flow and one supervisor running (as child processes) until
 Ctrl-C. ``plait demo`` starts a throw-away cluster on free ports, runs every
-example of ``examples/``, draws each workflow's graph as SVG and exits.
+example of ``examples/`` that ends by itself (not ``approval``, which waits
+for a person's signal), draws each workflow's graph as SVG and exits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run
 EXAMPLE_MODULES = (
     "examples.static", "examples.branching", "examples.random_map", "examples.map_reduce",
     "examples.subgraph", "examples.broken_promise", "examples.weekly_email",
+    "examples.reminder", "examples.approval",
 )
 
 
@@ -52,6 +54,8 @@ DEMOS = (
          note="breaks its promise: terminated, drawn in red"),
     Demo("weekly_email", "examples.weekly_email:weekly_email", kwargs={"seed": 3},
          note="seed 004: emails retried, the workflow retried until it succeeds"),
+    Demo("reminder", "examples.reminder:remind", ("stretch", 1.0),
+         note="a durable one-second sleep that holds no worker"),
 )
 
 

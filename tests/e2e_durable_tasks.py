@@ -115,14 +115,14 @@ async def fickle(ctx: Context, flag: str) -> str:
 async def fickle_spawn(ctx: Context, flag: str) -> int:
     """Diverges on replay once ``flag`` exists: it spawns another input at seq 1."""
     x = 3 if _flagged(flag) else 2
-    child = ctx.spawn(square, x)  # the divergent line: the test looks for it
+    child = ctx.spawn(triple, x)  # the divergent line: the test looks for it
     await ctx.signal("go")
     return int(await child)
 
 
 @task
-def square(ctx: Context, x: int) -> int:
-    return x * x
+def triple(ctx: Context, x: int) -> int:
+    return 3 * x
 
 
 @task(cache=True, version="1")
@@ -147,5 +147,5 @@ async def reporter(ctx: Context, steps: int) -> int:
 
 
 __all__ = ["costly", "fickle", "fickle_spawn", "held", "lines", "napper", "parent",
-           "reporter", "sequential", "square", "stamp", "three_steps", "two_steps",
-           "uses_costly"]
+           "reporter", "sequential", "stamp", "three_steps", "triple",
+           "two_steps", "uses_costly"]

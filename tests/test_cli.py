@@ -23,7 +23,7 @@ from plait.demo import DEMOS
 from plait.testing import Cluster, descendants, free_port, wait_for
 
 VERBS = ["dev", "flow", "supervisor", "submit", "status", "watch", "graph", "trace", "history",
-         "cancel", "demo"]
+         "cancel", "demo", "pause", "resume", "restart", "signal", "query", "attrs", "schedule"]
 
 
 def plait(*argv: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -43,13 +43,24 @@ def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> N
     assert f"usage: plait {verb}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("action", ["add", "ls", "rm"])
+def test_every_schedule_action_has_help(action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["schedule", action, "--help"])
+    assert exited.value.code == 0
+    assert f"usage: plait schedule {action}" in capsys.readouterr().out
+
+
 def test_python_m_plait() -> None:
     done = plait("--help", timeout=60)
     assert done.returncode == 0
     assert all(verb in done.stdout for verb in VERBS)
 
 
-@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["graph"], ["status", "--at", "x"]])
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["graph"], ["status", "--at", "x"],
+                                  ["restart", "wf"], ["schedule"], ["attrs", "wf", "k=1"],
+                                  ["schedule", "add", "n", "* * * * *", "m:t",
+                                   "--overlap", "sometimes"]])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -73,7 +84,8 @@ def test_an_unreachable_flow_exits_3(capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with e2e.cluster(["e2e_tasks", "examples.static", "examples.broken_promise"]) as c:
+    with e2e.cluster(["e2e_tasks", "e2e_durable_tasks", "examples.static",
+                      "examples.broken_promise", "examples.approval"]) as c:
         yield c
 
 
@@ -149,9 +161,16 @@ def test_status(cli: Cli, static_run: str) -> None:
     assert static_run in out
 
 
-@pytest.mark.parametrize("verb", ["status", "graph", "history", "cancel", "watch"])
-def test_unknown_workflow_exits_7(cli: Cli, verb: str) -> None:
-    assert cli(verb, "no-such-workflow")[0] == Exit.NOT_FOUND
+NONE = "no-such-workflow"
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", NONE], ["graph", NONE], ["history", NONE], ["cancel", NONE], ["watch", NONE],
+    ["pause", NONE], ["resume", NONE], ["query", NONE], ["signal", NONE, "go"],
+    ["restart", NONE, "node"], ["attrs", NONE, "--node", "n", "k=1"],
+    ["schedule", "rm", "no-such-schedule"]])
+def test_unknown_workflow_exits_7(cli: Cli, argv: list[str]) -> None:
+    assert cli(*argv)[0] == Exit.NOT_FOUND
 
 
 def test_graph_in_each_format(cli: Cli, static_run: str, tmp_path: Path) -> None:
@@ -196,6 +215,73 @@ def test_watch_a_finished_workflow(cli: Cli, static_run: str) -> None:
     assert first["event"]["type"] == "snapshot"
     code, text = cli("watch", static_run)
     assert "snapshot" in text
+
+
+# --- operator controls -------------------------------------------------------------------------
+
+
+def test_signal_and_query(cli: Cli, cluster: Cluster) -> None:
+    wid = cli.json("submit", "examples.approval:publish", '"notes"')["workflow_id"]
+    waiting = {"step": "waiting for approval", "title": "notes"}
+    wait_for(lambda: cli.json("query", wid)["state"] == waiting, e2e.RESULT_TIMEOUT)
+    assert cli.json("query", wid) == {"workflow_id": wid, "state": waiting,
+                                      "nodes": {"publish": waiting}}
+    code, out = cli("query", wid)
+    assert (code, json.loads(out)) == (Exit.OK, waiting)
+    code, out = cli("query", wid, "--nodes")
+    assert (code, out.split("\t")[0]) == (Exit.OK, "publish")
+    sent = cli.json("signal", wid, "approve", '{"by": "cli"}')
+    assert sent == {"workflow_id": wid, "signal": "approve", "payload": {"by": "cli"}}
+    assert cluster.client.run(wid).result(timeout=e2e.RESULT_TIMEOUT) == \
+        "released 'notes', approved by cli"
+    assert cli("signal", wid, "approve")[0] == Exit.REFUSED  # it has ended
+
+
+def test_pause_and_resume(cli: Cli, cluster: Cluster) -> None:
+    wid = cli.json("submit", "e2e_durable_tasks:reporter", "2")["workflow_id"]
+    assert cli.json("pause", wid) == {"workflow_id": wid, "paused": True}
+    assert cli.json("status", wid)["status"] == "paused"
+    code, out = cli("resume", wid)
+    assert (code, out.strip()) == (Exit.OK, f"resumed {wid}")
+    assert cli.json("status", wid)["status"] == "running"
+    assert cli("signal", wid, "finish", "1")[0] == Exit.OK
+    assert cluster.client.run(wid).result(timeout=e2e.RESULT_TIMEOUT) == 3
+    assert cli("pause", wid)[0] == Exit.REFUSED
+
+
+def test_restart_and_attrs(cli: Cli, cluster: Cluster, static_run: str) -> None:
+    done = cli.json("attrs", static_run, "--node", "start", 'color="green"', "label=checked")
+    assert done["changes"] == [
+        {"key": "color", "value": "green", "node": "start", "edge": None},
+        {"key": "label", "value": "checked", "node": "start", "edge": None}]
+    assert cli("attrs", static_run, "--edge", "start", "1", "label=first")[0] == Exit.OK
+    start = next(n for n in cli.json("graph", static_run)["nodes"] if n["id"] == "start")
+    assert {"color": "green", "label": "checked"}.items() <= start["attrs"].items()
+    assert cli("attrs", static_run, "--node", "nowhere", "k=1")[0] == Exit.REFUSED
+    assert cli("restart", static_run, "nowhere")[0] == Exit.NOT_FOUND
+    assert cli.json("restart", static_run, "2")["restarted"] is True
+    run = cluster.client.run(static_run)
+    assert run.result(timeout=e2e.RESULT_TIMEOUT) == {"1": 10, "end": "end"}
+    runs = [e["attempt"] for e in run.history()
+            if e["type"] == "state" and e["state"] == "running" and e["node"] in ("2", "end")]
+    assert runs == [1, 1, 2, 2]  # 2 and end, downstream of it, ran again
+
+
+def test_schedule_add_ls_rm(cli: Cli) -> None:
+    added = cli.json("schedule", "add", "yearly", "@yearly", "e2e_tasks:square", "3",
+                     "--overlap", "queue")
+    assert (added["name"], added["cron"], added["overlap"], added["target"]) == \
+        ("yearly", "@yearly", "queue", "e2e_tasks:square")
+    assert added["next_fire"] is not None
+    assert [s["name"] for s in cli.json("schedule", "ls")] == ["yearly"]
+    code, table = cli("schedule", "ls")
+    assert code == Exit.OK
+    assert "yearly" in table
+    assert "e2e_tasks:square" in table
+    assert cli("schedule", "add", "bad", "61 * * * *", "e2e_tasks:square", "3")[0] == Exit.USAGE
+    assert cli("schedule", "add", "bad", "* * * * *", "no_such_module:x")[0] == Exit.USAGE
+    assert cli.json("schedule", "rm", "yearly") == {"name": "yearly", "removed": True}
+    assert cli.json("schedule", "ls") == []
 
 
 # --- whole-process verbs -----------------------------------------------------------------------

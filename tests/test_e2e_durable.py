@@ -122,7 +122,7 @@ def test_pause_holds_new_tasks_running_ones_finish_and_resume_releases(
     wait_for(lambda: in_state(run, "first", "succeeded"), T)  # the running one finished
     wait_for(lambda: in_state(run, "second", "ready"), T)
     # Flow still serves other work meanwhile; the paused workflow's ready node waits.
-    assert cluster.client.submit("e2e_durable_tasks:square", 4).result(timeout=T) == 16
+    assert cluster.client.submit("e2e_durable_tasks:triple", 4).result(timeout=T) == 12
     assert in_state(run, "second", "ready")
     assert ran(log, "second") == 0
     assert run.status() == "paused"
@@ -254,7 +254,7 @@ def test_evicted_parents_replay_without_rerunning_finished_children(
         waiting = c.client.submit("examples.approval:publish", "x")
         wait_for(lambda: in_state(waiting, "publish", "suspended")
                  and waiting.query() is not None, T)
-        assert c.client.submit("e2e_durable_tasks:square", 5).result(timeout=T) == 25
+        assert c.client.submit("e2e_durable_tasks:triple", 5).result(timeout=T) == 15
         waiting.signal("approve")
         assert waiting.result(timeout=T).startswith("released")
 
@@ -274,7 +274,7 @@ def test_a_failing_root_is_retried_and_each_email_is_sent_once(
 
 @pytest.mark.parametrize(("target", "marker"), [
     ("e2e_durable_tasks:fickle", "ctx.now()  # the divergent line"),
-    ("e2e_durable_tasks:fickle_spawn", "ctx.spawn(square, x)  # the divergent line"),
+    ("e2e_durable_tasks:fickle_spawn", "ctx.spawn(triple, x)  # the divergent line"),
 ])
 def test_a_replay_that_diverges_fails_with_non_determinism_at_its_line(
         cluster: Cluster, tmp_path: Path, target: str, marker: str) -> None:

@@ -7,6 +7,7 @@ point of the example) the as-of-now view at registration, before anything ran.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import e2e
@@ -17,7 +18,7 @@ from plait.client import Run
 from plait.demo import EXAMPLE_MODULES
 from plait.errors import PromiseViolation, TaskFailed
 from plait.protocol.render import to_dot
-from plait.testing import Cluster
+from plait.testing import Cluster, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +155,14 @@ def _attempts(run: Run) -> dict[str, int]:
     return {node: len(attempts) for node, attempts in started.items()}
 
 
-def test_weekly_email_retries_until_it_succeeds(cluster: Cluster) -> None:
-    seed = 3
+def test_weekly_email_retries_until_it_succeeds(cluster: Cluster, tmp_path: Path) -> None:
+    seed, outbox = 3, str(tmp_path / "outbox")
     assert weekly_email.fails(seed, 1, 0.75)
     assert not weekly_email.fails(seed, 2, 0.75)
-    run, output = finish(cluster, "examples.weekly_email:weekly_email", seed=seed)
+    run, output = finish(cluster, "examples.weekly_email:weekly_email", seed=seed,
+                         outbox=outbox)
     assert output == 5
+    assert weekly_email.sent(outbox) == dict.fromkeys(weekly_email.ORGS[:5], 1)  # once each
     attempts = _attempts(run)
     assert attempts["weekly_email"] == 2  # the workflow failed once, then succeeded
     assert attempts["weekly_email.1"] == 1  # the organisations were not fetched again
@@ -177,3 +180,29 @@ def test_weekly_email_fails_when_every_attempt_fails(cluster: Cluster) -> None:
         run.result(timeout=e2e.RESULT_TIMEOUT)
     assert caught.value.cause == "ZeroDivisionError"
     assert _attempts(run)["weekly_email"] == 5
+
+
+def test_reminder_sleeps_durably_then_reminds(cluster: Cluster) -> None:
+    run, output = finish(cluster, "examples.reminder:remind", "stretch", 0.5)
+    assert output.startswith("reminder: stretch (after ")
+    nodes, _ = e2e.committed(run.graph(unfold=True))
+    assert nodes == {"remind": ("remind", "succeeded", None),
+                     "remind.1": ("send_reminder", "succeeded", "remind")}
+    assert [e["type"] for e in run.history()].count("timer") == 1
+    slept = states(run, "remind", "suspended")[0]["wait"]
+    assert slept["resident"] is False  # the sleep held no worker
+
+
+def test_approval_waits_for_a_signal_without_a_process(cluster: Cluster) -> None:
+    run = cluster.client.submit("examples.approval:publish", "release notes")
+    wait_for(lambda: run.query() == {"step": "waiting for approval", "title": "release notes"},
+             e2e.RESULT_TIMEOUT)
+    waiting = wait_for(lambda: [e["wait"] for e in states(run, "publish", "suspended")
+                                if e["wait"].get("signal")], e2e.RESULT_TIMEOUT)[0]
+    assert (waiting["signal"], waiting["resident"]) == ("approve", False)  # no worker holds it
+    run.signal("approve", {"by": "ana", "ok": True})
+    assert run.result(timeout=e2e.RESULT_TIMEOUT) == "released 'release notes', approved by ana"
+    assert run.query() == {"step": "releasing", "by": "ana"}
+    nodes, _ = e2e.committed(run.graph(unfold=True))
+    assert sorted(task for task, _, _ in nodes.values()) == ["draft", "publish", "release"]
+    assert len(states(run, "publish.1", "running")) == 1  # the draft was written once
