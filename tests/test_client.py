@@ -18,12 +18,21 @@ from plait.client import (
     Client,
     FlowUnavailable,
     NotFound,
+    Refused,
     ResultTimeout,
     outcome_error,
 )
-from plait.errors import PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
+from plait.errors import (
+    NonDeterminismError,
+    PlanError,
+    PromiseViolation,
+    TaskFailed,
+    WorkflowCancelled,
+)
 from plait.protocol import codec
 from plait.protocol.messages import (
+    Ack,
+    AddSchedule,
     Error,
     FeedEvent,
     GetGraph,
@@ -31,8 +40,17 @@ from plait.protocol.messages import (
     GetStatus,
     GraphReply,
     HistoryReply,
+    ListSchedules,
     Message,
+    PauseWorkflow,
+    Query,
+    QueryReply,
+    RestartNode,
     RunInfo,
+    ScheduleInfo,
+    ScheduleList,
+    SendSignal,
+    SetAttrs,
     StatusReply,
     Submit,
     WorkflowResult,
@@ -182,6 +200,69 @@ def test_outcomes_map_to_the_documented_exceptions() -> None:
     assert (error.promise, error.owner, error.proposer) == ("P", "o", "x")
     assert isinstance(outcome_error(WorkflowResult(workflow_id="w", status="cancelled")),
                       WorkflowCancelled)
+
+
+def test_a_divergence_is_both_task_failed_and_non_determinism() -> None:
+    diverged = outcome_error(WorkflowResult(workflow_id="w", status="failed", error={
+        "type": "NonDeterminismError", "node": "n", "attempts": 1,
+        "message": "n: replay diverged at record seq 0: the history has random() at "
+                   "a.py:3, this run calls now() at a.py:5"}))
+    assert isinstance(diverged, TaskFailed)
+    assert isinstance(diverged, NonDeterminismError)
+    assert (diverged.node, diverged.call_site) == ("n", "a.py:5")
+
+
+def test_controls_and_schedules_send_their_messages(fake: Callable[[Script], FakeFlow]) -> None:
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        if isinstance(msg, Query):
+            return [codec.encode(QueryReply(id=msg.id, workflow_id=msg.workflow_id, state=2,
+                                            nodes={"a": 1, "b": 2}))]
+        if isinstance(msg, ListSchedules):
+            info = ScheduleInfo(name="s", cron="@daily", target="m:t", next_fire=86400.0)
+            return [codec.encode(ScheduleList(id=msg.id, schedules=[info]))]
+        if isinstance(msg, RestartNode) and msg.node == "busy":
+            return [codec.encode(Error(id=msg.id, code="rejected", reason="busy", detail={
+                "kind": "plan", "reason": "busy still running", "proposer": None}))]
+        if isinstance(msg, PauseWorkflow) and msg.workflow_id == "ended":
+            return [codec.encode(Error(id=msg.id, code="rejected", reason="it has ended"))]
+        return [codec.encode(Ack(id=msg.id))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=5) as client:
+        run = client.run("wf")
+        run.pause()
+        run.resume()
+        run.restart("n")
+        run.signal("go", {"x": 1})
+        run.set_attrs("n", color="red")
+        run.set_attrs(edge=("a", "b"), label="then")
+        assert (run.query(), run.query("a"), run.states()) == (2, 1, {"a": 1, "b": 2})
+        with pytest.raises(Refused, match="busy"):
+            run.restart("busy")
+        with pytest.raises(Refused, match="ended"):
+            client.run("ended").pause()
+        with pytest.raises(ValueError, match="exactly one"):
+            run.set_attrs("n", edge=("a", "b"), color="red")
+        with pytest.raises(ValueError, match="overlap"):
+            client.add_schedule_diff("s", "@daily", "m:t", "t", "t", {}, overlap="often")
+        added = client.add_schedule_diff("s", "@daily", "m:t", "t", "t", {"nodes": []},
+                                         overlap="queue")
+        assert added.next_fire == 86400.0
+        client.remove_schedule("s")
+    sent = [m for m in flow.seen if not isinstance(m, Query | ListSchedules)]
+    assert [type(m).__name__ for m in sent] == [
+        "PauseWorkflow", "ResumeWorkflow", "RestartNode", "SendSignal", "SetAttrs", "SetAttrs",
+        "RestartNode", "PauseWorkflow", "AddSchedule", "RemoveSchedule"]
+    signal = sent[3]
+    assert isinstance(signal, SendSignal)
+    assert (signal.name, signal.payload) == ("go", {"x": 1})
+    attrs = sent[5]
+    assert isinstance(attrs, SetAttrs)
+    assert attrs.changes == [{"key": "label", "value": "then", "node": None,
+                              "edge": ["a", "b"]}]
+    schedule = sent[8]
+    assert isinstance(schedule, AddSchedule)
+    assert (schedule.schedule.overlap, schedule.submit.name) == ("queue", "t")
 
 
 def test_watch_snapshots_then_fills_a_gap_from_history(

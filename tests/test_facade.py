@@ -1,0 +1,41 @@
+"""The public names of ``plait``: code outside the project relies on them.
+
+A snapshot: adding, removing or renaming a public name must be a deliberate
+change of this list (and of the README), never a side effect.
+"""
+
+from __future__ import annotations
+
+import plait
+
+PUBLIC = [
+    "Any", "Client", "Context", "Graph", "Loop", "MaxNodes", "MaxParallel", "NoEdgesFrom",
+    "NoEdgesTo", "NoNewEdges", "NoNewNodes", "NonDeterminismError", "OneOf", "OnlyEdges",
+    "OnlyNodes", "Par", "PlaitError", "PlanError", "PromiseViolation", "ProtocolError",
+    "Repeat", "Retry", "Run", "Seq", "Shape", "TaskFailed", "WorkflowCancelled", "task",
+]
+
+
+def test_the_public_names_are_exactly_these() -> None:
+    assert plait.__all__ == PUBLIC
+
+
+def test_the_list_is_sorted_and_every_name_resolves() -> None:
+    assert plait.__all__ == sorted(plait.__all__)
+    for name in plait.__all__:
+        obj = getattr(plait, name)
+        assert obj.__module__.startswith("plait."), name
+
+
+def test_the_errors_share_one_root() -> None:
+    for name in ("NonDeterminismError", "PlanError", "PromiseViolation", "ProtocolError",
+                 "TaskFailed", "WorkflowCancelled"):
+        assert issubclass(getattr(plait, name), plait.PlaitError), name
+
+
+def test_run_offers_every_operator_control() -> None:
+    for method in ("result", "status", "graph", "history", "cancel", "pause", "resume",
+                   "restart", "signal", "query", "states", "set_attrs", "cached"):
+        assert callable(getattr(plait.Run, method)), method
+    for method in ("submit", "runs", "watch", "schedules", "add_schedule", "remove_schedule"):
+        assert callable(getattr(plait.Client, method)), method
