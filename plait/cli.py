@@ -192,6 +192,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+# One line per durable-execution event: a template over the event's fields.
+EVENT_LINES = {
+    "paused": "paused", "resumed": "resumed", "restart": "restart {node}",
+    "signal": "signal {name} received", "delivered": "signal {name} delivered to {node}",
+    "timer": "timer of {node} fired", "set_state": "{node} set its state",
+    "recorded": "{node} recorded {count} value(s)", "heartbeat": "{node} heartbeat",
+    "wait": "{node} waits",
+}
+
+
 def describe(event: FeedEvent) -> str:
     """One line for a person, per feed event."""
     e = event.event
@@ -210,6 +220,9 @@ def describe(event: FeedEvent) -> str:
         return f"{head} VIOLATION: {e.get('rejection', {}).get('reason')}"
     if kind == "workflow":
         return f"{head} workflow {e.get('status')}"
+    if kind in EVENT_LINES:
+        fields = {"node": "?", "name": "?", **e, "count": len(e.get("values") or ())}
+        return f"{head} {EVENT_LINES[kind].format(**fields)}"
     return f"{head} {kind}"
 
 
