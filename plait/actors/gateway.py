@@ -72,20 +72,31 @@ MAX_ID = 200  # longest workflow id Flow accepts
 
 
 class Outbox:
-    """A PUSH socket to the Gateway, owned by one actor thread."""
+    """A PUSH socket to the Gateway, owned by one actor thread.
+
+    Sends never block: the queue is unbounded while the Gateway drains it, and
+    once the Gateway has closed (Flow is stopping) a PUSH socket without a peer
+    would block forever, so what cannot be queued then is dropped."""
 
     def __init__(self, zctx: zmq.Context[Any], address: str) -> None:
         self.sock = zctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, 0)  # never block an actor: the gateway drains
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(address)
+        self.dropped = 0
 
     def send(self, identity: bytes, message: Message) -> None:
-        self.sock.send_multipart([identity, encode(message)])
+        self._push(identity, encode(message))
 
     def send_frames(self, frames: Iterable[tuple[bytes, bytes]]) -> None:
         for identity, frame in frames:
-            self.sock.send_multipart([identity, frame])
+            self._push(identity, frame)
+
+    def _push(self, identity: bytes, frame: bytes) -> None:
+        try:
+            self.sock.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1  # the Gateway is gone: nobody could be answered
 
     def close(self) -> None:
         self.sock.close()
