@@ -263,6 +263,24 @@ def render(info: dict[str, Any], reports: list[dict[str, Any]],
     return "\n".join(out)
 
 
+def results_page(info: dict[str, Any], reports: list[dict[str, Any]], tables: str) -> str:
+    """RESULTS.md: a title, how to reproduce, a warning if the machine was busy, the tables."""
+    loads = [info["loadavg_start"][0], *(info.get("loadavg_end") or [])[:1]]
+    loads += [x for r in reports for x in r.get("loadavg", [])]
+    busy = max(loads) > 0.5 * info["nproc"]
+    head = ["# Benchmark results", "",
+            "Produced by `python bench/run.py --results bench/RESULTS.md` (see "
+            "[README.md](README.md) for the workloads and how each figure is taken). "
+            "Ratios are plait / best peer; each table says which direction is better.", ""]
+    if busy:
+        head += [f"**Noisy figures.** The machine was shared while they were taken (1-minute "
+                 f"load average between {min(loads):.2f} and {max(loads):.2f} on "
+                 f"{info['nproc']} CPUs; per-engine loads in the last table): wall-clock "
+                 "figures include the neighbours' work. Re-run on a quiet machine before "
+                 "quoting them.", ""]
+    return "\n".join(head) + tables + "\n"
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -345,7 +363,7 @@ def _finish(info: dict[str, Any], reports: list[dict[str, Any]], skipped: dict[s
     text = render(info, reports, skipped, args)
     print(text)
     if args.results:
-        args.results.write_text(text + "\n")
+        args.results.write_text(results_page(info, reports, text))
     plait = [r for r in reports if r["engine"] == "plait"]
     return 1 if plait and "fatal" in plait[0] else 0
 
