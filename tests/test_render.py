@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, PlanDiff
+from plait.protocol.plan import Plan
 from plait.protocol.render import STATE_COLOURS, node_label, quote, render, to_dot
-from plait.protocol.view import PROVISIONAL, View, ViewEdge, ViewNode
+from plait.protocol.view import PROVISIONAL, View, ViewEdge, ViewNode, view
 
 
 def committed(node_id: str, task: str | None = None, state: str = "pending",
@@ -188,3 +190,20 @@ def test_render_takes_a_json_document_and_an_explicit_format(tmp_path: Path) -> 
 def test_render_refuses_an_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format"):
         render(grammar_view(), tmp_path / "view.gif")
+
+
+def test_cosmetic_attributes_and_cache_marks_are_drawn() -> None:
+    plan = Plan("w")
+    diff = PlanDiff(None, (NodeSpec("a", "t", attrs={"color": "blue", "label": "hello"}),
+                           NodeSpec("b", "t")),
+                    (EdgeSpec("a", "b", attrs={"label": "then", "color": "purple"}),))
+    assert plan.apply(diff).ok
+    assert plan.apply(PlanDiff(None, attrs=(AttrChange("cached", True, node="b"),))).ok
+    dot = to_dot(view(plan))
+    assert 'color="blue"' in dot
+    assert "hello" in dot
+    assert 'label="then"' in dot
+    assert 'color="purple"' in dot
+    assert "from cache" in dot
+    edge = view(plan).to_json()["edges"][0]
+    assert edge["attrs"] == {"label": "then", "color": "purple"}

@@ -340,7 +340,7 @@ def test_json_document_follows_the_contract() -> None:
             assert node["state"] in {s.value for s in NodeState}
     assert kinds == {"wildcard", "placeholder"}
     for edge in doc["edges"]:
-        assert set(edge) == {"src", "dst", "provisional", "kind"}
+        assert set(edge) == {"src", "dst", "provisional", "kind", "attrs"}
         assert edge["kind"] in {"edge", "lineage", "data"}
     assert json.loads(json.dumps(doc)) == doc
 

@@ -81,8 +81,12 @@ def node_label(node: ViewNode, promises: bool = False) -> str:
     lines = [task]
     if node.id != task:
         lines.append(_short(node.id, _SHORT_ID))
+    if node.attrs.get("label"):
+        lines.extend(_wrap(str(node.attrs["label"])))
     if node.attrs.get("attempt"):
         lines.append(f"attempt {node.attrs['attempt']}")
+    if node.attrs.get("cached"):
+        lines.append("↺ from cache")
     if promises and node.attrs.get("promises"):
         lines.extend(_wrap("[" + ", ".join(map(str, node.attrs["promises"])) + "]"))
     for key in ("violation", "rejected"):
@@ -132,12 +136,30 @@ def _node_line(node: ViewNode, promises: bool) -> str:
             attrs.append('style="filled"')
     if node.attrs.get("violation") or node.attrs.get("rejected"):
         attrs += [f'color="{_RED}"', f'fontcolor="{_RED}"', "penwidth=2.5"]
+    elif not node.provisional:
+        attrs += _cosmetics(node.attrs)
     return f"  {quote(node.id)} [{', '.join(attrs)}];"
 
 
+def _cosmetics(attrs: Mapping[str, Any]) -> list[str]:
+    """A task's own cosmetic attributes; state colours and red stay the engine's."""
+    found = []
+    if attrs.get("color"):
+        found += [f"color={quote(str(attrs['color']))}", "penwidth=2"]
+    if attrs.get("shape"):
+        found.append(f"shape={quote(str(attrs['shape']))}")
+    return found
+
+
 def _edge_line(edge: ViewEdge) -> str:
-    style = (f" [style=dotted, color={_GREY}]" if edge.provisional
-             else _EDGE_STYLE.get(edge.kind, ""))
+    if edge.provisional:
+        parts = ["style=dotted", f"color={_GREY}"]
+    else:
+        base = _EDGE_STYLE.get(edge.kind, "").strip()
+        parts = [base[1:-1]] if base else []
+        parts += [f"{key}={quote(str(edge.attrs[key]))}" for key in ("color", "label")
+                  if edge.attrs.get(key)]
+    style = f" [{', '.join(parts)}]" if parts else ""
     return f"  {quote(edge.src)} -> {quote(edge.dst)}{style};"
 
 

@@ -104,15 +104,16 @@ class ViewEdge:
     dst: str
     provisional: bool = False
     kind: EdgeKind = "edge"
+    attrs: Mapping[str, Any] = field(default_factory=dict)  # cosmetic: color, label
 
     def to_json(self) -> dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "provisional": self.provisional,
-                "kind": self.kind}
+                "kind": self.kind, "attrs": dict(self.attrs)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ViewEdge:
         return cls(str(d["src"]), str(d["dst"]), bool(d.get("provisional")),
-                   d.get("kind", "edge"))
+                   d.get("kind", "edge"), dict(d.get("attrs") or {}))
 
 
 @dataclass(slots=True)
@@ -266,11 +267,11 @@ class _Builder:
         )
 
     def _edge(self, src: str, dst: str, kind: EdgeKind = "edge",
-              provisional: bool = False) -> None:
+              provisional: bool = False, attrs: Mapping[str, Any] | None = None) -> None:
         key = (src, dst)
         known = self.edges.get(key)
         if known is None or (known.kind == "edge" and kind == "data"):
-            self.edges[key] = ViewEdge(src, dst, provisional, kind)
+            self.edges[key] = ViewEdge(src, dst, provisional, kind, attrs or {})
 
     # --- committed nodes and edges -----------------------------------------------
 
@@ -281,7 +282,7 @@ class _Builder:
         for (src, dst), spec in self.plan.edges.items():
             s, d = shown[src], shown[dst]
             if s != d:
-                self._edge(s, d, "data" if spec.data else "edge")
+                self._edge(s, d, "data" if spec.data else "edge", attrs=spec.attrs)
         for node in self.plan.nodes.values():
             if node.creator is not None:
                 s, d = shown[node.creator.id], shown[node.id]
