@@ -32,6 +32,7 @@ from flowkit import (
 
 from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
+from plait.actors.membership import Membership
 from plait.protocol.codec import decode
 from plait.protocol.diff import EdgeSpec
 from plait.protocol.messages import (
@@ -534,3 +535,40 @@ def test_restart_fails_attempts_nobody_claims(tmp_path: Any) -> None:
         finally:
             client.close()
             other.close()
+
+
+def test_an_attempt_assigned_as_its_supervisor_rejoins_is_not_lost(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dispatcher may give the rejoining supervisor's new connection an attempt
+    before the keeper learns of its Hello (which cannot claim that attempt): the
+    attempt is not lost for it."""
+    gate = threading.Event()
+    hello = Membership._hello
+
+    def late_hello(self: Membership, identity: bytes, msg: Any) -> None:
+        if msg.slots:  # the rejoin: its Welcomed reaches keepers after the Start
+            gate.wait(10)
+        hello(self, identity, msg)
+
+    monkeypatch.setattr(Membership, "_hello", late_hello)
+    flow = Flow(settings(tmp_path)).start()
+    client = Peer(flow.endpoint)
+    first = FakeSupervisor(flow.endpoint, ["a"], supervisor_id="s", slots=0)
+    again: FakeSupervisor | None = None
+    try:
+        wf = submit(client, diff(spec("a")))
+        first.none(Assign, within=0.1)  # no credit: a waits in its queue
+        again = FakeSupervisor(flow.endpoint, ["a"], supervisor_id="s", slots=1)  # new socket
+        a = again.assign()
+        gate.set()
+        assert a.attempt == 1
+        again.none(Assign, within=0.3)  # not failed and retried
+        again.finish(a, "kept")
+        assert result(client, wf).output == "kept"
+        assert states(history(client, wf), "a") == [("running", 1), ("succeeded", 1)]
+    finally:
+        gate.set()
+        for peer in (client, first, again):
+            if peer is not None:
+                peer.close()
+        flow.stop()

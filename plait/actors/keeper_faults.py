@@ -108,8 +108,10 @@ class FaultMixin(KeeperBase):
                 break  # an earlier failure ended the workflow
             if (node_id, self.st.plan.nodes[node_id].attempt) in msg.claims:
                 rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
-            elif rec.supervisor == msg.supervisor:
-                self._failed(node_id, SUPERVISOR_LOST)  # it came back without this attempt
+            elif rec.supervisor == msg.supervisor and rec.identity != msg.identity:
+                # It came back without this attempt. (One given to the new connection
+                # itself was assigned after this Hello, which could not claim it.)
+                self._failed(node_id, SUPERVISOR_LOST)
         for node_id, attempt in msg.claims:
             if not self._held_by(node_id, attempt):  # lost or cancelled meanwhile: stop it
                 self._send(msg.identity, CancelTask(workflow_id=self.wf, node=node_id,
