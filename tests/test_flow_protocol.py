@@ -32,6 +32,7 @@ from flowkit import (
 
 from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
+from plait.actors.mail import Start
 from plait.actors.membership import Membership
 from plait.protocol.codec import decode
 from plait.protocol.diff import EdgeSpec
@@ -572,3 +573,18 @@ def test_an_attempt_assigned_as_its_supervisor_rejoins_is_not_lost(
             if peer is not None:
                 peer.close()
         flow.stop()
+
+
+def test_a_start_for_a_gone_connection_queues_the_node_again(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    """The Dispatcher chose a supervisor that was declared dead (or reconnected)
+    before the keeper got the Start: no Assign goes to nowhere."""
+    wf = submit(client, diff(spec("a")))
+    flow.registry.tell(wf, Start("a", 1, "ghost", b"no-such-socket"))
+    wait_for(lambda: flow.counters.get("dispatch.gone") == 1, what="the stale start")
+    sup = supervisor("a")
+    a = sup.assign()
+    assert a.attempt == 1
+    sup.finish(a, "ok")
+    assert result(client, wf).output == "ok"
+    assert states(history(client, wf), "a") == [("running", 1), ("succeeded", 1)]

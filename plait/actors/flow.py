@@ -143,7 +143,7 @@ class Flow:
             catalog=self.catalog, counters=self.counters, timers=self.timers,
             retry_scale=s.retry_scale, orphan_timeout=s.heartbeat_timeout, clock=s.clock,
             clock_timers=self.clock_timers, reader=reader, cache=cache,
-            scheduler=self.scheduler)
+            scheduler=self.scheduler, sessions=self.sessions)
         self.gateway = Gateway(
             z, s.endpoint(s.port), outbox, registry=self.registry, sessions=self.sessions,
             catalog=self.catalog, counters=self.counters, reader=reader,

@@ -20,7 +20,7 @@ from plait.actors.cache import cache_key
 from plait.actors.clock import Clock
 from plait.actors.history import WorkflowState, state_event, violation_error
 from plait.actors.mail import CacheEntry, Expire, Lookup, Ready, Stopped, StoredEvent, Write
-from plait.actors.registry import Catalog, Counters, Registry, safe_tell
+from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
 from plait.actors.timers import Timers
 from plait.protocol.codec import encode
 from plait.protocol.diff import NodeState
@@ -50,6 +50,7 @@ class KeeperContext:
     reader: pykka.ActorRef[Any] | None = None
     cache: pykka.ActorRef[Any] | None = None
     scheduler: pykka.ActorRef[Any] | None = None
+    sessions: Sessions | None = None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 from plait.actors.history import state_event, violation_error
 from plait.actors.keeper_base import AttemptRec, KeeperBase
-from plait.actors.mail import CacheAnswer, CacheEntry, Expire, Refund, Start
+from plait.actors.mail import CacheAnswer, CacheEntry, Expire, Refund, Start, Stopped
 from plait.protocol.diff import AttrChange, NodeState, PlanDiff, Rejection, child_id
 from plait.protocol.messages import (
     Ack,
@@ -69,6 +69,15 @@ class RunMixin(KeeperBase):
             self.ctx.dispatcher.tell(Refund(self.wf, msg.node, msg.supervisor))
             if self.st.paused and node is not None and node.state is NodeState.READY:
                 self.held.add(node.id)
+            return
+        sessions = self.ctx.sessions
+        if sessions is not None and not sessions.current(msg.supervisor, msg.identity):
+            # Declared dead, or reconnected since the Dispatcher chose it: an Assign
+            # there would be lost without anybody noticing. Queue the node again.
+            self.ctx.counters.add("dispatch.gone")
+            if node.id in self.limited:  # the Dispatcher counted it as running
+                self.ctx.dispatcher.tell(Stopped(self.wf, node.id))
+            self._queue(node.id)
             return
         self._record(state_event(node.id, NodeState.RUNNING, node.attempt,
                                  supervisor=msg.supervisor))

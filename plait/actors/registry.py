@@ -144,6 +144,13 @@ class Sessions:
             session.last_seen = time.monotonic()
             return session.supervisor_id
 
+    def current(self, supervisor_id: str, identity: bytes) -> bool:
+        """Whether ``identity`` is the supervisor's live connection (not one it left,
+        and not a supervisor declared dead)."""
+        with self._lock:
+            session = self._by_id.get(supervisor_id)
+            return session is not None and session.identity == identity
+
     def expire(self, timeout: float) -> tuple[list[str], list[bytes]]:
         """Remove supervisors silent for ``timeout`` seconds, atomically (a Hello that
         races with this keeps its fresh session); returns (expired ids, live identities)."""
