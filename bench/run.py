@@ -65,6 +65,16 @@ TABLES: dict[str, tuple[str, list[Figure]]] = {
 }
 WORKLOADS = ("chain", "map_reduce", "fanout", "steps", "cold")
 
+# plait's targets on a 2-core machine (issue 5): figure -> (target, higher is better).
+TARGETS: dict[str, tuple[str, float, bool]] = {
+    "map_reduce_tasks_per_s": ("map-reduce throughput", 5_000, True),
+    "fanout_tasks_per_s": ("dynamic fan-out throughput", 3_000, True),
+    "chain_p50_ms": ("chain p50 per hop", 1.0, False),
+    "step_ms": ("durable step", 1.0, False),
+    "cold_start_s": ("cold start", 0.5, False),
+    "memory_mib": ("memory, 2 workers", 150, False),
+}
+
 
 # --- machine ------------------------------------------------------------------------------
 
@@ -256,11 +266,30 @@ def render(info: dict[str, Any], reports: list[dict[str, Any]],
     keys = [k for k in TABLES if k == "memory" or k in args.workloads]
     for key in keys:
         out += table(key, ok)
+    out += targets(ok)
     out += durability(ok)
     notes = [f"- {r['engine']}: {n}" for r in ok for n in r.get("notes", [])]
     if notes:
         out += ["Notes:", "", *notes, ""]
     return "\n".join(out)
+
+
+def targets(reports: list[dict[str, Any]]) -> list[str]:
+    """plait's figures against its targets."""
+    plait = next((r for r in reports if r["engine"] == "plait" and "medians" in r), None)
+    if plait is None:
+        return []
+    figures = {f.key: f for _, figs in TABLES.values() for f in figs}
+    lines = ["### plait against its targets (issue 5)", "",
+             "| figure | target | plait | met |", "|---|---|---|---|"]
+    for key, (name, goal, higher) in TARGETS.items():
+        value = plait["medians"].get(key)
+        fig = figures[key]
+        met = "—" if value is None else ("yes" if (value >= goal if higher else value <= goal)
+                                         else "no")
+        lines.append(f"| {name} | {'≥' if higher else '≤'} {goal:,g} {fig.unit} | "
+                     f"{_fmt(value, fig.digits)} | {met} |")
+    return [*lines, ""]
 
 
 def results_page(info: dict[str, Any], reports: list[dict[str, Any]], tables: str) -> str:
