@@ -14,7 +14,7 @@ import zmq
 from flowkit import diff, spec, wait_for
 
 from plait.actors.history import WorkflowState, state_event
-from plait.actors.mail import Publish, StoredEvent, Write
+from plait.actors.mail import CacheEntry, Publish, ScheduleChange, StoredEvent, Write
 from plait.actors.store import Database, Store, load
 from plait.protocol.diff import NodeState
 
@@ -162,3 +162,30 @@ def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None
         publisher.stop(block=True, timeout=10)
         pull.close(linger=0)
         zctx.term()
+
+
+def test_schedules_and_cache_entries_commit_with_events(db: Database) -> None:
+    entry = CacheEntry("k1", "square", "1", {"out": 9}, WF, "a", 5.0)
+    db.append(stream(end=False), [ScheduleChange("nightly", {"info": {"name": "nightly"}})],
+              [entry])
+    assert db.schedules() == [{"info": {"name": "nightly"}}]
+    assert db.cached("k1") == (True, {"out": 9})
+    assert db.cached("k2") == (False, None)
+    db.append([], [ScheduleChange("nightly", None)],
+              [entry._replace(output="later")])  # the first result under a key stays
+    assert db.schedules() == []
+    assert db.cached("k1") == (True, {"out": 9})
+
+
+def test_projection_of_pause_resume_and_restart(db: Database) -> None:
+    events = stream(end=False)
+    db.append(events)
+    more = [{"type": "paused"}, {"type": "restart", "node": "a"}]
+    db.append([StoredEvent(WF, len(events) + i + 1, 9.0, e) for i, e in enumerate(more)])
+    assert db.runs(WF)[0].status == "paused"  # a restart of a live workflow keeps it paused
+    end = [{"type": "resumed"}, {"type": "workflow", "status": "succeeded", "output": 1},
+           {"type": "restart", "node": "a"}]
+    db.append([StoredEvent(WF, len(events) + 3 + i, 9.0, e) for i, e in enumerate(end)])
+    (run,) = db.runs(WF)
+    assert (run.status, run.finished) == ("running", None)  # ended, restarted: runs again
+    assert db.result(WF) == ("running", None, None)
