@@ -27,9 +27,11 @@ from flowkit import (
     submit,
 )
 
+from plait.actors import plan_keeper
 from plait.actors.clock import FakeClock, FileClock
 from plait.actors.flow import Flow
 from plait.actors.history import WorkflowState
+from plait.actors.plan_keeper import PlanKeeper
 from plait.protocol.messages import (
     Ack,
     Assign,
@@ -41,6 +43,7 @@ from plait.protocol.messages import (
     QueryReply,
     Resolved,
     SendSignal,
+    SetState,
     TaskInfo,
 )
 
@@ -191,6 +194,84 @@ def test_a_stale_resent_durable_wait_is_only_acknowledged(
     assert node_states(client, wf)["sleeper"] == "running"
     sup.finish(again, "ok")
     assert result(client, wf).output == "ok"
+
+
+def test_a_task_that_gives_up_waiting_finishes_from_suspended(
+        tmp_path: Any, clock: FakeClock) -> None:
+    """``h.result(timeout=...)`` timed out and the task returned: its Finish comes
+    while Flow holds the node suspended. It succeeds (through running), the stream
+    stays gapless, and a restarted Flow picks the workflow up."""
+    s = settings(tmp_path, clock=clock)
+    flow = Flow(s).start()
+    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, ["parent", "child"])
+    try:
+        wf = submit(client, diff(spec("parent")), root="parent")
+        p = sup.assign(node="parent")
+        assert sup.propose(p, kids("parent", "child")).ok
+        sup.wait(p, ["parent.1"])  # resident; the task gives up on it
+        child = sup.assign(node="parent.1")
+        assert isinstance(sup.finish(p, "gave up"), Ack)
+        assert node_states(client, wf)["parent"] == "succeeded"
+        assert states(history(client, wf), "parent") == [
+            ("running", 1), ("suspended", 1), ("running", 1), ("succeeded", 1)]
+        rebuilt_equals_live(client, wf)
+    finally:
+        client.close()
+        sup.close()
+        flow.stop()
+    flow = Flow(s).start()
+    client, sup = Peer(flow.endpoint), FakeSupervisor(
+        flow.endpoint, ["parent", "child"], running=[AttemptRef(
+            workflow_id=wf, node="parent.1", attempt=child.attempt)])
+    try:
+        sup.finish(child, 7)
+        done = result(client, wf)
+        assert (done.status, done.output) == ("succeeded", "gave up")
+        rebuilt_equals_live(client, wf)
+    finally:
+        client.close()
+        sup.close()
+        flow.stop()
+
+
+def test_a_handler_that_raises_answers_internal_only(
+        client: Peer, supervisor: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its Ack is not sent (it would claim what did not happen); what it recorded
+    before raising is stored, so the stream still rebuilds the live state."""
+    def half_done(keeper: PlanKeeper, identity: bytes, msg: SetState) -> None:
+        keeper._send(identity, Ack(id=msg.id))
+        keeper._record({"type": "set_state", "node": msg.node, "attempt": msg.attempt,
+                        "value": msg.value})
+        raise RuntimeError("half done")
+
+    monkeypatch.setitem(plan_keeper._HANDLERS, SetState, half_done)
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    reply = sup.set_state(a, 1)
+    assert isinstance(reply, Error), reply
+    assert reply.code == "internal"
+    sup.none(lambda m: m.id == reply.id, within=0.1)
+    sup.finish(a, "ok")
+    assert result(client, wf).output == "ok"
+    rebuilt_equals_live(client, wf)
+
+
+def test_a_fold_that_fails_leaves_the_sequence_alone() -> None:
+    state = WorkflowState("w")
+    state.fold({"type": "submitted", "name": "r", "root": "r"})
+    state.fold({"type": "diff", "diff": diff(spec("r"))})
+    with pytest.raises(ValueError, match="cannot go from ready to succeeded"):
+        state.fold({"type": "state", "node": "r", "state": "succeeded", "attempt": 1})
+    assert state.seq == 2
+
+
+def test_a_rebuild_numbers_on_from_the_last_stored_event() -> None:
+    """A stream with a gap (written before the fold kept its count) continues after
+    its largest number, never onto a stored one."""
+    events = [(1, 0.0, {"type": "submitted", "name": "r", "root": "r"}),
+              (3, 0.0, {"type": "diff", "diff": diff(spec("r"))})]
+    assert WorkflowState.rebuild("w", events).seq == 3
 
 
 # --- retries ------------------------------------------------------------------------------

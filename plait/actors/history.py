@@ -101,8 +101,9 @@ class WorkflowState:
                 events: Iterable[tuple[int, float, Mapping[str, Any]]]) -> WorkflowState:
         """Fold a stored stream (``(seq, ts, event)`` in order) into a state."""
         state = cls(workflow_id)
-        for _, ts, event in events:
+        for seq, ts, event in events:
             state.fold(event, ts)
+            state.seq = seq  # numbered as stored: a gap must not make it reuse one
         return state
 
     def note(self) -> None:
@@ -119,8 +120,13 @@ class WorkflowState:
     # --- folding ------------------------------------------------------------------
 
     def fold(self, event: Mapping[str, Any], ts: float = 0.0) -> Outcome:
-        """Apply one event; returns what it did to the plan."""
+        """Apply one event; returns what it did to the plan. The event counts only
+        once it applied: an event that raises is not in the stream."""
+        out = self._fold(event, ts)
         self.seq += 1
+        return out
+
+    def _fold(self, event: Mapping[str, Any], ts: float) -> Outcome:
         kind = event["type"]
         if kind == "state":
             return self._fold_state(event, ts)
@@ -171,14 +177,14 @@ class WorkflowState:
     def _fold_diff(self, event: Mapping[str, Any]) -> Outcome:
         out = self.apply(PlanDiff.from_dict(event["diff"]))
         if out.rejection is not None:
-            raise ValueError(f"{self.workflow_id}: stored diff {self.seq} no longer applies: "
+            raise ValueError(f"{self.workflow_id}: stored diff {self.seq + 1} no longer applies: "
                              f"{out.rejection.message()}")
         return out
 
     def _fold_restart(self, event: Mapping[str, Any]) -> Outcome:
         out = self.restart(str(event["node"]))
         if out.rejection is not None:
-            raise ValueError(f"{self.workflow_id}: stored restart {self.seq} no longer "
+            raise ValueError(f"{self.workflow_id}: stored restart {self.seq + 1} no longer "
                              f"applies: {out.rejection.message()}")
         return out
 

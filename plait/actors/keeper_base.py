@@ -112,13 +112,16 @@ class KeeperBase(pykka.ThreadingActor):
         self.retiring = False  # the end is recorded: leaving once it is committed
         self.gone = False  # left the Registry: whatever still arrives goes to the Reader
         self._events: list[StoredEvent] = []
-        self._out: list[tuple[bytes, bytes]] = []
+        self._out: list[tuple[bytes, Message]] = []
         self._cache: list[CacheEntry] = []
         self._then: Callable[[], None] | None = None
 
     # --- implemented by the mixins ---------------------------------------------------
 
     def _satisfy(self, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _resume(self, node_id: str) -> None:
         raise NotImplementedError
 
     def _failed(self, node_id: str, error: dict[str, Any]) -> None:
@@ -134,12 +137,13 @@ class KeeperBase(pykka.ThreadingActor):
 
     def _flush(self) -> None:
         if self._events or self._out or self._then or self._cache:
-            self.ctx.store.tell(Write(self._events, self._out, self._then, cache=self._cache))
+            out = [(identity, encode(message)) for identity, message in self._out]
+            self.ctx.store.tell(Write(self._events, out, self._then, cache=self._cache))
             self._events, self._out, self._cache, self._then = [], [], [], None
 
     def _send(self, identity: bytes | None, message: Message) -> None:
         if identity:  # internal requests (a schedule's Submit) have nobody to answer
-            self._out.append((identity, encode(message)))
+            self._out.append((identity, message))
 
     def _record(self, event: dict[str, Any], *, applied: bool = False) -> Outcome:
         """Add an event to the stream; fold it unless the state already holds it."""

@@ -171,6 +171,11 @@ class RunMixin(KeeperBase):
         if not self._current(msg.node, msg.attempt):
             self.ctx.counters.add("dropped.finish")  # a duplicate, or a lost attempt's
             return
+        if self.st.plan.nodes[msg.node].state is NodeState.SUSPENDED:
+            # The task stopped waiting by itself (it caught a timeout of
+            # ``h.result(timeout=...)``) and ended: its wait is over, and a result
+            # comes from running.
+            self._resume(msg.node)
         self._note_recorded(msg.node, msg.attempt, msg.recorded)
         if msg.diff:
             failure = self._final_diff(msg)

@@ -88,11 +88,19 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
         except Exception as exc:  # one bad message must not take the workflow down
             log.exception("keeper %s: %r failed", self.wf, message)
             if isinstance(message, Request):
-                self._send(message.identity, Error(id=message.message.id, code="internal",
-                                                   reason=repr(exc)))
+                self._refuse(message, exc)
         finally:
             self._flush()
         return None
+
+    def _refuse(self, request: Request, exc: Exception) -> None:
+        """A request whose handler raised is answered ``internal`` only: a reply it
+        queued (an Ack) would claim what did not happen. The events recorded before
+        the failure are folded already, so they are written: the stream must say
+        what this state holds, or a rebuild would disagree with it."""
+        correlation = request.message.id
+        self._out = [(identity, m) for identity, m in self._out if m.id != correlation]
+        self._send(request.identity, Error(id=correlation, code="internal", reason=repr(exc)))
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, Request):
