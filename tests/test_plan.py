@@ -268,18 +268,21 @@ def test_a_conflicting_re_proposal_is_nondeterminism(conflict: NodeSpec) -> None
     assert snapshot(plan) == before
 
 
-def test_a_replayed_spawn_with_promises_about_the_child_is_a_duplicate() -> None:
-    """A retried task re-proposes its first diff, promises about its children included."""
+def test_a_retried_spawn_with_promises_about_the_child_reclaims_it() -> None:
+    """A retried task re-proposes its first diff, promises about its children included:
+    the child is claimed by the new attempt, nothing new is created."""
     plan = registered("a")
     start(plan, "a")
     diff = PlanDiff("a", (spec("a.0", "x", "a"),), (), (("a.0", NoNewNodes()),))
     assert plan.apply(diff).ok
     plan.set_state("a", S.READY)  # the attempt failed: the retry replays the task
+    assert plan.nodes["a.0"].unclaimed
     start(plan, "a")
     again = plan.apply(diff)
     assert again.rejection is None, again.rejection
-    assert again.duplicate
+    assert (again.ready, len(plan.nodes), plan.nodes["a.0"].unclaimed) == ([], 2, False)
     assert plan.promises_of("a.0") == [NoNewNodes()]
+    assert plan.apply(diff).duplicate  # and then it is a plain duplicate
 
 
 def test_a_node_proposed_twice_in_one_diff_is_refused() -> None:

@@ -210,19 +210,19 @@ def test_max_parallel_is_recorded_for_the_dispatcher_not_enforced_by_the_plan() 
     assert plan.limits("r") == []  # it binds what r creates, not r itself
     out = plan.apply(PlanDiff("r", (
         NodeSpec("r.0", "x", {}, {}, "r"),
-        NodeSpec("r.1", "x", {}, {"label": "io"}, "r"),
+        NodeSpec("r.1", "x", {}, {"labels": ["io"]}, "r"),
         NodeSpec("r.2", "x", {}, {"labels": ["gpu", "io"]}, "r"),
     )))
     assert out.ok
-    assert plan.limits("r.0") == [("r:MaxParallel(2)", 2)]
-    expected = [("r:MaxParallel(2)", 2), ("r:MaxParallel(1, io)", 1)]
+    assert plan.limits("r.0") == [("wf:r:MaxParallel(2)", 2)]
+    expected = [("wf:r:MaxParallel(2)", 2), ("wf:r:MaxParallel(1, io)", 1)]
     assert plan.limits("r.1") == expected
     assert plan.limits("r.2") == expected
     for node_id in ("r.0", "r.1", "r.2"):  # more than either limit run at once
         plan.set_state(node_id, S.RUNNING)
     assert plan.violations == []
     assert propose(plan, "r.1", ("r.1.0", "x")).ok
-    assert plan.limits("r.1.0") == [("r:MaxParallel(2)", 2)]  # transitively
+    assert plan.limits("r.1.0") == [("wf:r:MaxParallel(2)", 2)]  # transitively
 
 
 @pytest.mark.parametrize("bad", [0, -3, False])

@@ -13,7 +13,7 @@ never O(size of the plan), so the workflow's size does not tax each task.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ class Node:
     __slots__ = (
         "attempt", "attrs", "children", "creator", "error", "id", "inputs", "key",
         "output", "preds", "rank", "region", "regions", "scope_parent", "spec", "state", "succs",
-        "superseded", "task", "trackers", "waiting",
+        "superseded", "task", "trackers", "unclaimed", "waiting",
     )
 
     def __init__(self, spec: NodeSpec, creator: Node | None, rank: int) -> None:
@@ -81,6 +81,7 @@ class Node:
         # Nearest ancestor that may carry promises: skips finished, promise-less ones.
         self.scope_parent: Node | None = creator
         self.superseded = False  # history of a restarted creator, until re-proposed
+        self.unclaimed = False  # made by an earlier attempt of its creator, not (yet) re-proposed
 
     @property
     def live(self) -> bool:
@@ -166,14 +167,14 @@ class Plan:
         """MaxParallel limits binding a node, as (key, n); the dispatcher enforces them."""
         node = self.nodes[node_id]
         found = []
+        labels = node.attrs.get("labels") or ()
         for tracker in self.in_force(node.creator) if node.creator else ():
             promise = tracker.promise
             if promise.schedules:
                 label = getattr(promise, "label", None)
-                if label is None or node.attrs.get("label") == label or label in node.attrs.get(
-                    "labels", ()
-                ):
-                    found.append((f"{tracker.owner}:{promise}", int(getattr(promise, "n", 0))))
+                if label is None or label in labels:
+                    key = f"{self.workflow_id}:{tracker.owner}:{promise}"
+                    found.append((key, int(getattr(promise, "n", 0))))
         return found
 
     # --- diffs --------------------------------------------------------------
@@ -212,13 +213,16 @@ class Plan:
     def _ask_trackers(self, staging: Staging, pending: list[Pending]) -> Rejection | None:
         proposer = self.nodes.get(staging.diff.proposer or "")
         trackers = list(self.in_force(proposer)) if proposer is not None else []
-        if trackers and (staging.new_nodes or staging.new_edges):
-            for tracker in trackers:
-                verdict = tracker.check(staging)
-                if isinstance(verdict, str):
-                    return staging.violation(tracker, verdict)
-                if verdict is not None:
-                    pending.append(verdict)
+        asked = [(t, staging.scoped_for(t)) for t in trackers]
+        asked += [(t, staging.edges_only()) for t in staging.outside_shapes(trackers)]
+        for tracker, staged in asked:
+            if not (staged.new_nodes or staged.new_edges):
+                continue
+            verdict = tracker.check(staged)
+            if isinstance(verdict, str):
+                return staging.violation(tracker, verdict)
+            if verdict is not None:
+                pending.append(verdict)
         for owner, tracker in staging.new_trackers:
             verdict = staging.adopt(owner, tracker)
             if isinstance(verdict, str):
@@ -231,6 +235,8 @@ class Plan:
         out = Outcome()
         for node in staging.revived:
             restart.revive(self, node, out)
+        for node in staging.claimed:
+            node.unclaimed = False
         for spec in staging.new_node_specs:
             self._add_node(spec)
         for owner, tracker in staging.new_trackers:
@@ -323,7 +329,7 @@ class Plan:
         out = Outcome()
         was_live = node.live
         if state is NodeState.READY and node.state is NodeState.RUNNING:
-            node.attempt += 1  # a retry; resuming a suspended node keeps its attempt
+            self.new_attempt(node)  # a retry; resuming a suspended node keeps its attempt
         node.state = state
         node.output = output if state is NodeState.SUCCEEDED else node.output
         node.error = error if state is NodeState.FAILED else node.error
@@ -345,9 +351,23 @@ class Plan:
             dst.state = NodeState.READY
             out.ready.append(dst.id)
 
+    def new_attempt(self, node: Node) -> None:
+        """``node`` runs again as a new attempt, which may take another path: what the
+        earlier attempt created is history until re-proposed, and the promises that
+        count what the node creates start counting afresh."""
+        node.attempt += 1
+        for child in node.children:
+            self.nodes[child].unclaimed = True
+        node.trackers = [t.renew() for t in node.trackers]
+        if node.region is not None:
+            node.region.trackers = [t for t in node.trackers if isinstance(t, ShapeTracker)]
+            node.region.faulted = False
+
     def _leave_regions(self, node: Node, out: Outcome) -> None:
         own = (node.region,) if node.region else ()
+        faulted = node.state is not NodeState.SUCCEEDED
         for region in (*node.regions, *own):
+            region.faulted = region.faulted or faulted
             region.live -= 1
             if region.live == 0:
                 self._close(region, out)
@@ -355,7 +375,9 @@ class Plan:
     def _close(self, region: Region, out: Outcome) -> None:
         region.closed = True
         owner = self.nodes[region.owner]
-        if owner.state is NodeState.SUCCEEDED:
+        # A region cut short by a failure or a cancel is not judged: an honest
+        # workflow that fails is a failure, not a broken promise.
+        if owner.state is NodeState.SUCCEEDED and not region.faulted:
             for tracker in region.trackers:
                 reason = tracker.matcher.complete()
                 if reason is not None:
@@ -375,6 +397,7 @@ class Plan:
     def cancel(self) -> list[str]:
         """Cancel every live node; returns those that had started (to be stopped)."""
         started = []
+        out = Outcome()
         for node_id in self.order:
             node = self.nodes[node_id]
             if node.live:
@@ -382,17 +405,8 @@ class Plan:
                     started.append(node_id)
                 node.state = NodeState.CANCELLED
                 self.live_count -= 1
+                self._leave_regions(node, out)
         return started
-
-    # --- folding events -------------------------------------------------------
-
-    @classmethod
-    def replay(cls, diffs: Iterable[PlanDiff], workflow_id: str = "") -> Plan:
-        """Rebuild a plan from its applied diffs (states are folded separately)."""
-        plan = cls(workflow_id)
-        for diff in diffs:
-            plan.apply(diff)
-        return plan
 
     def is_settled(self) -> bool:
         """No node is live: the workflow has nothing left to do."""

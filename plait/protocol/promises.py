@@ -94,6 +94,11 @@ class Tracker:
     def bound(self) -> Bound:
         return UNBOUNDED
 
+    def renew(self) -> Tracker:
+        """This tracker for a new attempt of its owner, which may take another path:
+        stateless trackers stay, counting ones start afresh."""
+        return self
+
 
 class Promise:
     """Base of every promise. Subclasses are frozen dataclasses of plain data."""
@@ -362,6 +367,9 @@ class _MaxNodesTracker(Tracker):
     check = _count
     adopt = _count
 
+    def renew(self) -> Tracker:
+        return _MaxNodesTracker(self.promise, self.owner)
+
     def bound(self) -> Bound:
         # A per-task budget says nothing about other tasks, so only the plain form
         # bounds a wildcard; saying less is allowed, saying wrong is not.
@@ -403,9 +411,11 @@ class MaxNodes(Promise):
 
 @dataclass(frozen=True, slots=True, init=False)
 class MaxParallel(Promise):
-    """At most ``n`` nodes in scope (carrying ``label``, if given) run at once.
+    """At most ``n`` nodes in scope (with ``label`` among their ``labels``
+    attribute, if given) run at once, within one workflow.
 
-    The plan records it; the dispatcher enforces it when it hands out work.
+    The plan records it; the dispatcher enforces it when it hands out work. The
+    ``labels`` attribute is for scheduling; ``label`` is cosmetic (drawn).
     """
 
     n: int
@@ -451,6 +461,9 @@ class ShapeTracker(Tracker):
 
     def bound(self) -> Bound:
         return Bound(shaped=True)
+
+    def renew(self) -> Tracker:
+        return ShapeTracker(self.promise, self.owner)
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -74,11 +74,13 @@ def _reset(plan: Plan, node: Node) -> None:
         for region in _regions(node):
             region.live += 1
             region.closed = False
+            region.faulted = False
     node.state = NodeState.PENDING
-    node.attempt += 1
+    plan.new_attempt(node)
     node.output = None
     node.error = None
     node.superseded = False
+    node.unclaimed = False
 
 
 def _supersede(plan: Plan, node: Node, out: Outcome) -> None:

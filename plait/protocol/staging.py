@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, Rejection
-from plait.protocol.promises import ShapeTracker, Tracker, Verdict
+from plait.protocol.promises import ShapeTracker, Staged, Tracker, Verdict
 
 if TYPE_CHECKING:
     from plait.protocol.plan import Node, Plan
@@ -29,12 +29,13 @@ class Region:
     successors (``waiters``) that were held back by it.
     """
 
-    __slots__ = ("closed", "live", "owner", "trackers", "waiters")
+    __slots__ = ("closed", "faulted", "live", "owner", "trackers", "waiters")
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
         self.live = 0
         self.closed = False
+        self.faulted = False  # a node of it failed or was cancelled: not judged at close
         self.trackers: list[ShapeTracker] = []
         self.waiters: list[str] = []
 
@@ -57,6 +58,7 @@ class Staging:
         self.new_edge_specs: list[EdgeSpec] = []
         self.new_trackers: list[tuple[str, Tracker]] = []
         self.revived: list[Node] = []  # superseded by a restart, proposed again
+        self.claimed: list[Node] = []  # an earlier attempt's children, proposed again
         self._specs: dict[str, NodeSpec] = {}
         self._in: dict[str, list[str]] = {}
         self._out: dict[str, list[str]] = {}
@@ -101,7 +103,7 @@ class Staging:
 
     def is_empty(self) -> bool:
         return not (self.new_node_specs or self.new_edge_specs or self.new_trackers
-                    or self.diff.attrs or self.revived)
+                    or self.diff.attrs or self.revived or self.claimed)
 
     def _fail(self, reason: str, kind: str = "plan") -> _Failed:
         return _Failed(Rejection(kind, reason, self.diff.proposer,  # type: ignore[arg-type]
@@ -135,6 +137,8 @@ class Staging:
                         f"as {spec.task}{dict(spec.inputs)}", "nondeterminism")
                 if known.superseded and spec.creator == proposer:
                     self.revived.append(known)
+                elif known.unclaimed and spec.creator == proposer:
+                    self.claimed.append(known)
                 continue
             if spec.id in self._specs:
                 raise self._fail(f"node {spec.id} is proposed twice in one diff")
@@ -203,34 +207,80 @@ class Staging:
         for change in self.diff.attrs:
             if change.node is not None and not self._exists(change.node):
                 raise self._fail(f"attribute change names unknown node {change.node}")
+            target = change.node or (change.edge[1] if change.edge else None)
+            if target is not None and not self._in_scope(target):
+                raise self._fail(f"{self.diff.proposer} cannot change attributes of {target}: "
+                                 "a task changes only itself and what it created")
             edge = change.edge
             if (edge is not None and edge not in self.plan.edges
                     and edge[1] not in self._out.get(edge[0], ())):
                 raise self._fail(f"attribute change names unknown edge {change.edge}")
+
+    def _in_scope(self, node_id: str) -> bool:
+        """Whether the proposer (None: an operator) may touch ``node_id``."""
+        proposer = self.diff.proposer
+        if proposer is None or node_id in self._specs:
+            return True
+        node: Node | None = self.plan.nodes[node_id]
+        while node is not None:
+            if node.id == proposer:
+                return True
+            node = node.creator
+        return False
+
+    # --- which promises see what ----------------------------------------------
+
+    def scoped_for(self, tracker: Tracker) -> Staged:
+        """The diff as ``tracker`` sees it: a promise of the proposer itself, renewed
+        for its new attempt, also sees the earlier attempt's children it re-proposes."""
+        if tracker.owner == self.diff.proposer and (self.claimed or self.revived):
+            members = [(n.id, n.task) for n in sorted((*self.claimed, *self.revived),
+                                                       key=lambda n: n.rank)]
+            return _Members(self, tracker.owner, members + list(self.new_nodes))
+        return self
+
+    def outside_shapes(self, asked: list[Tracker]) -> list[Tracker]:
+        """Shape promises of regions this diff adds edges into from outside their
+        scope: an edge between two of a region's nodes changes its shape, whoever adds it."""
+        seen = {id(t) for t in asked}
+        found: list[Tracker] = []
+        for _, dst in self.new_edges:
+            node = self.plan.nodes.get(dst)
+            for region in node.regions if node is not None else ():
+                for tracker in region.trackers:
+                    if id(tracker) not in seen:
+                        seen.add(id(tracker))
+                        found.append(tracker)
+        return found
+
+    def edges_only(self) -> Staged:
+        return _Members(self, None, [], self.new_edges)
 
     # --- promises made in this diff -------------------------------------------
 
     def adopt(self, owner: str, tracker: Tracker) -> Verdict:
         """Let a new promise look at what its scope already holds: the owner's
         existing descendants, and this diff's nodes when the owner proposed it."""
-        return tracker.adopt(_Adoption(self, owner))
-
-
-class _Adoption:
-    """The Staged view a promise made at run time gets of its scope so far."""
-
-    def __init__(self, staging: Staging, owner: str) -> None:
-        self._staging = staging
-        plan = staging.plan
+        node = self.plan.nodes.get(owner)
         members: list[tuple[str, str]] = []
-        node = plan.nodes.get(owner)
-        if node is not None:
-            members = [(n.id, n.task) for n in plan.descendants(node)]
-        if owner == staging.diff.proposer:
-            members += staging.new_nodes
-        ids = {m[0] for m in members} | {owner}
+        if node is not None:  # history (unclaimed, superseded) is not in scope any more
+            members = [(n.id, n.task) for n in self.plan.descendants(node)
+                       if not (n.unclaimed or n.superseded)]
+        if owner == self.diff.proposer:
+            members += self.new_nodes
+        return tracker.adopt(_Members(self, owner, members))
+
+
+class _Members:
+    """A Staged view of chosen nodes as if new, with the edges among them (and the
+    owner), or of just some edges."""
+
+    def __init__(self, staging: Staging, owner: str | None, members: list[tuple[str, str]],
+                 edges: Sequence[tuple[str, str]] | None = None) -> None:
+        self._staging = staging
+        ids = {m[0] for m in members} | ({owner} if owner else set())
         self.new_nodes: Sequence[tuple[str, str]] = members
-        self.new_edges: Sequence[tuple[str, str]] = [
+        self.new_edges: Sequence[tuple[str, str]] = edges if edges is not None else [
             (p, m) for m, _ in members for p in staging.preds(m) if p in ids
         ]
 
