@@ -307,6 +307,32 @@ def test_max_parallel_limits_running_children(
     assert result(client, wf).output == "done"
 
 
+def test_max_parallel_counts_per_workflow(client: Peer, supervisor: SupervisorFactory) -> None:
+    """Two workflows with the same root and MaxParallel(1) each run one child at a
+    time, side by side: one workflow's limit does not hold the other back."""
+    sup = supervisor("root", "kid", slots=8)
+    runs = {}
+    for _ in range(2):
+        wf = submit(client, diff(spec("root"), promises=[("root", MaxParallel(1))]),
+                    root="root")
+        root = sup.next(lambda m, wf=wf: isinstance(m, Assign) and m.workflow_id == wf)
+        kids = [spec(f"root.{i}", "kid", i, creator="root") for i in range(2)]
+        assert sup.propose(root, diff(*kids, proposer="root")).ok
+        runs[wf] = root
+    first = [sup.assign(), sup.assign()]
+    assert {a.workflow_id for a in first} == set(runs)
+    sup.none(Assign, within=0.2)
+    for a in first:
+        sup.finish(a, 0)
+    second = [sup.assign(), sup.assign()]
+    assert {a.workflow_id for a in second} == set(runs)
+    for a in second:
+        sup.finish(a, 0)
+    for wf, root in runs.items():
+        sup.finish(root, "done")
+        assert result(client, wf).output == "done"
+
+
 # --- errors, queries ------------------------------------------------------------------------
 
 

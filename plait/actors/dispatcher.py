@@ -106,16 +106,20 @@ class Dispatcher(pykka.ThreadingActor):
 
     def _pump(self, task: str) -> None:
         queue = self.queues.get(task)
+        reopened: set[str] = set()
         while queue:
             supervisor = self._pick(task)
             if supervisor is None:
-                return
+                break
             entry = queue.popleft()
             full = next((key for key, n in entry.limits if self.running[key] >= n), None)
             if full is not None:
                 self.held.setdefault(full, deque()).append(entry)
                 continue
-            self._dispatch(entry, supervisor)
+            if not self._dispatch(entry, supervisor):
+                reopened |= self._reopen(entry.limits)  # it took no slot: pass it on
+        for other in reopened:
+            self._pump(other)
 
     def _pick(self, task: str) -> str | None:
         """The next supervisor serving ``task`` that has credit (round robin)."""
@@ -128,15 +132,22 @@ class Dispatcher(pykka.ThreadingActor):
                 return sid
         return None
 
-    def _dispatch(self, entry: Ready, supervisor: str) -> None:
+    def _dispatch(self, entry: Ready, supervisor: str) -> bool:
+        """Start the entry there; False if it is dropped as stale."""
+        if (entry.workflow_id, entry.node) in self.active:
+            # That node runs already (a leftover entry): a Start would be refunded,
+            # and the refund would release the slot the running one holds.
+            self.counters.add("dispatch.stale")
+            return False
         sup = self.supervisors[supervisor]
         start = Start(entry.node, entry.attempt, supervisor, sup.identity)
         if not self.registry.tell(entry.workflow_id, start):
             self.counters.add("dispatch.gone")  # the workflow ended: a stale entry
-            return
+            return False
         sup.credit -= 1
         self.assigned += 1
         self._hold(entry.workflow_id, entry.node, entry.limits)
+        return True
 
     # --- MaxParallel ----------------------------------------------------------------
 
@@ -152,10 +163,26 @@ class Dispatcher(pykka.ThreadingActor):
             self.running[key] -= 1
             if self.running[key] <= 0:
                 del self.running[key]
+        for task in self._reopen(limits):
+            self._pump(task)
+
+    def _reopen(self, limits: Limits) -> set[str]:
+        """For each limit with a free slot, its next held entry of a live workflow
+        gets another look (at the front of its task's queue); entries of ended
+        workflows are dropped on the way, so they never take the wake-up. A
+        reopened entry that turns out stale is refunded or dropped, which reopens
+        again: held entries never wait for a slot nobody will free. Returns the
+        task queues to pump."""
+        tasks = set()
+        for key, n in limits:
             line = self.held.get(key)
-            if line:
-                entry = line.popleft()  # one slot freed: one entry gets another look
-                if not line:
-                    del self.held[key]
-                self.queues.setdefault(entry.task, deque()).appendleft(entry)
-                self._pump(entry.task)
+            while line and self.running[key] < n:
+                entry = line.popleft()
+                if self.registry.is_live(entry.workflow_id):
+                    self.queues.setdefault(entry.task, deque()).appendleft(entry)
+                    tasks.add(entry.task)
+                    break
+                self.counters.add("dispatch.gone")
+            if line is not None and not line:
+                del self.held[key]
+        return tasks

@@ -1,0 +1,76 @@
+"""The Dispatcher's MaxParallel lines: a freed slot always reaches a live entry,
+whatever stale entries (an ended workflow's, a node already running) stand in
+front of it. The Dispatcher is driven directly, message by message, with keepers
+that only note what they are told."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pykka
+
+from plait.actors.dispatcher import Dispatcher
+from plait.actors.mail import Join, Ready, Refund, Start, Stopped
+from plait.actors.registry import Counters, Registry
+
+KEY = (("shared", 1),)
+
+
+class Keeper:
+    """Stands in for a PlanKeeper's actor ref: keeps the Starts it is told."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def tell(self, message: Any) -> None:
+        assert isinstance(message, Start)
+        self.started.append(message.node)
+
+
+def dispatcher(*workflows: str) -> tuple[Dispatcher, Registry, dict[str, Keeper]]:
+    registry, keepers = Registry(), {wf: Keeper() for wf in workflows}
+    for wf, keeper in keepers.items():
+        registry.add(wf, cast(pykka.ActorRef[Any], keeper))
+    d = Dispatcher(registry, Counters())
+    d.on_receive(Join("sup", b"sup", frozenset({"kid"}), 8))
+    return d, registry, keepers
+
+
+def ready(wf: str, node: str) -> Ready:
+    return Ready(wf, node, 1, "kid", KEY)
+
+
+def test_a_freed_slot_skips_the_held_entries_of_an_ended_workflow() -> None:
+    d, registry, keepers = dispatcher("live", "over")
+    d.on_receive(ready("live", "a"))
+    for node in ("x", "y", "z"):
+        d.on_receive(ready("over", node))  # held: the slot is taken
+    d.on_receive(ready("live", "b"))
+    assert keepers["live"].started == ["a"]
+    registry.remove("over")  # cancelled: its keeper is gone
+    d.on_receive(Stopped("live", "a"))
+    assert keepers["live"].started == ["a", "b"]
+    assert d.counters.get("dispatch.gone") == 3
+
+
+def test_a_refunded_entry_passes_the_slot_on() -> None:
+    d, _, keepers = dispatcher("w")
+    for node in ("a", "b", "c"):
+        d.on_receive(ready("w", node))
+    d.on_receive(Stopped("w", "a"))
+    assert keepers["w"].started == ["a", "b"]
+    d.on_receive(Refund("w", "b", "sup"))  # b was no longer ready there
+    assert keepers["w"].started == ["a", "b", "c"]
+
+
+def test_a_leftover_entry_of_a_running_node_does_not_free_its_slot() -> None:
+    d, _, keepers = dispatcher("w")
+    two = (("pair", 2),)
+    d.on_receive(Ready("w", "a", 1, "kid", two))
+    for node in ("a", "b", "c"):  # a again: a leftover entry while it runs
+        d.on_receive(Ready("w", node, 1, "kid", two))
+    assert keepers["w"].started == ["a", "b"]  # c waits: two run
+    assert d.counters.get("dispatch.stale") == 1
+    d.on_receive(Stopped("w", "a"))
+    assert keepers["w"].started == ["a", "b", "c"]
+    assert d.running["pair"] == 2
