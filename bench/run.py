@@ -307,7 +307,7 @@ def results_page(info: dict[str, Any], reports: list[dict[str, Any]], tables: st
                  f"{info['nproc']} CPUs; per-engine loads in the last table): wall-clock "
                  "figures include the neighbours' work. Re-run on a quiet machine before "
                  "quoting them.", ""]
-    return "\n".join(head) + tables + "\n"
+    return "\n".join(head) + "\n" + tables + "\n"
 
 
 # --- main ---------------------------------------------------------------------------------
