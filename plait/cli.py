@@ -198,7 +198,7 @@ EVENT_LINES = {
     "signal": "signal {name} received", "delivered": "signal {name} delivered to {node}",
     "timer": "timer of {node} fired", "set_state": "{node} set its state",
     "recorded": "{node} recorded {count} value(s)", "heartbeat": "{node} heartbeat",
-    "wait": "{node} waits",
+    "wait": "{node} waits", "undelivered": "{node} gave its signals back",
 }
 
 

@@ -558,6 +558,36 @@ def test_a_resident_signal_wait_is_resolved_with_the_payload(
     assert result(client, wf).output == "ok"
 
 
+def test_signals_a_failed_attempt_consumed_go_back_to_the_buffer(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """The retry (a new attempt, which starts with no signals) finds them again, in
+    the order they came; a rebuild agrees."""
+    sup = supervisor(TaskInfo(name="t", retry={"max_attempts": 2, "initial": 0}))
+    wf = submit(client, diff(spec("t")), root="t")
+    for name, payload in (("go", 1), ("stop", "s"), ("go", 2), ("go", 3)):
+        client.request(SendSignal(workflow_id=wf, name=name, payload=payload))
+    a = sup.assign()
+    sup.wait(a, signal="go", seq=0, resident=False)
+    b = sup.assign()
+    wait = sup.wait(b, signal="stop", seq=1)
+    assert isinstance(sup.next(lambda m: m.id == wait.id), Resolved)
+    wait = sup.wait(b, signal="go", seq=2)
+    assert sup.next(lambda m: m.id == wait.id).value == 2
+    sup.finish(b, ok=False, error=BOOM)
+    retry = sup.assign()
+    assert retry.attempt == 2
+    assert retry.history is not None
+    assert retry.history.signals == []
+    got = []
+    for seq, name in enumerate(("go", "go", "stop", "go")):
+        wait = sup.wait(retry, signal=name, seq=seq)
+        got.append(sup.next(lambda m, w=wait: m.id == w.id).value)
+    assert got == [1, 2, "s", 3]
+    sup.finish(retry, "ok")
+    assert result(client, wf).output == "ok"
+    rebuilt_equals_live(client, wf)
+
+
 # --- queries and state ---------------------------------------------------------------------
 
 

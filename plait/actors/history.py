@@ -10,7 +10,8 @@ is a plain dict (``docs/architecture.md`` lists them all):
 - durable execution: ``recorded`` (values a task drew), ``wait`` (a wait that
   changed to durable), ``timer`` (a sleep fired), ``signal`` (one arrived and is
   buffered), ``delivered`` (a wait consumed the oldest buffered one),
-  ``heartbeat``, ``set_state``;
+  ``undelivered`` (a failed attempt's signals, back at the front of the
+  buffer: its retry starts with none), ``heartbeat``, ``set_state``;
 - operator controls: ``paused``, ``resumed``, ``restart``.
 
 :meth:`WorkflowState.fold` applies one event. The PlanKeeper folds its own
@@ -50,16 +51,22 @@ def state_event(node: str, state: NodeState, attempt: int, **extra: Any) -> dict
 
 class AttemptLog:
     """What one node's current attempt replays from: values drawn (by record seq),
-    sleeps fired and signals delivered (by record seq), and whether it resumed."""
+    sleeps fired and signals delivered (by record seq, with their names), and
+    whether it resumed."""
 
-    __slots__ = ("attempt", "recorded", "resumed", "signals", "timers")
+    __slots__ = ("attempt", "names", "recorded", "resumed", "signals", "timers")
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
         self.recorded: dict[int, dict[str, Any]] = {}
         self.timers: set[int] = set()
         self.signals: dict[int, Any] = {}
+        self.names: dict[int, str] = {}
         self.resumed = False
+
+    def consumed(self) -> list[list[Any]]:
+        """The signals this attempt consumed, ``[name, payload]`` in record order."""
+        return [[self.names.get(seq, ""), self.signals[seq]] for seq in sorted(self.signals)]
 
 
 class WorkflowState:
@@ -233,6 +240,12 @@ class WorkflowState:
             if buffered:
                 buffered.popleft()
             log.signals[int(event["seq"])] = event.get("payload")
+            log.names[int(event["seq"])] = str(event["name"])
+        elif kind == "undelivered":
+            for name, payload in reversed(event["signals"]):
+                self.signals.setdefault(str(name), deque()).appendleft(payload)
+            log.signals.clear()
+            log.names.clear()
 
     # --- changes shared by the keeper and the fold --------------------------------
 

@@ -124,6 +124,9 @@ class KeeperBase(pykka.ThreadingActor):
     def _resume(self, node_id: str) -> None:
         raise NotImplementedError
 
+    def _offer(self, name: str) -> None:
+        raise NotImplementedError
+
     def _failed(self, node_id: str, error: dict[str, Any]) -> None:
         raise NotImplementedError
 

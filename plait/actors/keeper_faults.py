@@ -30,6 +30,24 @@ class FaultMixin(KeeperBase):
     def _failed(self, node_id: str, error: dict[str, Any]) -> None:
         """A failed attempt: retried per the task's policy after a durable backoff,
         else the node fails (and a failed root fails the whole workflow now)."""
+        returned = self._undeliver(node_id)
+        self._fail_or_retry(node_id, error)
+        for name in returned:  # someone (the retry, maybe) may wait for them now
+            self._offer(name)
+
+    def _undeliver(self, node_id: str) -> list[str]:
+        """Put the signals the failed attempt consumed back at the front of their
+        buffers, in order (its retry starts with none); the names concerned."""
+        node = self.st.plan.nodes[node_id]
+        log = self.st.logs.get(node_id)
+        if log is None or log.attempt != node.attempt or not log.signals:
+            return []
+        consumed = log.consumed()
+        self._record({"type": "undelivered", "node": node_id, "attempt": node.attempt,
+                      "signals": consumed})
+        return list(dict.fromkeys(str(name) for name, _ in consumed))
+
+    def _fail_or_retry(self, node_id: str, error: dict[str, Any]) -> None:
         node = self.st.plan.nodes[node_id]
         policy = RetryPolicy.of(self.ctx.catalog.get(node.task))
         if not policy.retries(error, node.attempt):
