@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import PydanticSchemaGenerationError, TypeAdapter
@@ -189,16 +189,23 @@ class ChildIds:
     def __init__(self, node: str, attempt: int, previous: Iterable[PreviousChild] = ()) -> None:
         self._node = node
         self._attempt = attempt
-        self._previous: Sequence[PreviousChild] = tuple(previous)
-        self._taken = {p.id for p in self._previous}
+        # Indexed once: a spawn looks at the few earlier children at its seq or
+        # with its id, never at all of them (a retried map spawns thousands).
+        self._by_seq: dict[int, list[tuple[int, PreviousChild]]] = {}
+        self._by_id: dict[str, tuple[int, PreviousChild]] = {}
+        for i, p in enumerate(previous):
+            self._by_seq.setdefault(p.seq, []).append((i, p))
+            self._by_id.setdefault(p.id, (i, p))
 
     def derive(self, seq: int, key: str | None, task: str, inputs: Mapping[str, Any]) -> str:
         natural = child_id(self._node, seq, key)
-        for p in self._previous:
-            if (p.seq == seq or p.id == natural) and p.task == task \
-                    and dict(p.inputs) == dict(inputs):
+        candidates = list(self._by_seq.get(seq, ()))
+        if natural in self._by_id:
+            candidates.append(self._by_id[natural])
+        for _, p in sorted(candidates, key=lambda c: c[0]):  # the earliest listed wins
+            if p.task == task and dict(p.inputs) == dict(inputs):
                 return p.id
-        return f"{natural}@{self._attempt}" if natural in self._taken else natural
+        return f"{natural}@{self._attempt}" if natural in self._by_id else natural
 
 
 # --- side effects' values ---------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,7 @@ from plait.protocol.messages import (
     TaskHeartbeat,
     Wait,
 )
-from plait.replay import Evicted
+from plait.replay import ChildIds, Evicted
 
 
 def make(transport: FakeTransport, history: History | None = None, attempt: int = 1) -> Context:
@@ -369,3 +370,32 @@ def test_recorded_values_ride_on_the_next_wait() -> None:
     (wait,) = transport.sent
     assert isinstance(wait, Wait)
     assert [r.kind for r in wait.recorded] == ["now"]
+
+
+def test_child_ids_of_a_retried_big_map_take_linear_time() -> None:
+    """Each spawn looks only at the earlier children at its seq or with its id: a
+    retry re-spawning 20,000 children is quick (a scan per spawn took minutes)."""
+    n = 20_000
+    previous = [PreviousChild(seq=i, id=f"r.{i}", task="t", inputs={"args": [i]})
+                for i in range(n)]
+    ids = ChildIds("r", 2, previous)
+    start = time.monotonic()
+    derived = [ids.derive(i, None, "t", {"args": [i if i % 2 else -i]}) for i in range(n)]
+    elapsed = time.monotonic() - start
+    assert derived[1::2] == [f"r.{i}" for i in range(1, n, 2)]  # same call: reused
+    assert derived[2::2] == [f"r.{i}@2" for i in range(2, n, 2)]  # another: a new id
+    assert derived[0] == "r.0"  # -0 == 0: the same inputs
+    assert elapsed < 5.0, elapsed
+
+
+def test_child_ids_prefer_the_earliest_listed_match() -> None:
+    previous = [PreviousChild(seq=1, id="r.1", task="t", inputs={"args": [1]}),
+                PreviousChild(seq=1, id="r.1@2", task="u", inputs={}),
+                PreviousChild(seq=-1, id="r/k", task="t", inputs={})]
+    ids = ChildIds("r", 3, previous)
+    assert ids.derive(1, None, "u", {}) == "r.1@2"
+    assert ids.derive(1, None, "t", {"args": [1]}) == "r.1"
+    assert ids.derive(1, None, "v", {}) == "r.1@3"
+    assert ids.derive(0, "k", "t", {}) == "r/k"
+    assert ids.derive(0, "k", "x", {}) == "r/k@3"
+    assert ids.derive(2, None, "t", {}) == "r.2"
