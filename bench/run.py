@@ -361,12 +361,20 @@ def rendered(files: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]], d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.render:
-        info, reports, skipped = rendered(args.render)
-        runs = [json.loads(f.read_text()) for f in args.render]
-        args.size = "/".join(dict.fromkeys(r["args"]["size"] for r in runs if "args" in r))
-        args.reps = max(r.get("args", {}).get("reps", 0) for r in runs)
-        return _finish(info, reports, skipped, args)
+    return render_only(args) if args.render else measure(args)
+
+
+def render_only(args: argparse.Namespace) -> int:
+    """``--render``: the tables of earlier runs, nothing measured."""
+    info, reports, skipped = rendered(args.render)
+    runs = [json.loads(f.read_text()) for f in args.render]
+    args.size = "/".join(dict.fromkeys(r["args"]["size"] for r in runs if "args" in r))
+    args.reps = max(r.get("args", {}).get("reps", 0) for r in runs)
+    return _finish(info, reports, skipped, args)
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Run plait, then each peer in turn; print (and keep) the tables."""
     peers = peer_setup.parse_peers(args.peers)
     info = machine()
     logs = Path(tempfile.mkdtemp(prefix="plait-bench-logs-"))
