@@ -220,13 +220,27 @@ class Client:
 
     def submit_diff(self, name: str, root: str, diff: Mapping[str, Any], *,
                     workflow_id: str | None = None) -> Run:
-        """Start a workflow from a registration diff already built (its dict form)."""
-        # The id is made here, not by Flow, so a Submit retried after a timeout
-        # cannot start the same workflow twice.
+        """Start a workflow from a registration diff already built (its dict form).
+
+        A Submit Flow did not answer in time is sent once more, with the same
+        workflow id: the id is made here, not by Flow, so the retry cannot start
+        the workflow twice. If the first one did start it (only its reply was
+        lost), Flow answers the retry "id is taken": that is the workflow."""
         wid = workflow_id or f"{name}-{secrets.token_hex(4)}"
-        reply = self.request(
-            Submit(workflow_id=wid, name=name, root=root, diff=dict(diff)), Submitted)
+        try:
+            reply = self._submit(wid, name, root, diff)
+        except FlowUnavailable:
+            try:
+                reply = self._submit(wid, name, root, diff)
+            except FlowError as exc:
+                if exc.code != "invalid" or f"{wid!r} is taken" not in exc.reason:
+                    raise
+                return Run(self, wid)
         return Run(self, reply.workflow_id)
+
+    def _submit(self, wid: str, name: str, root: str, diff: Mapping[str, Any]) -> Submitted:
+        return self.request(
+            Submit(workflow_id=wid, name=name, root=root, diff=dict(diff)), Submitted)
 
     def run(self, workflow_id: str) -> Run:
         """A handle on an existing workflow (not checked until used)."""

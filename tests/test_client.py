@@ -16,6 +16,7 @@ import zmq
 
 from plait.client import (
     Client,
+    FlowError,
     FlowUnavailable,
     NotFound,
     Refused,
@@ -53,6 +54,7 @@ from plait.protocol.messages import (
     SetAttrs,
     StatusReply,
     Submit,
+    Submitted,
     WorkflowResult,
 )
 from plait.testing import Cluster, free_port, wait_for
@@ -402,3 +404,48 @@ def test_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("PLAIT_FLOW")
     with Client() as client:
         assert client.address == "tcp://127.0.0.1:7100"
+
+
+def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """The first Submit started the workflow but its reply never came: the retry is
+    told the id is taken, which means the workflow exists. Nothing starts twice."""
+    started: set[str] = set()
+
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        assert isinstance(msg, Submit)
+        wid = str(msg.workflow_id)
+        if wid in started:
+            return [codec.encode(Error(id=msg.id, code="invalid",
+                                       reason=f"workflow id {wid!r} is taken"))]
+        started.add(wid)
+        return []  # the reply is lost
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=0.5) as client:
+        run = client.submit_diff("wf", "a", {}, workflow_id="once")
+    assert run.id == "once"
+    assert [m.workflow_id for m in flow.seen if isinstance(m, Submit)] == ["once", "once"]
+
+
+def test_a_submit_retried_only_after_a_timeout(fake: Callable[[Script], FakeFlow]) -> None:
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        assert isinstance(msg, Submit)
+        if msg.name == "lost":
+            return []
+        if msg.name == "late" and len(flow.seen) == 1:
+            return []
+        if msg.name == "late":
+            return [codec.encode(Submitted(id=msg.id, workflow_id=str(msg.workflow_id)))]
+        return [codec.encode(Error(id=msg.id, code="invalid",
+                                   reason=f"workflow id {msg.workflow_id!r} is taken"))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=0.5) as client:
+        assert client.submit_diff("late", "a", {}).id.startswith("late-")
+        with pytest.raises(FlowError, match="is taken"):  # not after a reply: raised
+            client.submit_diff("taken", "a", {}, workflow_id="mine")
+        with pytest.raises(FlowUnavailable):
+            client.submit_diff("lost", "a", {})
+    names = [m.name for m in flow.seen if isinstance(m, Submit)]
+    assert names == ["late", "late", "taken", "lost", "lost"]
