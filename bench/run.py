@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -328,6 +329,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds one engine may take in all (default 3600)")
     parser.add_argument("--no-install", action="store_true",
                         help="skip peers whose venv is missing instead of building it")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the drivers' logs (kept anyway when an engine fails)")
     parser.add_argument("--skip-plait", action="store_true",
                         help="measure only the peers (to combine later with --render)")
     parser.add_argument("--render", type=Path, nargs="+", metavar="JSON",
@@ -388,6 +391,10 @@ def measure(args: argparse.Namespace) -> int:
             continue
         reports.append(run_engine(peer, python, args, logs))
     info["loadavg_end"] = list(os.getloadavg())
+    if args.keep_logs or any("fatal" in r for r in reports):
+        print(f"drivers' logs kept in {logs}", file=sys.stderr)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(
             {"machine": info, "args": {"size": args.size, "reps": args.reps},
