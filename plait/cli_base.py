@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from enum import IntEnum
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from plait.client import Client
 from plait.errors import PlaitError
 from plait.protocol.diff import PlanDiff
+from plait.stopping import on_signals
 
 __all__ = ["STATUS_EXIT", "Exit", "Interrupted", "UsageError", "client_of", "client_options",
            "done", "importable_cwd", "interruptible", "keyword", "parse_arg", "print_json",
@@ -110,18 +110,11 @@ def registration_of(target: str, args: Sequence[str],
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGINT and SIGTERM raise Interrupted inside the block (handlers restored after)."""
-    def interrupt(signum: int, _frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+    def interrupt(sig: signal.Signals) -> None:
+        raise Interrupted(sig.name)
 
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; Ctrl-C stays KeyboardInterrupt
-        return
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_signals(interrupt):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def client_options() -> argparse.ArgumentParser:

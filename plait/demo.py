@@ -9,9 +9,7 @@ for a person's signal), draws each workflow's graph as SVG and exits.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any
 
 from plait.client import ResultTimeout, Run, outcome_error
 from plait.protocol.messages import WorkflowResult
+from plait.stopping import stop_on_signals
 from plait.testing import Cluster
 
 __all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run_dev"]
@@ -67,20 +66,13 @@ def examples_path() -> Path | None:
     return None
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda _s, _f: stop.set())
-    return stop
-
-
 def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
             paths: Sequence[Path]) -> int:
     """Flow on ``port`` (feed ``port + 1``) and one supervisor, until SIGINT/SIGTERM."""
-    stop = _stop_on_signals()
     try:
-        with Cluster(imports, workers=workers, db=db, port=port, feed_port=port + 1,
-                     paths=paths, cwd=os.getcwd(), logs=False) as cluster:
+        with stop_on_signals() as stop, Cluster(
+                imports, workers=workers, db=db, port=port, feed_port=port + 1,
+                paths=paths, cwd=os.getcwd(), logs=False) as cluster:
             print(f"plait dev: Flow on {cluster.address} (feed {cluster.feed}), database {db}\n"
                   f"plait dev: one supervisor ({workers} workers) serving {', '.join(imports)}\n"
                   f"plait dev: try `plait submit examples.branching:coin --wait`; Ctrl-C stops",

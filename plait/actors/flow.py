@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +46,7 @@ from plait.actors.store import Store, load
 from plait.actors.timers import Timers
 from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import Submit, Welcome
+from plait.stopping import stop_on_signals
 
 __all__ = ["Flow", "FlowSettings", "run_flow"]
 
@@ -236,7 +235,7 @@ def run_flow(settings: FlowSettings, ready: threading.Event | None = None,
         failed.append(exc)
         stop.set()
 
-    with _signals(stop):
+    with stop_on_signals(stop):
         flow = Flow(settings, on_fatal=fatal).start()
         try:
             if ready is not None:
@@ -246,20 +245,6 @@ def run_flow(settings: FlowSettings, ready: threading.Event | None = None,
             flow.stop()
     if failed:
         raise RuntimeError("flow stopped: the store could not commit") from failed[0]
-
-
-@contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = lambda signum, frame: stop.set()  # noqa: E731 - the smallest handler there is
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = FlowSettings(**args)
     if clock_file:
         settings.clock = FileClock(clock_file)
-    stop = threading.Event()
-    with _signals(stop):
+    with stop_on_signals() as stop:
         flow = Flow(settings, on_fatal=lambda exc: stop.set()).start()
         try:
             # One line for whoever started us (tests): where we listen, ports resolved.

@@ -27,13 +27,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import zmq
@@ -62,6 +60,7 @@ from plait.protocol.messages import (
     Welcome,
     WorkerReady,
 )
+from plait.stopping import stop_on_signals
 from plait.supervisor.cancel import Canceller
 from plait.supervisor.flow_link import FlowLink
 from plait.supervisor.pool import Death, PoolSettings, Worker, WorkerPool
@@ -401,21 +400,6 @@ def _drain_router(sock: zmq.Socket[bytes]) -> Iterator[tuple[bytes, bytes]]:
             yield parts[0], parts[1]
 
 
-@contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop`` (only the main thread may install handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_supervisor(settings: SupervisorSettings, ready: threading.Event | None = None,
                    stop: threading.Event | None = None) -> None:
     """Serve the tasks of ``settings.imports`` until ``stop`` (or SIGTERM/SIGINT).
@@ -429,7 +413,7 @@ def run_supervisor(settings: SupervisorSettings, ready: threading.Event | None =
     log.info("supervisor %s serving %s for %s", supervisor.id, sorted(supervisor.tasks),
              settings.flow)
     try:
-        with _signals(stop):
+        with stop_on_signals(stop):
             supervisor.run(ready, stop)
     finally:
         supervisor.close()
