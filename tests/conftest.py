@@ -1,4 +1,5 @@
-"""Shared pytest configuration: hypothesis profiles.
+"""Shared pytest configuration: hypothesis profiles, and the fixtures of the tests
+that drive a Flow at protocol level (``flow``, ``client``, ``supervisor``).
 
 ``ci`` (the default) runs each property test's own example count with no
 deadline: the machine is shared, and a slow example is not a failing one.
@@ -9,8 +10,16 @@ their own ``max_examples`` scale it with ``workflow_strategy.examples``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import flowkit
+import pytest
 from hypothesis import HealthCheck, settings
+
+from plait.actors.flow import Flow
+from plait.protocol.messages import TaskInfo
 
 settings.register_profile(
     "ci",
@@ -25,3 +34,44 @@ settings.register_profile(
     max_examples=20,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# --- a Flow in this process, with fake clients and supervisors (tests/flowkit.py) ------
+
+
+@pytest.fixture
+def flow_options() -> dict[str, Any]:
+    """More FlowSettings for the ``flow`` fixture; a test module overrides it (a
+    FakeClock, real retry delays...)."""
+    return {}
+
+
+@pytest.fixture
+def flow(tmp_path: Path, flow_options: dict[str, Any]) -> Iterator[Flow]:
+    f = Flow(flowkit.settings(tmp_path, **flow_options)).start()
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+@pytest.fixture
+def client(flow: Flow) -> Iterator[flowkit.Peer]:
+    peer = flowkit.Peer(flow.endpoint)
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def supervisor(flow: Flow) -> Iterator[Callable[..., flowkit.FakeSupervisor]]:
+    """Makes FakeSupervisors (``supervisor(*tasks, **kw)``), closed at the end."""
+    started: list[flowkit.FakeSupervisor] = []
+
+    def make(*tasks: str | TaskInfo, **kw: Any) -> flowkit.FakeSupervisor:
+        sup = flowkit.FakeSupervisor(flow.endpoint, tasks, **kw)
+        started.append(sup)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.close()

@@ -7,7 +7,7 @@ downtime that fires once and never twice; cached results across workflows."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +21,6 @@ from flowkit import (
     spec,
     states,
     submit,
-    wait_for,
 )
 
 from plait.actors.clock import FakeClock
@@ -53,6 +52,7 @@ from plait.protocol.messages import (
     Submit,
     TaskInfo,
 )
+from plait.testing import wait_for
 
 Factory = Callable[..., FakeSupervisor]
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -64,33 +64,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def flow(tmp_path: Any, clock: FakeClock) -> Iterator[Flow]:
-    f = Flow(settings(tmp_path, clock=clock)).start()
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-def client(flow: Flow) -> Iterator[Peer]:
-    peer = Peer(flow.endpoint)
-    yield peer
-    peer.close()
-
-
-@pytest.fixture
-def supervisor(flow: Flow) -> Iterator[Factory]:
-    started: list[FakeSupervisor] = []
-
-    def make(*tasks: str | TaskInfo, **kw: Any) -> FakeSupervisor:
-        sup = FakeSupervisor(flow.endpoint, tasks, **kw)
-        started.append(sup)
-        return sup
-
-    yield make
-    for sup in started:
-        sup.close()
+def flow_options(clock: FakeClock) -> dict[str, Any]:
+    return {"clock": clock}
 
 
 def status(client: Peer, wf: str) -> str:
@@ -189,7 +164,7 @@ def test_restart_a_node_and_its_downstream_after_the_end(
     for node, out in (("a", 1), ("b", 2), ("c", 3)):
         sup.finish(sup.assign(node=node), out)
     assert result(client, wf).output == 3
-    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire")
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
     ended_at = len(history(client, wf))
     assert isinstance(client.request(RestartNode(workflow_id=wf, node="b")), Ack)
     assert status(client, wf) == "running"
@@ -262,13 +237,13 @@ def test_set_attrs_live_and_after_the_end(
     sup.finish(sup.assign(node="a"), 1)
     sup.finish(sup.assign(node="b"), 2)
     assert result(client, wf).status == "succeeded"
-    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire")
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
     label = {"key": "label", "value": "done", "node": "b"}
     edge = {"key": "color", "value": "blue", "edge": ["a", "b"]}
     assert isinstance(client.request(SetAttrs(workflow_id=wf, changes=[label, edge])), Ack)
     assert graph(client, wf)["b"]["attrs"]["label"] == "done"
     assert status(client, wf) == "succeeded"
-    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire again")
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire again")
     events = history(client, wf)
     plan = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events]).plan
     assert plan.edges[("a", "b")].attrs == {"color": "blue"}  # the view draws no edge attrs
@@ -295,7 +270,7 @@ def schedules(client: Peer) -> dict[str, ScheduleInfo]:
 def tick(client: Peer, clock: FakeClock, name: str, seconds: float) -> None:
     """Move time on and wait until the schedule has taken its tick."""
     now = clock.advance(seconds)
-    wait_for(lambda: (schedules(client)[name].next_fire or 0) > now, what=f"{name}'s tick")
+    wait_for(lambda: (schedules(client)[name].next_fire or 0) > now, message=f"{name}'s tick")
 
 
 def test_schedule_ticks_submit_runs_and_skip_overlaps(
@@ -407,7 +382,7 @@ def test_a_missed_tick_fires_once_after_downtime_never_twice(
     clock.advance(3 * 3600)  # down for hours: 36 ticks missed
     flow = Flow(s).start()
     try:
-        wait_for(lambda: runs(flow.endpoint), what="the missed tick's run")
+        wait_for(lambda: runs(flow.endpoint), message="the missed tick's run")
         assert runs(flow.endpoint) == ["m-20231115T0110Z"]  # the latest missed tick, once
         peer = Peer(flow.endpoint)
         peer.request(CancelWorkflow(workflow_id="m-20231115T0110Z"))  # over: no overlap
@@ -422,7 +397,7 @@ def test_a_missed_tick_fires_once_after_downtime_never_twice(
     db.close()
     flow = Flow(s).start()
     try:
-        wait_for(lambda: flow.counters.get("schedule.duplicate") == 1, what="the retry")
+        wait_for(lambda: flow.counters.get("schedule.duplicate") == 1, message="the retry")
         assert runs(flow.endpoint) == ["m-20231115T0110Z"]  # its id is taken: never twice
     finally:
         flow.stop()

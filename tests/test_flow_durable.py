@@ -9,7 +9,7 @@ nothing waits for real time.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -57,33 +57,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def flow(tmp_path: Any, clock: FakeClock) -> Iterator[Flow]:
-    f = Flow(settings(tmp_path, clock=clock, retry_scale=1.0)).start()
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-def client(flow: Flow) -> Iterator[Peer]:
-    peer = Peer(flow.endpoint)
-    yield peer
-    peer.close()
-
-
-@pytest.fixture
-def supervisor(flow: Flow) -> Iterator[Factory]:
-    started: list[FakeSupervisor] = []
-
-    def make(*tasks: str | TaskInfo, **kw: Any) -> FakeSupervisor:
-        sup = FakeSupervisor(flow.endpoint, tasks, **kw)
-        started.append(sup)
-        return sup
-
-    yield make
-    for sup in started:
-        sup.close()
+def flow_options(clock: FakeClock) -> dict[str, Any]:
+    return {"clock": clock, "retry_scale": 1.0}
 
 
 def node_states(client: Peer, wf: str) -> dict[str, str]:

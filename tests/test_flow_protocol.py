@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,14 +20,12 @@ from flowkit import (
     Peer,
     diff,
     flow_process,
-    free_port,
     history,
     result,
     settings,
     spec,
     states,
     submit,
-    wait_for,
 )
 
 from plait.actors.flow import Flow, run_flow
@@ -53,38 +51,9 @@ from plait.protocol.messages import (
     TaskInfo,
 )
 from plait.protocol.promises import MaxParallel, NoNewNodes
+from plait.testing import free_port, wait_for
 
 SupervisorFactory = Callable[..., FakeSupervisor]
-
-
-@pytest.fixture
-def flow(tmp_path: Any) -> Iterator[Flow]:
-    f = Flow(settings(tmp_path)).start()
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-@pytest.fixture
-def client(flow: Flow) -> Iterator[Peer]:
-    peer = Peer(flow.endpoint)
-    yield peer
-    peer.close()
-
-
-@pytest.fixture
-def supervisor(flow: Flow) -> Iterator[SupervisorFactory]:
-    started: list[FakeSupervisor] = []
-
-    def make(*tasks: str | TaskInfo, **kw: Any) -> FakeSupervisor:
-        sup = FakeSupervisor(flow.endpoint, tasks, **kw)
-        started.append(sup)
-        return sup
-
-    yield make
-    for sup in started:
-        sup.close()
 
 
 # --- the happy paths ------------------------------------------------------------------
@@ -198,7 +167,7 @@ def test_timeout_stops_and_retries_the_attempt(
     sup.finish(second, "in time")
     assert result(client, wf).output == "in time"
     assert flow.counters.get("attempts.timed_out") == 1
-    wait_for(lambda: wf not in flow.registry.live(), what="the keeper to retire")
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
 
 
 def test_retry_policy_from_hello(client: Peer, supervisor: SupervisorFactory) -> None:
@@ -437,7 +406,7 @@ def test_feed_late_joiner_converges(
             sup.finish(sup.assign(), 0)
         assert result(client, wf).status == "succeeded"
         final = client.request(GetGraph(workflow_id=wf, unfold=True))
-        wait_for(lambda: mirror.pump() == final.seq, what="the mirror to reach the end")
+        wait_for(lambda: mirror.pump() == final.seq, message="the mirror to reach the end")
         ordered = [(seq, e["ts"], e) for seq, e in sorted(mirror.events.items())]
         assert WorkflowState.rebuild(wf, ordered).view_json(unfold=True) == final.graph
         assert mirror.snapshots == 1  # the feed alone carried everything after the snapshot
@@ -607,7 +576,7 @@ def test_a_start_for_a_gone_connection_queues_the_node_again(
     before the keeper got the Start: no Assign goes to nowhere."""
     wf = submit(client, diff(spec("a")))
     flow.registry.tell(wf, Start("a", 1, "ghost", b"no-such-socket"))
-    wait_for(lambda: flow.counters.get("dispatch.gone") == 1, what="the stale start")
+    wait_for(lambda: flow.counters.get("dispatch.gone") == 1, message="the stale start")
     sup = supervisor("a")
     a = sup.assign()
     assert a.attempt == 1

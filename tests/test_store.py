@@ -11,12 +11,13 @@ from typing import Any
 import pykka
 import pytest
 import zmq
-from flowkit import diff, spec, wait_for
+from flowkit import diff, spec
 
 from plait.actors.history import WorkflowState, state_event
 from plait.actors.mail import CacheEntry, Publish, ScheduleChange, StoredEvent, Write
 from plait.actors.store import Database, Store, load
 from plait.protocol.diff import NodeState
+from plait.testing import wait_for
 
 WF = "wf-1"
 
@@ -153,7 +154,7 @@ def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None
         assert pull.poll(10_000)
         assert pull.recv_multipart() == [b"p", b"one"]
         store.tell(Write([event], [(b"p", b"two")]))  # the same (wf, seq) again
-        wait_for(lambda: fatal, what="the fatal callback")
+        wait_for(lambda: fatal, message="the fatal callback")
         assert isinstance(fatal[0], sqlite3.IntegrityError)
         store.tell(Write([], [(b"p", b"three")]))  # after a failure nothing leaves
         assert not pull.poll(200)
