@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import zmq
@@ -22,10 +22,12 @@ from plait.cli_base import (
     Exit,
     Interrupted,
     UsageError,
+    Verbs,
     client_of,
     client_options,
     importable_cwd,
     interruptible,
+    one_workflow,
     print_json,
     registration_of,
 )
@@ -345,10 +347,6 @@ def _any_workflow(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow", nargs="?", help="a workflow id (default: all)")
 
 
-def _one_workflow(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workflow")
-
-
 def _graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow")
     p.add_argument("--at", type=int, default=None, metavar="SEQ", help="as of this event")
@@ -372,11 +370,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
                    help="give up on an example after S seconds (default: 60)")
 
 
-Options = Callable[[argparse.ArgumentParser], None]
-Command = Callable[[argparse.Namespace], int]
-
-# verb -> (command, its options, shared options: "client", "process" or none)
-VERBS: dict[str, tuple[Command, Options, str]] = {
+VERBS: Verbs = {
     "dev": (cmd_dev, _dev_options, ""),
     "flow": (cmd_flow, _flow_options, "process"),
     "supervisor": (cmd_supervisor, _supervisor_options, "process"),
@@ -385,8 +379,8 @@ VERBS: dict[str, tuple[Command, Options, str]] = {
     "watch": (cmd_watch, _any_workflow, "client"),
     "graph": (cmd_graph, _graph_options, "client"),
     "trace": (cmd_trace, _trace_options, "client"),
-    "history": (cmd_history, _one_workflow, "client"),
-    "cancel": (cmd_cancel, _one_workflow, "client"),
+    "history": (cmd_history, one_workflow, "client"),
+    "cancel": (cmd_cancel, one_workflow, "client"),
     "demo": (cmd_demo, _demo_options, ""),
     **CONTROL_VERBS,
 }

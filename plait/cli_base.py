@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from typing import Any
 
@@ -22,9 +22,14 @@ from plait.errors import PlaitError
 from plait.protocol.diff import PlanDiff
 from plait.stopping import on_signals
 
-__all__ = ["STATUS_EXIT", "Exit", "Interrupted", "UsageError", "client_of", "client_options",
-           "done", "importable_cwd", "interruptible", "keyword", "parse_arg", "print_json",
-           "registration_of"]
+__all__ = ["STATUS_EXIT", "Command", "Exit", "Interrupted", "Options", "UsageError", "Verbs",
+           "client_of", "client_options", "done", "importable_cwd", "interruptible", "keyword",
+           "one_workflow", "parse_arg", "print_json", "registration_of"]
+
+Options = Callable[[argparse.ArgumentParser], None]
+Command = Callable[[argparse.Namespace], int]
+# verb -> (command, its options, shared options: "client", "process" or "" for none)
+Verbs = dict[str, tuple[Command, Options, str]]
 
 
 class Exit(IntEnum):
@@ -115,6 +120,11 @@ def interruptible() -> Iterator[None]:
 
     with on_signals(interrupt):
         yield
+
+
+def one_workflow(p: argparse.ArgumentParser) -> None:
+    """The options of a verb about one workflow."""
+    p.add_argument("workflow")
 
 
 def client_options() -> argparse.ArgumentParser:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from plait.cli_base import (
     Exit,
+    Verbs,
     client_of,
     client_options,
     done,
     keyword,
+    one_workflow,
     parse_arg,
     print_json,
     registration_of,
@@ -144,10 +146,6 @@ def _schedule_table(schedules: Sequence[ScheduleInfo]) -> Iterator[str]:
 # --- options -----------------------------------------------------------------------------------
 
 
-def _one_workflow(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workflow")
-
-
 def _restart_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow")
     p.add_argument("node", help="the node id (see `plait graph WORKFLOW --json`)")
@@ -197,13 +195,10 @@ def _schedule_options(p: argparse.ArgumentParser) -> None:
         sub.set_defaults(func=command)
 
 
-Options = Callable[[argparse.ArgumentParser], None]
-Command = Callable[[argparse.Namespace], int]
-
-# verb -> (command, its options, shared options); "schedule" has its own per action
-CONTROL_VERBS: dict[str, tuple[Command, Options, str]] = {
-    "pause": (cmd_pause, _one_workflow, "client"),
-    "resume": (cmd_resume, _one_workflow, "client"),
+# "schedule" has its own shared options, per action
+CONTROL_VERBS: Verbs = {
+    "pause": (cmd_pause, one_workflow, "client"),
+    "resume": (cmd_resume, one_workflow, "client"),
     "restart": (cmd_restart, _restart_options, "client"),
     "signal": (cmd_signal, _signal_options, "client"),
     "query": (cmd_query, _query_options, "client"),
