@@ -6,7 +6,8 @@
 - ``cache``: successful results of ``cache=True`` tasks by (task, version, inputs).
 
 :meth:`Database.append` writes events, their projection, schedule changes and
-cache entries in one transaction. A :class:`Database` is used by one thread.
+cache entries in one transaction. A :class:`Database` is used by one thread:
+a :class:`DatabaseActor` (the Store, the Reader) opens its own on its thread.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import pykka
+import zmq
+
+from plait.actors.gateway import Outbox
 from plait.actors.history import ENDED
 from plait.actors.mail import CacheEntry, ScheduleChange, StoredEvent
 from plait.protocol.codec import pack, unpack
 from plait.protocol.messages import RunInfo
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseActor"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -172,3 +177,25 @@ class Database:
         if row is None:
             return False, None
         return True, unpack(row[0], max_size=_NO_LIMIT)
+
+
+class DatabaseActor(pykka.ThreadingActor):
+    """An actor with a database connection and an Outbox of its own, both opened
+    on the actor's thread when it starts and closed when it stops."""
+
+    db: Database
+    outbox: Outbox
+
+    def __init__(self, path: str, zctx: zmq.Context[Any], outbox_address: str) -> None:
+        super().__init__()
+        self._path = path
+        self._zctx = zctx
+        self._outbox_address = outbox_address
+
+    def on_start(self) -> None:
+        self.db = Database(self._path)
+        self.outbox = Outbox(self._zctx, self._outbox_address)
+
+    def on_stop(self) -> None:
+        self.outbox.close()
+        self.db.close()

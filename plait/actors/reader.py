@@ -15,11 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import pykka
 import zmq
 
-from plait.actors.database import Database
-from plait.actors.gateway import Outbox
+from plait.actors.database import DatabaseActor
 from plait.actors.history import ENDED, WorkflowState
 from plait.actors.mail import Request
 from plait.protocol.messages import (
@@ -56,25 +54,14 @@ LATE = (Finish, TaskHeartbeat, SetState)  # from a worker after the end: nothing
 REFUSED = (PauseWorkflow, ResumeWorkflow, SendSignal)
 
 
-class Reader(pykka.ThreadingActor):
+class Reader(DatabaseActor):
     """See the module docstring; ``revive(workflow_id, state, request)`` starts a
     keeper for an ended workflow and hands it the request."""
 
     def __init__(self, path: str, zctx: zmq.Context[Any], outbox_address: str,
                  revive: Revive | None = None) -> None:
-        super().__init__()
-        self._path = path
-        self._zctx = zctx
-        self._outbox_address = outbox_address
+        super().__init__(path, zctx, outbox_address)
         self._revive = revive
-
-    def on_start(self) -> None:
-        self.db = Database(self._path)
-        self.outbox = Outbox(self._zctx, self._outbox_address)
-
-    def on_stop(self) -> None:
-        self.outbox.close()
-        self.db.close()
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Request):

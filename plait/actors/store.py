@@ -20,8 +20,7 @@ from typing import Any, NamedTuple
 import pykka
 import zmq
 
-from plait.actors.database import Database
-from plait.actors.gateway import Outbox
+from plait.actors.database import Database, DatabaseActor
 from plait.actors.mail import Publish, Write
 
 __all__ = ["Database", "Loaded", "Store", "load"]
@@ -33,7 +32,7 @@ Stream = list[tuple[int, float, dict[str, Any]]]
 
 
 
-class Store(pykka.ThreadingActor):
+class Store(DatabaseActor):
     """The only writer. Group commit: one transaction per drained inbox."""
 
     MAX_BATCH = 4096  # events per transaction: bounds the latency of one commit
@@ -41,22 +40,11 @@ class Store(pykka.ThreadingActor):
     def __init__(self, path: str, zctx: zmq.Context[Any], outbox_address: str,
                  publisher: pykka.ActorRef[Any], on_fatal: Callable[[BaseException], None]
                  ) -> None:
-        super().__init__()
-        self._path = path
-        self._zctx = zctx
-        self._outbox_address = outbox_address
+        super().__init__(path, zctx, outbox_address)
         self._publisher = publisher
         self._on_fatal = on_fatal
         self._failed = False
         self.commits = 0
-
-    def on_start(self) -> None:
-        self.db = Database(self._path)
-        self.outbox = Outbox(self._zctx, self._outbox_address)
-
-    def on_stop(self) -> None:
-        self.outbox.close()
-        self.db.close()
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Write):
