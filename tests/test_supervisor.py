@@ -499,3 +499,15 @@ def test_state_not_acknowledged_is_sent_again_after_a_reconnect() -> None:
             assert second.expect(SetState).id == state.id
     finally:
         first.close() if second is None else second.close()
+
+
+def test_a_failing_pool_stops_the_supervisor_loudly(flow: FakeFlow,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr("plait.supervisor.pool.subprocess.Popen", broken)
+    with supervisor(flow.address) as errors:
+        wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
+    assert "worker pool failed" in str(errors[0])
+    assert "no more processes" in str(errors[0])

@@ -4,6 +4,12 @@ The worker is first told (CancelTask), so the task raises WorkflowCancelled at
 its next Context call or await and can clean up. A task that does not notice
 within ``grace`` seconds gets SIGTERM, and SIGKILL ``kill_grace`` seconds later.
 The pool then restarts the worker like any other death.
+
+The Relay sends CancelTask to the worker and tells the WorkerPool actor
+``Cancel``; these deadlines belong to that actor (folded into its timer rather
+than a separate actor, because the signals go to processes only the pool
+owns), which clears them on ``Settle`` (the attempt ended) or when it reaps
+the worker.
 """
 
 from __future__ import annotations

@@ -1,8 +1,20 @@
 """The supervisor daemon: one per machine, between Flow and the worker processes.
 
-One thread owns both sockets (a DEALER to Flow, a ROUTER for the workers) and
-runs a poll loop; the pool, the canceller and the Flow link are plain objects
-it drives, so that no socket ever crosses a thread.
+Two components, so that every ZeroMQ socket is used by exactly one thread:
+
+- The Relay (:class:`Supervisor`, the thread that calls :func:`run_supervisor`)
+  owns the sockets: a DEALER to Flow (the :class:`~plait.supervisor.flow_link.
+  FlowLink`), a ROUTER for the workers, and the PULL end of the pool's event
+  socket. Its poll loop keeps the routing state (which worker runs which
+  attempt, :mod:`plait.supervisor.routing`), credit and the Flow link.
+- The WorkerPool (:mod:`plait.supervisor.pool`), a pykka actor, owns the worker
+  processes: it starts, reaps (on its own timer), restarts with backoff,
+  signals and stops them, detects crash loops, and escalates cancellations.
+  The Relay only ``tell``s it what to do (a blocking call only at shutdown);
+  the pool reports ``started``/``died``/``crash_loop`` through an inproc PUSH
+  socket the Relay polls, so the Relay never waits on the actor.
+
+What the Relay does:
 
 - Flow link: Hello (tasks served, free slots, attempts in flight) on every
   (re)connection, heartbeats both ways, and every Propose/Wait/Finish kept
@@ -17,9 +29,14 @@ it drives, so that no socket ever crosses a thread.
   says ``WorkerReady`` when it is free again. Flow re-assigns the attempt, with
   its history, when the wait is over.
 - Routing: Assign goes to an idle worker; Proposed/Resolved go back to the
-  worker that asked; CancelTask goes to the worker running that attempt.
-  TaskHeartbeat and SetState go to Flow and, like every request, are re-sent
-  until Flow acknowledges them.
+  worker that asked; CancelTask goes to the worker running that attempt (and
+  the pool escalates to signals if the task does not stop). TaskHeartbeat and
+  SetState go to Flow and, like every request, are re-sent until Flow
+  acknowledges them.
+- A worker's death (a ``died`` event) with an attempt in hand becomes a
+  ``Finish`` with a retryable ``WorkerLost`` (``WorkflowCancelled`` if it was
+  being cancelled); a ``crash_loop`` event stops the supervisor with
+  :class:`~plait.supervisor.pool.CrashLoop`.
 """
 
 from __future__ import annotations
@@ -34,9 +51,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+import pykka
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
+from plait.actors.registry import safe_tell
 from plait.errors import PlaitError, ProtocolError
 from plait.protocol import codec
 from plait.protocol.messages import (
@@ -61,9 +80,18 @@ from plait.protocol.messages import (
     WorkerReady,
 )
 from plait.stopping import stop_on_signals
-from plait.supervisor.cancel import Canceller
 from plait.supervisor.flow_link import FlowLink
-from plait.supervisor.pool import Death, PoolSettings, Worker, WorkerPool
+from plait.supervisor.pool import (
+    Cancel,
+    CrashLoop,
+    PoolSettings,
+    Ready,
+    Retire,
+    Scale,
+    Settle,
+    WorkerPool,
+)
+from plait.supervisor.routing import Worker, Workers, describe_death
 from plait.supervisor.worker import error_dict
 from plait.task import Task, UnknownTask, registered
 
@@ -111,7 +139,8 @@ def import_tasks(modules: list[str]) -> list[Task[Any, Any]]:
 
 
 class Supervisor:
-    """The poll loop: Flow link, worker ROUTER, pool, credit and routing."""
+    """The Relay: the poll loop over the Flow link, the worker ROUTER and the pool's
+    events; it keeps credit and routing, and tells the WorkerPool actor what to do."""
 
     def __init__(self, settings: SupervisorSettings, tasks: list[Task[Any, Any]]) -> None:
         self.settings = settings
@@ -123,12 +152,21 @@ class Supervisor:
         self.workers_sock.bind("tcp://127.0.0.1:*")
         endpoint = self.workers_sock.getsockopt_string(zmq.LAST_ENDPOINT)
         size = settings.workers
-        self.pool = WorkerPool(PoolSettings(
-            endpoint=endpoint, imports=settings.imports, size=size,
-            max_size=max(settings.max_workers or 4 * size, size),
-            backoff_initial=settings.restart_backoff, backoff_max=settings.restart_backoff_max,
-            crash_limit=settings.crash_limit))
-        self.canceller = Canceller(settings.cancel_grace, settings.kill_grace)
+        max_size = max(settings.max_workers or 4 * size, size)
+        self.workers = Workers(size, max_size)
+        # Bound before the pool starts: the pool's PUSH connects to it from its own thread.
+        self.events = self.zctx.socket(zmq.PULL)
+        self.events.setsockopt(zmq.LINGER, 0)
+        events = f"inproc://plait-pool-{id(self):x}"
+        self.events.bind(events)
+        self.pool_settings = PoolSettings(
+            endpoint=endpoint, events=events, imports=settings.imports, size=size,
+            max_size=max_size, backoff_initial=settings.restart_backoff,
+            backoff_max=settings.restart_backoff_max, crash_limit=settings.crash_limit,
+            cancel_grace=settings.cancel_grace, kill_grace=settings.kill_grace)
+        self.pool: pykka.ActorRef[Any] | None = None
+        self._target = size  # the last Scale the pool was told
+        self._early: set[bytes] = set()  # WorkerReady that beat the pool's "started"
         self.link = FlowLink(self.zctx, settings, self._hello)
         self.queue: deque[Assign] = deque()
         self.credit = 0
@@ -138,8 +176,8 @@ class Supervisor:
     # --- credit ------------------------------------------------------------------------
 
     def free(self) -> int:
-        busy = sum(1 for w in self.pool.workers.values() if w.assign is not None)
-        return max(self.pool.target() - busy - len(self.queue), 0)
+        busy = sum(1 for w in self.workers.values() if w.assign is not None)
+        return max(self.workers.target() - busy - len(self.queue), 0)
 
     def _hello(self) -> Hello:
         self.credit = self.free()
@@ -162,20 +200,13 @@ class Supervisor:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, ready: threading.Event | None, stop: threading.Event) -> None:
-        now = time.monotonic()
-        self.link.open(now)
-        self.pool.reconcile(now)
+        self.pool = WorkerPool.start(self.zctx, self.pool_settings)
+        self.link.open(time.monotonic())
         while not stop.is_set():
             self._poll_once()
-            self._dispatch()  # before reconciling, so an idle worker is not retired first
+            self._dispatch()  # before rescaling, so an idle worker is not retired first
             now = time.monotonic()
-            for death in self.pool.reconcile(now):
-                self._on_death(death)
-            for ident, sig in self.canceller.due(now):
-                worker = self.pool.workers.get(ident)
-                if worker is not None:
-                    log.warning("cancel: sending signal %d to worker pid %d", sig, worker.pid)
-                    self.pool.signal(worker, sig)
+            self._rescale(now)
             if self.link.tick(now):
                 log.warning("Flow silent for %.1f s: reconnecting", self.link.timeout)
                 self.welcomed.clear()
@@ -185,14 +216,31 @@ class Supervisor:
             if ready is not None and self.welcomed.is_set():
                 ready.set()
 
+    def _tell(self, message: Any) -> None:
+        safe_tell(self.pool, message)
+
+    def _rescale(self, now: float) -> None:
+        """Retire idle spares beyond the target; tell the pool when the target moves."""
+        for worker in self.workers.spares(now):
+            worker.retiring = True
+            self._tell(Retire(worker.ident))
+        target = self.workers.target()
+        if target != self._target:
+            self._target = target
+            self._tell(Scale(target))
+
     def _poll_once(self) -> None:
         poller = zmq.Poller()
+        poller.register(self.events, zmq.POLLIN)
         poller.register(self.workers_sock, zmq.POLLIN)
         if self.link.sock is not None and self.link.monitor is not None:
             poller.register(self.link.sock, zmq.POLLIN)
             poller.register(self.link.monitor, zmq.POLLIN)
         events = dict(poller.poll(int(_TICK * 1000)))
         now = time.monotonic()
+        if self.events in events:  # first: a worker's "started" before its WorkerReady
+            for frame in _drain(self.events):
+                self._from_pool(codec.unpack(frame), now)
         if self.link.monitor is not None and self.link.monitor in events:
             self.link.on_monitor(now)
         if self.link.sock is not None and self.link.sock in events:
@@ -201,10 +249,12 @@ class Supervisor:
                 self._from_flow(frame)
         if self.workers_sock in events:
             for ident, frame in _drain_router(self.workers_sock):
-                self._from_worker(ident, frame)
+                self._from_worker(ident, frame, now)
 
     def close(self) -> None:
-        self.pool.stop()
+        if self.pool is not None:
+            self.pool.stop(block=True)  # a blocking call at shutdown only: it stops the workers
+        self.events.close(linger=0)
         self.link.close()
         self.workers_sock.close(linger=0)
         self.zctx.term()
@@ -252,7 +302,7 @@ class Supervisor:
     def _held(self) -> list[Assign]:
         """Attempts the workers hold (an evicted one is Flow's again, though its
         worker may still be unwinding it)."""
-        return [w.assign for w in self.pool.workers.values()
+        return [w.assign for w in self.workers.values()
                 if w.assign is not None and not w.evicting]
 
     def _finish(self, assign: Assign, error: dict[str, Any]) -> None:
@@ -269,7 +319,7 @@ class Supervisor:
                 and worker.assign.attempt == msg.attempt:
             worker.cancelling = True
             self._to_worker(worker.ident, msg)
-            self.canceller.start(worker.ident, time.monotonic())
+            self._tell(Cancel(worker.ident))
 
     def _on_reply(self, msg: Proposed | Resolved | Error | Ack) -> None:
         request, ident = self.link.outstanding.pop(msg.id, (None, None))
@@ -285,7 +335,7 @@ class Supervisor:
             log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
                       msg.reason)
             return
-        worker = self.pool.workers.get(ident) if ident is not None else None
+        worker = self.workers.get(ident) if ident is not None else None
         if worker is None and isinstance(msg, Proposed | Resolved):
             worker = self._worker_of(msg.workflow_id, msg.node)
         if worker is None:
@@ -296,18 +346,44 @@ class Supervisor:
         self._to_worker(worker.ident, msg)
 
     def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
-        return next((w for w in self.pool.workers.values()
+        return next((w for w in self.workers.values()
                      if w.key() == (workflow_id, node) and not w.evicting), None)
+
+    # --- from the pool -----------------------------------------------------------------------
+
+    def _from_pool(self, event: dict[str, Any], now: float) -> None:
+        kind = event.get("event")
+        if kind == "started":
+            worker = Worker(event["ident"], event["pid"])
+            self.workers.by_ident[worker.ident] = worker
+            if worker.ident in self._early:
+                self._early.discard(worker.ident)
+                self._on_ready(worker, now)
+        elif kind == "died":
+            self._on_death(event["ident"], event["pid"], event["code"])
+        elif kind == "crash_loop":
+            raise CrashLoop(event["reason"])
+        else:  # "failed": the pool actor crashed and has stopped its workers
+            raise PlaitError(str(event.get("reason", event)))
+
+    def _on_ready(self, worker: Worker, now: float) -> None:
+        if not worker.ready:
+            self._tell(Ready(worker.ident))  # a clean start: not a crash-loop candidate
+        worker.ready, worker.idle_since = True, now
 
     # --- from workers --------------------------------------------------------------------------
 
-    def _from_worker(self, ident: bytes, frame: bytes) -> None:
+    def _from_worker(self, ident: bytes, frame: bytes, now: float) -> None:
         msg = self._decode(frame)
-        worker = self.pool.workers.get(ident)
-        if msg is None or worker is None:
+        worker = self.workers.get(ident)
+        if msg is None:
+            return
+        if worker is None:
+            if isinstance(msg, WorkerReady):
+                self._early.add(ident)
             return
         if isinstance(msg, WorkerReady):
-            self.pool.on_ready(ident, time.monotonic())
+            self._on_ready(worker, now)
             if worker.evicting:
                 self._release(worker)
         elif isinstance(msg, Wait):
@@ -331,7 +407,8 @@ class Supervisor:
             worker.waiting = True
             return
         worker.evicting, worker.waiting = True, False
-        self.canceller.clear(worker.ident)
+        if worker.cancelling:
+            self._tell(Settle(worker.ident))
         self._to_worker(worker.ident, Evict(workflow_id=msg.workflow_id, node=msg.node,
                                             attempt=msg.attempt))
 
@@ -340,40 +417,40 @@ class Supervisor:
         for children (durable timers and signals may last for ever)."""
         if self.settings.evict_waiting or wait.timer is not None or wait.signal is not None:
             return False
-        busy = sum(1 for w in self.pool.workers.values() if w.assign and not w.evicting)
-        return busy < self.pool.settings.max_size
+        busy = sum(1 for w in self.workers.values() if w.assign and not w.evicting)
+        return busy < self.workers.max_size
 
     def _release(self, worker: Worker) -> None:
         """The worker is done with its attempt (finished, or unwound after eviction)."""
+        if worker.cancelling:
+            self._tell(Settle(worker.ident))
         worker.assign, worker.waiting, worker.cancelling, worker.evicting = (
             None, False, False, False)
         worker.idle_since = time.monotonic()
-        self.canceller.clear(worker.ident)
 
     def _to_worker(self, ident: bytes, msg: Message) -> None:
         self.workers_sock.send_multipart([ident, codec.encode(msg)])
 
     def _dispatch(self) -> None:
         while self.queue:
-            worker = self.pool.idle()
+            worker = self.workers.idle()
             if worker is None:
                 return
             worker.assign = self.queue.popleft()
             self._to_worker(worker.ident, worker.assign)
 
-    def _on_death(self, death: Death) -> None:
-        worker = death.worker
-        self.canceller.clear(worker.ident)
-        self.link.forget(worker.ident)
-        if worker.assign is None or worker.evicting:
+    def _on_death(self, ident: bytes, pid: int, returncode: int) -> None:
+        """The pool reaped a worker (and dropped its cancel escalation)."""
+        worker = self.workers.by_ident.pop(ident, None)
+        self.link.forget(ident)
+        if worker is None or worker.assign is None or worker.evicting:
             return
+        death = describe_death(pid, returncode)
         if worker.cancelling:
             error = _cancelled(worker.assign)
         else:
-            error = {"type": "WorkerLost", "message": death.describe(), "traceback": "",
-                     "retryable": True}
-        log.warning("%s running %s/%s", death.describe(), worker.assign.workflow_id,
-                    worker.assign.node)
+            error = {"type": "WorkerLost", "message": death, "traceback": "", "retryable": True}
+        log.warning("%s running %s/%s", death, worker.assign.workflow_id, worker.assign.node)
         self._finish(worker.assign, error)
 
 

@@ -6,7 +6,7 @@ reach a restarted Flow that does not know this supervisor, is greeted with
 Hello followed by every request Flow has not answered yet (Propose, Wait and
 Finish are idempotent on Flow's side). A Flow silent for ``timeout`` gets a
 brand new socket; one that answers a heartbeat with an Error gets Hello again.
-Used only by the supervisor's loop thread.
+Used only by the supervisor's Relay thread (its poll loop), which owns the socket.
 """
 
 from __future__ import annotations

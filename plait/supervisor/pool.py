@@ -1,11 +1,21 @@
-"""WorkerPool: keeps the desired number of healthy worker processes.
+"""WorkerPool: the pykka actor that owns the supervisor's worker processes.
 
-A reconciliation loop (after circus's ``reap_and_manage_processes``): each
-:meth:`WorkerPool.reconcile` reaps dead processes, reports them, and starts or
-retires processes until the observed pool matches the desired one. A worker
-that dies before it ever says it is ready is a startup failure: restarts back
-off exponentially, and too many in a row is a crash loop, which stops the
-supervisor loudly instead of burning CPU forever.
+Only this actor starts, polls, signals and stops worker processes. On its own
+timer (every ``tick`` seconds, after circus's ``reap_and_manage_processes``) it
+reaps dead processes, starts processes until ``target`` are alive, and
+escalates the cancellations in progress (the :class:`~plait.supervisor.cancel.
+Canceller` deadlines live here, so that the signals come from the owner of the
+processes). A worker that dies before it is ready is a startup failure:
+restarts back off exponentially, and too many in a row is a crash loop, which
+stops the supervisor loudly instead of burning CPU forever.
+
+The Relay (the supervisor's poll loop) tells the pool what it decides
+(:class:`Scale`, :class:`Ready`, :class:`Retire`, :class:`Cancel`,
+:class:`Settle`), and the pool reports what happens to the processes through an
+inproc PUSH socket it creates in its own thread (the Relay polls the PULL end,
+so it never blocks on the actor): ``started`` (ident, pid), ``died`` (ident,
+pid, exit status), ``crash_loop`` and ``failed`` (reason). Events are msgpack
+dicts (:func:`plait.protocol.codec.pack`), never pickles.
 
 Workers are subprocesses (``python -m plait.supervisor.worker``): a clean
 interpreter per worker, a pid to signal, and an exit status to report.
@@ -23,9 +33,17 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
+import pykka
+import zmq
+
+from plait.actors.registry import safe_tell
+from plait.actors.timers import Timers
 from plait.errors import PlaitError
-from plait.protocol.messages import Assign
+from plait.protocol import codec
+from plait.supervisor.cancel import Canceller
 
 log = logging.getLogger("plait.supervisor")
 
@@ -36,121 +54,180 @@ class CrashLoop(PlaitError):
     code = "crash_loop"
 
 
-@dataclass(eq=False)
-class Worker:
-    """One worker process and what the supervisor knows of it."""
-
-    ident: bytes
-    proc: subprocess.Popen[bytes]
-    started: float
-    ready: bool = False
-    assign: Assign | None = None
-    waiting: bool = False  # its task awaits other nodes (Wait sent, no Resolved yet)
-    cancelling: bool = False
-    evicting: bool = False  # told to drop its waiting task; WorkerReady says it has
-    retiring: bool = False
-    idle_since: float = 0.0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def idle(self) -> bool:
-        return self.ready and self.assign is None and not self.retiring
-
-    def key(self) -> tuple[str, str] | None:
-        return (self.assign.workflow_id, self.assign.node) if self.assign else None
-
-
-@dataclass(frozen=True)
-class Death:
-    """A worker process that exited, and why."""
-
-    worker: Worker
-    returncode: int
-
-    def describe(self) -> str:
-        code = self.returncode
-        why = f"signal {-code}" if code < 0 else f"exit code {code}"
-        return f"worker pid {self.worker.pid} died ({why})"
-
-
 @dataclass
 class PoolSettings:
-    endpoint: str
+    endpoint: str  # the Relay's ROUTER, which workers connect to
+    events: str  # the Relay's inproc PULL, which the pool reports to
     imports: Sequence[str]
     size: int
     max_size: int
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     crash_limit: int = 5
-    linger: float = 10.0  # an extra idle worker is retired after this many seconds
+    cancel_grace: float = 5.0
+    kill_grace: float = 2.0
+    tick: float = 0.05  # seconds between reaps and cancel escalations
+    stop_timeout: float = 3.0  # SIGTERM, then SIGKILL after this many seconds
     path: Sequence[str] = field(default_factory=lambda: list(sys.path))
 
 
-class WorkerPool:
-    """N worker processes, plus one extra per task that waits (up to ``max_size``)."""
+# --- what the Relay tells the pool ----------------------------------------------------------
 
-    def __init__(self, settings: PoolSettings) -> None:
+
+@dataclass(frozen=True)
+class Scale:
+    """Keep ``target`` processes alive (not counting those retiring)."""
+
+    target: int
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker said WorkerReady: it started cleanly."""
+
+    ident: bytes
+
+
+@dataclass(frozen=True)
+class Retire:
+    """An idle spare the Relay no longer routes to: SIGTERM it."""
+
+    ident: bytes
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The worker was told CancelTask: SIGTERM after the grace, then SIGKILL."""
+
+    ident: bytes
+
+
+@dataclass(frozen=True)
+class Settle:
+    """The worker is done with the attempt being cancelled: no escalation."""
+
+    ident: bytes
+
+
+@dataclass(frozen=True)
+class _Tick:
+    pass
+
+
+@dataclass(eq=False)
+class _Process:
+    ident: bytes
+    proc: subprocess.Popen[bytes]
+    ready: bool = False
+    retiring: bool = False
+
+
+class WorkerPool(pykka.ThreadingActor):
+    """N worker processes (the Relay's ``Scale`` target), each restarted when it dies."""
+
+    def __init__(self, zctx: zmq.Context[Any], settings: PoolSettings) -> None:
+        super().__init__()
+        self._zctx = zctx
         self.settings = settings
-        self.workers: dict[bytes, Worker] = {}
+        self._procs: dict[bytes, _Process] = {}
+        self._target = settings.size
         self._serial = itertools.count(1)
         self._failures = 0  # consecutive startup failures
         self._not_before = 0.0
+        self._gave_up = False
+        self._cancels = Canceller(settings.cancel_grace, settings.kill_grace)
+        self._timers = Timers(name="plait-pool-timer")
 
-    # --- desired state ---------------------------------------------------------------
+    def on_start(self) -> None:
+        # Created here so that the PUSH socket is used by this actor's thread only.
+        self._events = self._zctx.socket(zmq.PUSH)
+        self._events.setsockopt(zmq.LINGER, 0)
+        self._events.connect(self.settings.events)
+        ref = self.actor_ref
+        ref.tell(_Tick())  # the first workers start now, and a failure goes to on_failure
 
-    def waiting(self) -> int:
-        return sum(1 for w in self.workers.values() if w.waiting)
+        def tick() -> None:
+            safe_tell(ref, _Tick())
 
-    def target(self) -> int:
-        """Processes wanted: N, plus a stand-in for each worker held by a waiting task."""
-        s = self.settings
-        return s.size + min(self.waiting(), max(s.max_size - s.size, 0))
+        self._timers.every(self.settings.tick, tick)
+        self._timers.start()
 
-    def idle(self) -> Worker | None:
-        return next((w for w in self.workers.values() if w.idle), None)
+    def on_stop(self) -> None:
+        self._timers.stop()
+        self._stop_workers()
+        self._events.close(linger=0)
 
-    def reconcile(self, now: float) -> list[Death]:
-        """Reap, then start or retire processes; returns the deaths since last time."""
-        deaths = self._reap(now)
-        live = [w for w in self.workers.values() if not w.retiring]
-        if len(live) < self.target() and now >= self._not_before:
-            for _ in range(self.target() - len(live)):
-                self._start(now)
-        elif len(live) > self.target():
-            # Waits come and go quickly; keeping a spare a while avoids restart churn.
-            spare = [w for w in live if w.idle and now - w.idle_since >= self.settings.linger]
-            for w in spare[: len(live) - self.target()]:
-                w.retiring = True
-                self.signal(w, signal.SIGTERM)
-        return deaths
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        # pykka stops a failed actor without on_stop: leave no process or socket behind,
+        # and tell the Relay, which stops the supervisor.
+        self._timers.stop()
+        self._report("failed", reason=f"worker pool failed: {exception_value!r}")
+        self._stop_workers()
+        self._events.close(linger=0)
 
-    def _reap(self, now: float) -> list[Death]:
-        deaths = []
-        for w in list(self.workers.values()):
-            code = w.proc.poll()
+    def on_receive(self, message: Any) -> Any:
+        now = time.monotonic()
+        if isinstance(message, _Tick):
+            self._reconcile(now)
+        elif isinstance(message, Scale):
+            self._target = message.target
+            self._reconcile(now)
+        elif isinstance(message, Ready):
+            self._on_ready(message.ident)
+        elif isinstance(message, Retire):
+            self._retire(message.ident)
+        elif isinstance(message, Cancel):
+            self._cancels.start(message.ident, now)
+        elif isinstance(message, Settle):
+            self._cancels.clear(message.ident)
+        else:
+            return super().on_receive(message)
+        return None
+
+    # --- the timer's work ------------------------------------------------------------------
+
+    def _reconcile(self, now: float) -> None:
+        """Reap, start processes up to the target, escalate cancellations."""
+        self._reap(now)
+        live = sum(1 for p in self._procs.values() if not p.retiring)
+        if live < self._target and now >= self._not_before and not self._gave_up:
+            for _ in range(self._target - live):
+                self._start()
+        for ident, sig in self._cancels.due(now):
+            process = self._procs.get(ident)
+            if process is not None:
+                log.warning("cancel: sending signal %d to worker pid %d", sig, process.proc.pid)
+                _signal(process, sig)
+
+    def _reap(self, now: float) -> None:
+        for p in list(self._procs.values()):
+            code = p.proc.poll()
             if code is None:
                 continue
-            del self.workers[w.ident]
-            deaths.append(Death(w, code))
-            if w.retiring:
-                continue
-            if not w.ready:
-                self._failures += 1
-                log.error("worker pid %d died before it was ready (code %s), %d in a row",
-                          w.pid, code, self._failures)
-                if self._failures >= self.settings.crash_limit:
-                    raise CrashLoop(f"{self._failures} workers in a row died before they were "
-                                    f"ready (last exit code {code}); check the task modules "
-                                    f"{list(self.settings.imports)} import cleanly")
-            delay = min(self.settings.backoff_initial * 2 ** self._failures,
-                        self.settings.backoff_max)
-            self._not_before = max(self._not_before, now + delay)
-        return deaths
+            del self._procs[p.ident]
+            self._cancels.clear(p.ident)
+            self._report("died", ident=p.ident, pid=p.proc.pid, code=code)
+            if not p.retiring:
+                self._on_death(p, code, now)
 
-    def _start(self, now: float) -> Worker:
+    def _on_death(self, p: _Process, code: int, now: float) -> None:
+        s = self.settings
+        if not p.ready:
+            self._failures += 1
+            log.error("worker pid %d died before it was ready (code %s), %d in a row",
+                      p.proc.pid, code, self._failures)
+            if self._failures >= s.crash_limit and not self._gave_up:
+                self._gave_up = True
+                self._report("crash_loop", reason=(
+                    f"{self._failures} workers in a row died before they were ready (last "
+                    f"exit code {code}); check the task modules {list(s.imports)} import "
+                    f"cleanly"))
+        delay = min(s.backoff_initial * 2 ** self._failures, s.backoff_max)
+        self._not_before = max(self._not_before, now + delay)
+
+    def _start(self) -> None:
         s = self.settings
         ident = f"w{os.getpid()}-{next(self._serial)}"
         cmd = [sys.executable, "-m", "plait.supervisor.worker", "--connect", s.endpoint,
@@ -161,35 +238,46 @@ class WorkerPool:
         path = [p or os.getcwd() for p in s.path]
         env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-        worker = Worker(ident.encode(), proc, now)
-        self.workers[worker.ident] = worker
+        self._procs[ident.encode()] = _Process(ident.encode(), proc)
+        self._report("started", ident=ident.encode(), pid=proc.pid)
         log.info("started worker pid %d (%s)", proc.pid, ident)
-        return worker
 
-    # --- observed events ----------------------------------------------------------------------
+    # --- what the Relay tells ----------------------------------------------------------------
 
-    def on_ready(self, ident: bytes, now: float) -> Worker | None:
-        worker = self.workers.get(ident)
-        if worker is not None:
-            worker.ready, worker.idle_since = True, now
+    def _on_ready(self, ident: bytes) -> None:
+        process = self._procs.get(ident)
+        if process is not None:
+            process.ready = True
             self._failures = 0
-        return worker
 
-    def signal(self, worker: Worker, sig: int) -> None:
-        # It may exit between poll and signal: the next reap reports it.
-        if worker.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                worker.proc.send_signal(sig)
+    def _retire(self, ident: bytes) -> None:
+        process = self._procs.get(ident)
+        if process is not None:
+            process.retiring = True
+            _signal(process, signal.SIGTERM)
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """Terminate every worker; kill those still alive after ``timeout``."""
-        for w in self.workers.values():
-            self.signal(w, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for w in self.workers.values():
+    def _report(self, event: str, **data: Any) -> None:
+        # NOBLOCK: an inproc PUSH to a bound PULL does not fill up in practice, and the
+        # pool must never wait on the Relay.
+        with contextlib.suppress(zmq.Again):
+            self._events.send(codec.pack({"event": event, **data}), zmq.NOBLOCK)
+
+    def _stop_workers(self) -> None:
+        """Terminate every worker; kill those still alive after ``stop_timeout``."""
+        for p in self._procs.values():
+            _signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.stop_timeout
+        for p in self._procs.values():
             try:
-                w.proc.wait(max(deadline - time.monotonic(), 0))
+                p.proc.wait(max(deadline - time.monotonic(), 0))
             except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
-        self.workers.clear()
+                p.proc.kill()
+                p.proc.wait()
+        self._procs.clear()
+
+
+def _signal(process: _Process, sig: int) -> None:
+    # It may exit between poll and signal: the next reap reports it.
+    if process.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.proc.send_signal(sig)
