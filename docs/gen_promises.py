@@ -139,7 +139,7 @@ def _no_edges_to() -> Story:
 def _max_nodes() -> Story:
     s = Story("MaxNodes").register(["retry"], promises=[("retry", MaxNodes(3))]).run("retry")
     s.spawn("retry", "attempt")
-    return s
+    return s.finish("retry")  # a live owner could be retried, and a retry counts afresh
 
 
 def _max_parallel() -> Story:

@@ -73,7 +73,8 @@ def tasks(v: View) -> list[str]:
 
 
 def holders(v: View) -> list[ViewNode]:
-    return [n for n in v.nodes if n.kind == "placeholder"]
+    """This attempt's placeholders (not what a retry of a live owner may build)."""
+    return [n for n in v.nodes if n.kind == "placeholder" and not n.attrs.get("retry")]
 
 
 def fits(node: ViewNode, element: ViewNode) -> bool:

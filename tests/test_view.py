@@ -59,7 +59,8 @@ def wildcards(v: View) -> dict[str, ViewNode]:
 
 
 def placeholders(v: View) -> list[ViewNode]:
-    return [n for n in v.nodes if n.kind == "placeholder"]
+    """This attempt's placeholders (not what a retry of a live owner may build)."""
+    return [n for n in v.nodes if n.kind == "placeholder" and not n.attrs.get("retry")]
 
 
 def edge_set(v: View, provisional: bool | None = None) -> set[tuple[str, str, str]]:
@@ -100,17 +101,30 @@ def test_only_nodes_labels_the_wildcard_and_binds_descendants() -> None:
     assert found[child].tasks == ["fetch", "parse"]
 
 
-def test_max_nodes_counts_the_wildcard_and_narrows_to_none() -> None:
+def test_max_nodes_counts_the_wildcard_once_its_owner_cannot_be_retried() -> None:
     plan = registered(["A"], promises=[("A", MaxNodes(3))])
-    assert wildcards(view(plan))["A"].bounds == (0, 3)
+    assert wildcards(view(plan))["A"].bounds == (0, None)  # a retry would count afresh
     run(plan, "A")
     child = spawn(plan, "A", "x", 0)
-    found = wildcards(view(plan))
-    assert found["A"].bounds == (0, 2)
-    assert found[child].bounds == (0, 2)
-    spawn(plan, "A", "x", 1)
-    spawn(plan, "A", "x", 2)
+    assert wildcards(view(plan))[child].bounds == (0, None)
+    finish(plan, "A")
+    assert wildcards(view(plan))[child].bounds == (0, 2)  # A's budget is final now
+    run(plan, child)
+    spawn(plan, child, "x", 0)
+    spawn(plan, child, "x", 1)
     assert wildcards(view(plan)) == {}
+
+
+def test_a_live_shape_owner_shows_what_a_retry_may_build() -> None:
+    plan = registered(["A"], promises=[("A", Shape(OneOf(Seq("N", "M"), Seq("J", "K"))))])
+    run(plan, "A")
+    spawn(plan, "A", "N", 0)
+    retry = [n for n in view(plan).nodes if n.attrs.get("retry")]
+    assert sorted(n.task or "" for n in retry) == ["J", "K", "M", "N"]
+    assert all(n.bounds == (0, None) for n in retry)
+    assert "if retried" in to_dot(view(plan))
+    finish(plan, "A")
+    assert not [n for n in view(plan).nodes if n.attrs.get("retry")]
 
 
 def test_other_promises_leave_the_wildcard_unbounded() -> None:

@@ -157,7 +157,9 @@ class Plan:
                 return b
             if b.tasks is not None:
                 tasks = b.tasks if tasks is None else tasks & b.tasks
-            if b.count is not None:
+            # A live owner may yet be retried, and a retry counts afresh: its budget
+            # bounds one attempt, not what may still appear.
+            if b.count is not None and not self.nodes[tracker.owner].live:
                 count = b.count if count is None else min(count, b.count)
         if count == 0 or tasks == frozenset():
             return Bound(closed=True)

@@ -99,6 +99,13 @@ class Tracker:
         stateless trackers stay, counting ones start afresh."""
         return self
 
+    counts_nodes = False
+    """Whether the tracker counts nodes (so that a node taken back from an earlier
+    attempt's history must be shown to it again once it was renewed)."""
+
+    def counted(self, node_id: str) -> bool:
+        return False
+
 
 class Promise:
     """Base of every promise. Subclasses are frozen dataclasses of plain data."""
@@ -346,21 +353,28 @@ class NoEdgesTo(Promise):
 class _MaxNodesTracker(Tracker):
     promise: MaxNodes
 
+    counts_nodes = True
+
     def __init__(self, promise: MaxNodes, owner: str) -> None:
         super().__init__(promise, owner)
         self.created = 0
+        self._seen: set[str] = set()
+
+    def counted(self, node_id: str) -> bool:
+        return node_id in self._seen
 
     def _count(self, staged: Staged) -> Verdict:
         task = self.promise.task
-        added = sum(1 for _, t in staged.new_nodes if task is None or t == task)
-        if not added:
+        ids = [n for n, t in staged.new_nodes if task is None or t == task]
+        if not ids:
             return None
-        total = self.created + added
+        total = self.created + len(ids)
         if total > self.promise.n:
             return f"created node number {total} of at most {self.promise.n}"
 
         def commit() -> None:
             self.created = total
+            self._seen.update(ids)
 
         return Deferred(commit)
 
@@ -450,9 +464,14 @@ class ShapeTracker(Tracker):
 
     promise: Shape
 
+    counts_nodes = True
+
     def __init__(self, promise: Shape, owner: str) -> None:
         super().__init__(promise, owner)
         self.matcher = ShapeMatcher(promise.expr, owner)
+
+    def counted(self, node_id: str) -> bool:
+        return self.matcher.has(node_id)
 
     def check(self, staged: Staged) -> Verdict:
         return self.matcher.check(staged)

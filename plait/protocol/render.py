@@ -75,7 +75,7 @@ def node_label(node: ViewNode, promises: bool = False) -> str:
         return _wildcard_label(node)
     task = node.task or "?"
     if node.provisional:
-        return task + _bounds_label(node)
+        return task + _bounds_label(node) + (" if retried" if node.attrs.get("retry") else "")
     if node.members is not None:
         return f"{task} {TIMES}{node.count}\n{_states_label(node.attrs.get('states') or {})}"
     lines = [task]

@@ -24,16 +24,27 @@ _BUSY = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
 
 
 def closure(plan: Plan, start: Node) -> list[Node]:
-    """``start`` and every node after it by edges or below it by lineage, in creation order."""
+    """``start`` and every node after it by edges, below it by lineage, or after a
+    placeholder it belongs to (a region's owner's successors outside the region
+    wait for the region), in creation order."""
     seen = {start.id}
     stack = [start]
     while stack:
         node = stack.pop()
-        for nid in (*node.succs, *node.children):
+        for nid in (*node.succs, *node.children, *_after_regions(plan, node)):
             if nid not in seen:
                 seen.add(nid)
                 stack.append(plan.nodes[nid])
     return sorted((plan.nodes[n] for n in seen), key=lambda n: n.rank)
+
+
+def _after_regions(plan: Plan, node: Node) -> list[str]:
+    found = []
+    for region in node.regions:
+        for succ in plan.nodes[region.owner].succs:
+            if region not in plan.nodes[succ].regions:
+                found.append(succ)
+    return found
 
 
 def restart(plan: Plan, node_id: str, out: Outcome) -> Rejection | None:

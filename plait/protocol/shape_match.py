@@ -507,6 +507,10 @@ class ShapeMatcher:
         self._last: str | None = None
         self._pending = False
 
+    def has(self, node_id: str) -> bool:
+        """Whether ``node_id`` was matched into the region."""
+        return node_id in self._nodes
+
     @property
     def matched_count(self) -> int:
         """How many region nodes have been matched."""

@@ -231,13 +231,22 @@ class Staging:
     # --- which promises see what ----------------------------------------------
 
     def scoped_for(self, tracker: Tracker) -> Staged:
-        """The diff as ``tracker`` sees it: a promise of the proposer itself, renewed
-        for its new attempt, also sees the earlier attempt's children it re-proposes."""
-        if tracker.owner == self.diff.proposer and (self.claimed or self.revived):
-            members = [(n.id, n.task) for n in sorted((*self.claimed, *self.revived),
-                                                       key=lambda n: n.rank)]
-            return _Members(self, tracker.owner, members + list(self.new_nodes))
-        return self
+        """The diff as ``tracker`` sees it. A counting promise renewed for a new attempt
+        (of its owner, or of an ancestor's restart) also sees the nodes this diff takes
+        back from history, with what they created since, unless it counted them."""
+        if not (self.claimed or self.revived) or not tracker.counts_nodes:
+            return self
+        back: dict[str, Node] = {}
+        for node in (*self.claimed, *self.revived):
+            back[node.id] = node
+            for below in self.plan.descendants(node):
+                if not (below.unclaimed or below.superseded):
+                    back[below.id] = below
+        members = [(n.id, n.task) for n in sorted(back.values(), key=lambda n: n.rank)
+                   if not tracker.counted(n.id)]
+        if not members:
+            return self
+        return _Members(self, tracker.owner, members + list(self.new_nodes))
 
     def outside_shapes(self, asked: list[Tracker]) -> list[Tracker]:
         """Shape promises of regions this diff adds edges into from outside their

@@ -24,6 +24,7 @@ from plait.protocol.shape import Expr, Loop, OneOf, Par, Repeat, Seq, Task
 
 if TYPE_CHECKING:
     from plait.protocol.plan import Node, Plan
+    from plait.protocol.shape_match import ShapeMatcher
     from plait.protocol.staging import Region
 
 __all__ = ["FOLD_THRESHOLD", "PROVISIONAL", "View", "ViewEdge", "ViewNode", "view"]
@@ -335,13 +336,18 @@ class _Builder:
         expander = _Expander(owner.id)
         for tracker in region.trackers:
             residual = tracker.matcher.remaining()
-            if residual is None:
-                continue
-            entries, exits = expander.expand(residual, (1, 1), None)
-            for entry in entries:
-                expander.edges.append((owner.id, entry))
-            for leaf in exits:
-                expander.edges.extend((leaf, succ) for succ in exits_to)
+            groups: list[tuple[Expr, Bounds, str | None]] = (
+                [] if residual is None else [(residual, (1, 1), None)])
+            if _may_start_over(owner, tracker.promise.expr, residual, tracker.matcher):
+                groups.append((tracker.promise.expr, (0, None), None))
+            for n, (expr, bounds, choice) in enumerate(groups):
+                first = len(expander.nodes)
+                entries, exits = expander.expand(expr, bounds, choice)
+                for leaf_node in expander.nodes[first:] if n else ():
+                    leaf_node.attrs["retry"] = True
+                expander.edges.extend((owner.id, entry) for entry in entries)
+                for leaf in exits:
+                    expander.edges.extend((leaf, succ) for succ in exits_to)
         self.nodes.extend(expander.nodes)
         for src, dst in expander.edges:
             self._edge(src, dst, provisional=True)
@@ -361,6 +367,18 @@ class _Builder:
 
 
 Bounds = tuple[int, int | None]
+
+
+def _may_start_over(owner: Node, expr: Expr, residual: Expr | None,
+                    matcher: ShapeMatcher) -> bool:
+    """Whether to show that a retry of the live owner may build the shape afresh:
+    only when it has matched something the residual alone would not allow again."""
+    if not owner.live or matcher.matched_count == 0:
+        return False
+    if residual is None:
+        return True
+    open_ended = isinstance(residual, Repeat | Loop) and residual.max is None
+    return not (residual.wildcard or (open_ended and expr.tasks() <= residual.tasks()))
 
 
 def _times(a: Bounds, b: Bounds) -> Bounds:
