@@ -131,8 +131,8 @@ def test_a_retry_replaying_a_sequence_one_spawn_at_a_time_is_honest() -> None:
     # diffs) and fails. The retry replays: A.1 (reclaimed), A.2 after A.1 (reclaimed),
     # then A.3 after A.2. Expected: no violation (the same DAG as a first run, which is
     # accepted). Actual: violation "node A.3 (task a) starts a in Seq(Seq(Seq(a, a)), a,
-    # a) but is not ordered after A.1 (task a): it needs an edge from every sink of
-    # Seq(Seq(a, a))". Likely cause: a reclaim shows the renewed matcher only the edges
+    # a) but is not ordered after A.1 (task a): it needed an edge from every sink of
+    # Seq(Seq(a, a))". Cause: a reclaim showed the renewed matcher only the edges
     # among that diff's reclaimed nodes (staging._Members), so A.1 -> A.2 is lost when
     # they are reclaimed in separate diffs. (With the flat Seq(a, a, a, a) it passes.)
     from plait.protocol.shape import Seq as Sequence

@@ -8,7 +8,7 @@ existing node, the search of what lies downstream of that node).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, Rejection
@@ -246,7 +246,7 @@ class Staging:
                    if not tracker.counted(n.id)]
         if not members:
             return self
-        return _Members(self, tracker.owner, members + list(self.new_nodes))
+        return _Members(self, tracker.owner, members + list(self.new_nodes), known=tracker.counted)
 
     def outside_shapes(self, asked: list[Tracker]) -> list[Tracker]:
         """Shape promises of regions this diff adds edges into from outside their
@@ -285,12 +285,15 @@ class _Members:
     owner), or of just some edges."""
 
     def __init__(self, staging: Staging, owner: str | None, members: list[tuple[str, str]],
-                 edges: Sequence[tuple[str, str]] | None = None) -> None:
+                 edges: Sequence[tuple[str, str]] | None = None,
+                 known: Callable[[str], bool] = lambda node_id: False) -> None:
         self._staging = staging
         ids = {m[0] for m in members} | ({owner} if owner else set())
         self.new_nodes: Sequence[tuple[str, str]] = members
+        # Edges from nodes the tracker already counted matter too (a replay reclaims
+        # a chain one diff at a time).
         self.new_edges: Sequence[tuple[str, str]] = edges if edges is not None else [
-            (p, m) for m, _ in members for p in staging.preds(m) if p in ids
+            (p, m) for m, _ in members for p in staging.preds(m) if p in ids or known(p)
         ]
 
     def task_of(self, node_id: str) -> str:
