@@ -43,7 +43,7 @@ def held(ctx: Context, log: str, gate: str, name: str) -> str:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the test never opened {gate}")
             ctx.heartbeat()  # a cancellation point
-            time.sleep(0.02)  # the task polls a file the test creates
+            time.sleep(0.02)  # wait-ok: the task polls a file the test creates
     except WorkflowCancelled:
         note(log, "cancelled", name, ctx.node_id, ctx.attempt)  # the task's clean-up
         raise

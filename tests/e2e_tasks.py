@@ -48,7 +48,7 @@ def gated(ctx: Context, log: str, gate: str, name: str) -> str:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the test never opened {gate}")
         ctx.heartbeat()  # a cancellation point
-        time.sleep(0.02)  # the task polls a file the test creates
+        time.sleep(0.02)  # wait-ok: the task polls a file the test creates
     note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
     return name
 
