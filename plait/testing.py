@@ -51,7 +51,7 @@ def wait_for(cond: Callable[[], T], timeout: float = 30.0, interval: float = 0.0
             raise TimeoutError(text or f"condition not met within {timeout:g} s")
         # Bounded back-off between polls of a condition, not a wait for an event.
         time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-        pause = min(pause * 1.5, 0.5)
+        pause = min(pause * 1.5, 0.1)
 
 
 def free_port() -> int:
