@@ -29,7 +29,7 @@ def assert_truthful(run: ws.Run) -> None:
     assert not run.early, run.early
     final = view(run.plan, unfold=True).to_json()
     for i, (snap, regions) in enumerate(zip(run.snapshots, run.regions, strict=True)):
-        errors = ws.check_snapshot(snap, final, regions)
+        errors = ws.check_snapshot(snap, final, regions, run.reopened(i))
         assert not errors, f"snapshot {i} (seq {snap['seq']}) lies: {errors[:5]}"
 
 
@@ -44,6 +44,19 @@ def describe(wf: ws.Workflow) -> None:
     event(f"nodes {'1' if size <= 1 else '2-5' if size <= 5 else '6-12' if size <= 12 else '13+'}")
     if wf.broken is not None:
         event(f"break {wf.broken.how}")
+    if any(b.paths for b in wf.behaviours.values()):
+        event("a retry takes another path")
+
+
+def describe_run(run: ws.Run) -> None:
+    if run.restarts:
+        event("restarted")
+    if run.refused_restarts:
+        event("a restart refused (busy)")
+    if any(n.unclaimed for n in run.plan.nodes.values()):
+        event("history left unclaimed")
+    if any(n.superseded for n in run.plan.nodes.values()):
+        event("history left superseded")
 
 
 @settings(max_examples=HONEST)
@@ -52,12 +65,17 @@ def test_honest_workflows_run_to_the_end_and_are_never_lied_about(
         wf: ws.Workflow, rng: random.Random) -> None:
     describe(wf)
     run = ws.play(wf, rng)
+    describe_run(run)
     assert not run.refusals, [(w, r.to_dict()) for w, r in run.refusals]
     assert run.plan.violations == []
     assert run.plan.is_settled(), "stuck: live nodes but nothing can run"
     if wf.cancel_after is None:
         assert sorted(run.plan.nodes) == sorted(wf.node_ids())
-        assert all(n.state.value == "succeeded" for n in run.plan.nodes.values())
+        # History a restart superseded stays cancelled unless its creator re-proposed it.
+        assert all(n.state.value == "succeeded" or (n.superseded and n.state.value ==
+                                                   "cancelled")
+                   for n in run.plan.nodes.values()), {
+            n.id: n.state.value for n in run.plan.nodes.values()}
         assert not any(n.region and not n.region.closed for n in run.plan.nodes.values())
     assert_truthful(run)
 
@@ -71,6 +89,13 @@ def test_every_break_is_reported_as_the_promise_it_breaks(
     broken = wf.broken
     if broken is None:  # nothing to break (no promise in force anywhere): honest
         assert not run.refusals
+    elif broken.kind == "plan":  # a rule of the plan, not a promise: refused, not a violation
+        assert run.refusals, f"{broken} was never refused"
+        where, rejection = run.refusals[0]
+        assert (where, rejection.kind, rejection.proposer) == ("apply", "plan", broken.node), (
+            rejection.to_dict())
+        assert "cannot change attributes" in rejection.reason
+        assert run.plan.violations == []
     else:
         assert run.refusals, f"{broken} was never reported"
         where, rejection = run.refusals[0]
