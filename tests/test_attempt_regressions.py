@@ -6,7 +6,7 @@ from __future__ import annotations
 from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff
 from plait.protocol.plan import Plan
 from plait.protocol.promises import NoNewNodes, Shape
-from plait.protocol.shape import Seq
+from plait.protocol.shape import Seq, Task
 
 S = NodeState
 
@@ -151,3 +151,69 @@ def test_a_retry_replaying_a_sequence_one_spawn_at_a_time_is_honest() -> None:
     assert plan.apply(step("A.2", "A.1")).ok
     out = plan.apply(step("A.3", "A.2"))
     assert out.rejection is None, out.rejection
+
+
+def _run(plan: Plan, node: str) -> None:
+    plan.set_state(node, S.RUNNING)
+    plan.set_state(node, S.SUCCEEDED)
+
+
+def test_restarting_an_unclaimed_child_keeps_it_reclaimable() -> None:
+    # A (Shape(a)) spawns A.1 (a); A.1 succeeds; A fails (A.1 is unclaimed history);
+    # the operator restarts A.1; A's retry re-proposes A.1. Expected: A.1 reclaimed,
+    # the region matches, no violation. Actual: restart's _reset clears `unclaimed`,
+    # the re-proposal is a no-op, the renewed matcher never sees A.1:
+    # "region closed incomplete: expected a (nothing matched)".
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("A", "x"),), (), (("A", Shape(Task("a"))),))).ok
+    plan.set_state("A", S.RUNNING)
+    spawn = PlanDiff("A", (NodeSpec("A.1", "a", creator="A"),))
+    assert plan.apply(spawn).ok
+    _run(plan, "A.1")
+    plan.set_state("A", S.READY)
+    assert plan.restart("A.1").rejection is None
+    plan.set_state("A", S.RUNNING)
+    assert plan.apply(spawn).ok
+    plan.set_state("A", S.SUCCEEDED)
+    plan.set_state("A.1", S.RUNNING)
+    assert plan.set_state("A.1", S.SUCCEEDED).violations == []
+
+
+def test_a_delegate_not_yet_reclaimed_does_not_break_its_retried_owners_shape() -> None:
+    # A (Shape(Seq(b, d))) spawns A.1 (b), which is to spawn A.1.1 (d). A fails and is
+    # retried; before A re-proposes A.1, the still running A.1 spawns A.1.1 after A.1.
+    # Expected: no violation (A's retry re-proposes A.1: the same region). Actual:
+    # violation "node A.1.1 (task d) does not fit Seq(b, d): expected b".
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("A", "x"),), (),
+                               (("A", Shape(Seq("b", "d"))),))).ok
+    plan.set_state("A", S.RUNNING)
+    assert plan.apply(PlanDiff("A", (NodeSpec("A.1", "b", creator="A"),))).ok
+    plan.set_state("A", S.READY)
+    plan.set_state("A.1", S.RUNNING)
+    out = plan.apply(PlanDiff("A.1", (NodeSpec("A.1.1", "d", creator="A.1"),),
+                              (EdgeSpec("A.1", "A.1.1"),)))
+    assert out.rejection is None, out.rejection
+
+
+def test_a_restarted_node_waits_once_for_an_open_region() -> None:
+    # r0.3 runs after r0.1 and r0.2 (Shape(a), region still open) -> r0.3 is held
+    # by the region; restarting r0.1 recounts r0.3's waits. Before the fix the region
+    # held r0.3 twice and released it twice when it closed: r0.3 started before r0.1.
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("r0", "a"),))).ok
+    plan.set_state("r0", S.RUNNING)
+    assert plan.apply(PlanDiff("r0", (NodeSpec("r0.1", "a", creator="r0"),
+                                      NodeSpec("r0.2", "a", creator="r0"),
+                                      NodeSpec("r0.3", "a", creator="r0")),
+                               (EdgeSpec("r0.1", "r0.3"), EdgeSpec("r0.2", "r0.3")),
+                               (("r0.2", Shape(Task("a"))),))).ok
+    _run(plan, "r0.1")
+    plan.set_state("r0.2", S.RUNNING)
+    assert plan.apply(PlanDiff("r0.2", (NodeSpec("r0.2.1", "a", creator="r0.2"),))).ok
+    plan.set_state("r0.2", S.SUCCEEDED)  # its region stays open: r0.2.1 has not run
+    assert plan.restart("r0.1").rejection is None
+    _run(plan, "r0.2.1")  # the region closes
+    assert plan.nodes["r0.3"].state is S.PENDING  # still waiting for r0.1
+    plan.set_state("r0.1", S.RUNNING)
+    assert plan.set_state("r0.1", S.SUCCEEDED).ready == ["r0.3"]

@@ -117,6 +117,7 @@ class Plan:
         self.order: list[str] = []  # creation order, for stable views
         self.seq = 0  # number of diffs applied
         self.live_count = 0
+        self.has_history = False  # some attempt was left behind (retry, restart)
         self.violations: list[Rejection] = []
         self.rejected: list[tuple[Rejection, PlanDiff]] = []
 
@@ -215,6 +216,9 @@ class Plan:
     def _ask_trackers(self, staging: Staging, pending: list[Pending]) -> Rejection | None:
         proposer = self.nodes.get(staging.diff.proposer or "")
         trackers = list(self.in_force(proposer)) if proposer is not None else []
+        if proposer is not None and self.has_history:
+            past = self._history_owners(proposer)
+            trackers = [t for t in trackers if not (t.counts_nodes and t.owner in past)]
         asked = [(t, staging.scoped_for(t)) for t in trackers]
         asked += [(t, staging.edges_only()) for t in staging.outside_shapes(trackers)]
         for tracker, staged in asked:
@@ -309,7 +313,7 @@ class Plan:
         region = src.region
         if region is None or region.closed or region in dst.regions:
             return True
-        region.waiters.append(dst.id)
+        region.waiters[dst.id] = None  # at most once: a restart counts its waits anew
         return False
 
     def _set_attr(self, change: AttrChange) -> None:
@@ -353,11 +357,24 @@ class Plan:
             dst.state = NodeState.READY
             out.ready.append(dst.id)
 
+    def _history_owners(self, node: Node) -> set[str]:
+        """Owners whose new attempt left ``node``'s line behind as history: what that
+        line still creates belongs to the earlier attempt, which their renewed
+        counting promises do not judge (they will, if the line is reclaimed)."""
+        owners = set()
+        current: Node | None = node
+        while current is not None and current.creator is not None:
+            if current.unclaimed or current.superseded:
+                owners.add(current.creator.id)
+            current = current.creator
+        return owners
+
     def new_attempt(self, node: Node) -> None:
         """``node`` runs again as a new attempt, which may take another path: what the
         earlier attempt created is history until re-proposed, and the promises that
         count what the node creates start counting afresh."""
         node.attempt += 1
+        self.has_history = self.has_history or bool(node.children)
         for child in node.children:
             self.nodes[child].unclaimed = True
         node.trackers = [t.renew() for t in node.trackers]

@@ -91,7 +91,6 @@ def _reset(plan: Plan, node: Node) -> None:
     node.output = None
     node.error = None
     node.superseded = False
-    node.unclaimed = False
 
 
 def _supersede(plan: Plan, node: Node, out: Outcome) -> None:
@@ -108,6 +107,7 @@ def _supersede(plan: Plan, node: Node, out: Outcome) -> None:
 def revive(plan: Plan, node: Node, out: Outcome) -> None:
     """A superseded node re-proposed by its creator's new attempt runs again."""
     _reset(plan, node)
+    node.unclaimed = False  # its creator proposed it again
     node.scope_parent = node.creator  # its creator may make new promises this time
     node.waiting = sum(1 for pred in node.preds if _holds(plan, plan.nodes[pred], node))
     for succ_id in node.succs:

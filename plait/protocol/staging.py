@@ -37,7 +37,7 @@ class Region:
         self.closed = False
         self.faulted = False  # a node of it failed or was cancelled: not judged at close
         self.trackers: list[ShapeTracker] = []
-        self.waiters: list[str] = []
+        self.waiters: dict[str, None] = {}  # an ordered set
 
 
 class _Failed(Exception):
