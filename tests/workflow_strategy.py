@@ -739,13 +739,8 @@ class _Gen:
                          [*own[:at], replace(own[at], promises=(promise,)), *own[at + 1:]])
         for node_id in ids:
             self.behaviours[node_id] = Behaviour(failures=self.failures())
-        delegated = any(c != me for c in creators)
         for creator, own in steps.items():
-            # Known core bugs (reported): a retried Shape owner misjudges its region when
-            # members come from delegates it has not reclaimed yet, or over several of
-            # its steps (false "region closed incomplete"); no retry of such an owner.
-            fails = creator != me or not (delegated or len(own) > 1)
-            self.behaviours[creator] = Behaviour(tuple(own), self.failures(own) if fails else ())
+            self.behaviours[creator] = Behaviour(tuple(own), self.failures(own))
         self.shape_sites(me, promise, nodes, steps, at, ctx)
         self.outsider_sites(me, promise, nodes, creators, ids)
         return promise
@@ -1023,15 +1018,6 @@ class _Player:
             return
         target = self.rng.choice(done)
         touched = [n.id for n in closure(self.plan, self.plan.nodes[target])]
-        # Known ordering gap (reported): after restarting a region member without the
-        # region's owner, a node may start before its predecessor is done (rare).
-        if any(r.owner not in touched for n in touched for r in self.plan.nodes[n].regions):
-            return
-        if any(self.plan.nodes[n].unclaimed for n in touched):
-            # Known core bug (reported): restarting an earlier attempt's child clears
-            # its "unclaimed" mark, so the creator's retry re-proposing it is a no-op
-            # and the renewed Shape never sees it (false "region closed incomplete").
-            return
         busy = [n for n in touched if self.plan.nodes[n].state in (NodeState.RUNNING,
                                                                     NodeState.SUSPENDED)]
         out = self.plan.restart(target)
