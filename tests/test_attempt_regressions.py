@@ -217,3 +217,21 @@ def test_a_restarted_node_waits_once_for_an_open_region() -> None:
     assert plan.nodes["r0.3"].state is S.PENDING  # still waiting for r0.1
     plan.set_state("r0.1", S.RUNNING)
     assert plan.set_state("r0.1", S.SUCCEEDED).ready == ["r0.3"]
+
+
+def test_a_line_left_behind_is_still_bound_by_its_attempts_budget() -> None:
+    # r0 has MaxNodes(1) and spawns r0.1, then fails; its retry has not reclaimed r0.1,
+    # which (still running) spawns two nodes. Expected: a violation of MaxNodes(1), as
+    # the first attempt's budget is spent. Before the fix the line escaped counting.
+    from plait.protocol.promises import MaxNodes
+
+    plan = _started(Plan("w"), ("A", MaxNodes(1)))
+    assert plan.apply(_spawn(plan, "A", "A.1", "a")).ok
+    plan.set_state("A.1", S.RUNNING)
+    plan.set_state("A", S.READY)
+    plan.set_state("A", S.RUNNING)
+    out = plan.apply(PlanDiff("A.1", (NodeSpec("A.1.1", "a", creator="A.1"),
+                                      NodeSpec("A.1.2", "a", creator="A.1"))))
+    assert out.rejection is not None
+    assert (out.rejection.kind, out.rejection.promise, out.rejection.owner) == (
+        "violation", "MaxNodes(1)", "A")

@@ -53,8 +53,8 @@ class Node:
 
     __slots__ = (
         "attempt", "attrs", "children", "creator", "error", "id", "inputs", "key",
-        "output", "preds", "rank", "region", "regions", "scope_parent", "spec", "state", "succs",
-        "superseded", "task", "trackers", "unclaimed", "waiting",
+        "output", "preds", "rank", "region", "regions", "retired", "scope_parent", "spec", "state",
+        "succs", "superseded", "task", "trackers", "unclaimed", "waiting",
     )
 
     def __init__(self, spec: NodeSpec, creator: Node | None, rank: int) -> None:
@@ -74,6 +74,7 @@ class Node:
         self.succs: list[str] = []
         self.children: list[str] = []
         self.trackers: list[Tracker] = []
+        self.retired: list[Tracker] = []  # counting promises as the last attempt left them
         self.waiting = 0
         # Regions this node lies inside (Shape placeholders of its ancestors), and its own.
         self.regions: tuple[Region, ...] = ()
@@ -217,8 +218,7 @@ class Plan:
         proposer = self.nodes.get(staging.diff.proposer or "")
         trackers = list(self.in_force(proposer)) if proposer is not None else []
         if proposer is not None and self.has_history:
-            past = self._history_owners(proposer)
-            trackers = [t for t in trackers if not (t.counts_nodes and t.owner in past)]
+            trackers = self._for_history(proposer, trackers)
         asked = [(t, staging.scoped_for(t)) for t in trackers]
         asked += [(t, staging.edges_only()) for t in staging.outside_shapes(trackers)]
         for tracker, staged in asked:
@@ -357,10 +357,24 @@ class Plan:
             dst.state = NodeState.READY
             out.ready.append(dst.id)
 
+    def _for_history(self, proposer: Node, trackers: list[Tracker]) -> list[Tracker]:
+        """What a line left behind by an owner's new attempt still creates belongs to
+        the earlier attempt: the owner's counting promises judge it as that attempt
+        left them (the renewed ones will count the line if it is reclaimed)."""
+        past = self._history_owners(proposer)
+        if not past:
+            return trackers
+        chosen: list[Tracker] = []
+        for tracker in trackers:
+            if tracker.counts_nodes and tracker.owner in past:
+                retired = self.nodes[tracker.owner].retired
+                chosen.extend(t for t in retired if t.promise == tracker.promise)
+            else:
+                chosen.append(tracker)
+        return chosen
+
     def _history_owners(self, node: Node) -> set[str]:
-        """Owners whose new attempt left ``node``'s line behind as history: what that
-        line still creates belongs to the earlier attempt, which their renewed
-        counting promises do not judge (they will, if the line is reclaimed)."""
+        """Owners whose new attempt left ``node``'s line behind as history."""
         owners = set()
         current: Node | None = node
         while current is not None and current.creator is not None:
@@ -377,6 +391,7 @@ class Plan:
         self.has_history = self.has_history or bool(node.children)
         for child in node.children:
             self.nodes[child].unclaimed = True
+        node.retired = [t for t in node.trackers if t.counts_nodes]
         node.trackers = [t.renew() for t in node.trackers]
         if node.region is not None:
             node.region.trackers = [t for t in node.trackers if isinstance(t, ShapeTracker)]
