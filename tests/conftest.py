@@ -2,7 +2,9 @@
 that drive a Flow at protocol level (``flow``, ``client``, ``supervisor``).
 
 ``ci`` (the default) runs each property test's own example count with no
-deadline: the machine is shared, and a slow example is not a failing one.
+deadline: the machine is shared, and a slow example is not a failing one. Under
+CI (``CI`` set) the examples are derandomized, so a landing is judged on the same
+cases every time; local runs draw new cases and so keep finding new bugs.
 ``HYPOTHESIS_PROFILE=dev`` runs few examples for quick local loops (tests that set
 their own ``max_examples`` scale it with ``workflow_strategy.examples``).
 """
@@ -24,7 +26,7 @@ from plait.protocol.messages import TaskInfo
 settings.register_profile(
     "ci",
     deadline=None,
-    derandomize=False,
+    derandomize=bool(os.environ.get("CI")),
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
