@@ -109,11 +109,30 @@ class Engine:
         raise NotImplementedError
 
     def map_reduce(self, n: int) -> float:
-        """Seconds from submitting the map over range(n) to the sum's result."""
-        raise NotImplementedError
+        """Seconds from submitting the map over range(n) to the sum's result, which is
+        checked (a wrong answer is no figure)."""
+        started = time.perf_counter()
+        total = self.run_map_reduce(n)
+        elapsed = time.perf_counter() - started
+        if total != n * (n - 1) // 2:
+            raise RuntimeError(f"{self.name}: map-reduce over {n} summed to {total}")
+        return elapsed
 
     def fanout(self, seed: int, most: int) -> float:
-        """Seconds from submitting one dynamic fan-out to its count."""
+        """Seconds from submitting one dynamic fan-out to its (checked) count."""
+        started = time.perf_counter()
+        count = self.run_fanout(seed, most)
+        elapsed = time.perf_counter() - started
+        if count != children_for(seed, most):
+            raise RuntimeError(f"{self.name}: fan-out {seed} counted {count}")
+        return elapsed
+
+    def run_map_reduce(self, n: int) -> int:
+        """Map a no-op over range(n), then sum the results, natively; the sum."""
+        raise NotImplementedError
+
+    def run_fanout(self, seed: int, most: int) -> int:
+        """One dynamic fan-out (``children_for(seed, most)`` children), natively; its count."""
         raise NotImplementedError
 
     def steps(self, n: int) -> float:

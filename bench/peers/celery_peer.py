@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Engine, NotApplicable, children_for, log, main
+from benchlib import Engine, NotApplicable, log, main
 from celery import Celery, chord, group
 
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/13")
@@ -126,20 +126,12 @@ class CeleryEngine(Engine):
         assert x == hops
         return laps
 
-    def map_reduce(self, n: int) -> float:
-        started = time.perf_counter()
+    def run_map_reduce(self, n: int) -> int:
         result = chord(group(item.s(i) for i in range(n)), total.s()).apply_async()
-        value = result.get(timeout=1800)
-        elapsed = time.perf_counter() - started
-        assert value == n * (n - 1) // 2, value
-        return elapsed
+        return result.get(timeout=1800)
 
-    def fanout(self, seed: int, most: int) -> float:
-        started = time.perf_counter()
-        count = fan_decider.delay(seed, most).get(timeout=600)
-        elapsed = time.perf_counter() - started
-        assert count == children_for(seed, most), count
-        return elapsed
+    def run_fanout(self, seed: int, most: int) -> int:
+        return fan_decider.delay(seed, most).get(timeout=600)
 
     def steps(self, n: int) -> float:
         raise NotApplicable("Celery keeps no durable record of a workflow's steps")

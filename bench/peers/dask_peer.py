@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from benchlib import Engine, NotApplicable, children_for, main
+from benchlib import Engine, NotApplicable, main
 
 
 def hello() -> str:
@@ -88,20 +88,12 @@ class Dask(Engine):
         assert x == hops
         return laps
 
-    def map_reduce(self, n: int) -> float:
-        started = time.perf_counter()
+    def run_map_reduce(self, n: int) -> int:
         mapped = self.client.map(item, range(n), pure=False)
-        result = self.client.submit(total, mapped, pure=False).result()
-        elapsed = time.perf_counter() - started
-        assert result == n * (n - 1) // 2, result
-        return elapsed
+        return self.client.submit(total, mapped, pure=False).result()
 
-    def fanout(self, seed: int, most: int) -> float:
-        started = time.perf_counter()
-        count = self.client.submit(fan_decider, seed, most, pure=False).result()
-        elapsed = time.perf_counter() - started
-        assert count == children_for(seed, most), count
-        return elapsed
+    def run_fanout(self, seed: int, most: int) -> int:
+        return self.client.submit(fan_decider, seed, most, pure=False).result()
 
     def steps(self, n: int) -> float:
         raise NotApplicable("Dask records nothing durably")
