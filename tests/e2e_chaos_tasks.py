@@ -27,7 +27,7 @@ def mark(ctx: Context, log: str, kind: str) -> None:
 
 def work(ctx: Context, log: str) -> None:
     mark(ctx, log, "start")
-    time.sleep(WORK)  # simulated work, so that a kill can land mid-task
+    time.sleep(WORK)  # wait-ok: simulated work, so that a kill can land mid-task
 
 
 @task(retry=RETRY)
