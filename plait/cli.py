@@ -103,8 +103,8 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level)
     importable_cwd()
-    sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers))
-             if v is not None}
+    sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers),
+                               ("prefetch", args.prefetch)) if v is not None}
     settings = SupervisorSettings(flow=args.flow, imports=args.imports, **sizes)
     run_supervisor(settings, ready=_ready_file(args.ready_file))
     return Exit.OK
@@ -329,6 +329,9 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
                    help="worker processes (default: one per CPU)")
     p.add_argument("--max-workers", type=int, default=None,
                    help="workers allowed while tasks await others (default: 4 x workers)")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="assignments queued beyond the free workers, to hide the round "
+                        "trip to Flow (default: 4 x workers)")
 
 
 def _submit_options(p: argparse.ArgumentParser) -> None:

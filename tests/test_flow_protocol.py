@@ -48,6 +48,7 @@ from plait.protocol.messages import (
     GetStatus,
     Resolved,
     Submit,
+    TaskHeartbeat,
     TaskInfo,
 )
 from plait.protocol.promises import MaxParallel, NoNewNodes
@@ -168,6 +169,21 @@ def test_timeout_stops_and_retries_the_attempt(
     assert result(client, wf).output == "in time"
     assert flow.counters.get("attempts.timed_out") == 1
     wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
+
+
+def test_an_attempt_queued_at_its_supervisor_counts_its_timeout_from_its_start(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor(TaskInfo(name="a", timeout=0.6))
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    sup.none(CancelTask, within=0.4)  # waiting in the supervisor's queue meanwhile
+    started = TaskHeartbeat(workflow_id=wf, node="a", attempt=a.attempt, started=True)
+    assert isinstance(sup.request(started), Ack)
+    # 0.8 s after the assignment, 0.4 s after the start: not timed out yet.
+    sup.none(CancelTask, within=0.4)
+    cancel = sup.next(CancelTask)  # 0.6 s after the start
+    assert (cancel.node, cancel.attempt) == ("a", 1)
+    assert flow.counters.get("attempts.timed_out") == 1
 
 
 def test_retry_policy_from_hello(client: Peer, supervisor: SupervisorFactory) -> None:

@@ -147,7 +147,8 @@ def supervisor(address: str, **overrides: Any) -> Iterator[list[BaseException]]:
     settings = SupervisorSettings(**{
         "flow": address, "imports": [tasks_sample.__name__], "workers": 1,
         "supervisor_id": "sup-test", "heartbeat_interval": 0.2, "heartbeat_timeout": 1.0,
-        "cancel_grace": 0.5, "kill_grace": 0.5, "restart_backoff": 0.05, **overrides})
+        "cancel_grace": 0.5, "kill_grace": 0.5, "restart_backoff": 0.05,
+        "prefetch": 0, **overrides})  # credit == free workers, unless a test says otherwise
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -281,6 +282,26 @@ def test_an_awaiting_parent_frees_its_slot_for_its_children(sup: FakeFlow, paren
     done = sup.expect(Finish, lambda m: m.node == "p")
     assert done.ok
     assert done.output == 2
+
+
+def test_prefetched_assignments_wait_their_turn_and_say_when_they_start(
+        flow: FakeFlow, tmp_path: Path) -> None:
+    with supervisor(flow.address, prefetch=2, max_workers=1) as errors:
+        assert flow.expect(Hello).slots == 3  # one free worker, two more queued here
+        path = tmp_path / "pid"
+        blocker = assign("block", str(path))
+        flow.send(blocker)
+        pid = pid_file(path)
+        timed, plain = assign("sample.double", 4), assign("add", 1, 2)  # only one has a timeout
+        flow.send(timed)
+        flow.send(plain)
+        os.kill(pid, signal.SIGKILL)  # the queue moves on in the replacement worker
+        assert flow.expect(Finish, lambda f: f.node == blocker.node).error["type"] == "WorkerLost"  # type: ignore[index]
+        assert run(flow, timed).output == 8
+        assert run(flow, plain).output == 3
+        started = [m for m in flow.all(TaskHeartbeat) if m.started]
+        assert [(m.node, m.attempt) for m in started] == [(timed.node, 1)]
+    assert errors == []
 
 
 def test_a_killed_worker_is_a_lost_attempt_and_is_replaced(sup: FakeFlow, tmp_path: Path) -> None:
@@ -458,7 +479,7 @@ def test_heartbeats_and_state_reach_flow_and_a_retry_resumes_from_the_details(
     assert done.output is None
     state = sup.expect(SetState, lambda m: m.node == "hb")
     assert state.value == {"phase": "beating"}
-    beats = [m for m in sup.all(TaskHeartbeat) if m.node == "hb"]
+    beats = [m for m in sup.all(TaskHeartbeat) if m.node == "hb" and not m.started]
     assert beats[0].details == {"i": 0}
     assert beats[-1].details == {"i": 49}  # the last details are never held back
     assert len(beats) < 50  # a tight loop is not a flood

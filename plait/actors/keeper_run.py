@@ -224,6 +224,11 @@ class RunMixin(KeeperBase):
             return
         self.beats[msg.node] = now = self._now()
         info = self.ctx.catalog.get(node.task)
+        if msg.started and info is not None and info.timeout:
+            # It waited in its supervisor's queue: that time is not the task's.
+            # (Not recorded: after a Flow restart the count is from the RUNNING event.)
+            self.st.started_at[msg.node] = now
+            self._at(now + info.timeout, Expire(msg.node, msg.attempt, "start", since=now))
         if info is not None and info.heartbeat_timeout:
             self._at(now + info.heartbeat_timeout,
                      Expire(msg.node, msg.attempt, "heartbeat", since=now))

@@ -5,8 +5,9 @@ the registration diff, proposals, waits, results, retries, timers, signals,
 operator controls and supervisor losses. The keeper validates against the
 plan and its promises, folds the resulting events into its
 :class:`~plait.actors.history.WorkflowState`, and hands events and replies to
-the Store together (one ``Write`` per message), so a reply or an assignment
-leaves Flow only once what caused it is committed.
+the Store together (one ``Write`` per batch of the messages waiting in its
+inbox), so a reply or an assignment leaves Flow only once what caused it is
+committed.
 
 The keeper is assembled from one mixin per concern: :mod:`keeper_run`
 (registration, assignments and history, proposals, results, cache),
@@ -21,6 +22,7 @@ handles), never to the workflow's size.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from plait.actors.keeper_base import ACTIVE, AttemptRec, KeeperContext
@@ -68,6 +70,11 @@ __all__ = ["KeeperContext", "PlanKeeper"]
 
 log = logging.getLogger(__name__)
 
+# Everything the keeper is told (_handle); anything else (pykka's own) ends a batch.
+MAIL = (Request, Start, RetryDue, TimerDue, Expire, CacheAnswer, Welcomed, Lost,
+        OrphanCheck, Retire)
+MAX_BATCH = 256  # messages handled before one Write
+
 
 class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
     """Owns one workflow's state; see the module docstring."""
@@ -80,18 +87,38 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
             self._flush()
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            self._receive(message)
+            for more in self._waiting():
+                self._receive(more)
+        finally:
+            self._flush()
+        return None
+
+    def _waiting(self) -> Iterator[Any]:
+        """Mail already in the inbox, taken now so that the whole batch makes one
+        Write (one commit, one wake-up of the Store) instead of one each. Stops at
+        anything that is not keeper mail (pykka's stop stays first in line) and
+        after MAX_BATCH, so replies are never held back for long."""
+        inbox = self.actor_inbox
+        for _ in range(MAX_BATCH):
+            if inbox.empty():
+                return
+            head = inbox.queue[0]  # type: ignore[attr-defined]  # a peek: queue.Queue
+            if head.reply_to is not None or not isinstance(head.message, MAIL):
+                return
+            yield inbox.get().message  # there: only this thread takes
+
+    def _receive(self, message: Any) -> None:
         if self.gone:
             self._forward(message)
-            return None
+            return
         try:
             self._handle(message)
         except Exception as exc:  # one bad message must not take the workflow down
             log.exception("keeper %s: %r failed", self.wf, message)
             if isinstance(message, Request):
                 self._refuse(message, exc)
-        finally:
-            self._flush()
-        return None
 
     def _refuse(self, request: Request, exc: Exception) -> None:
         """A request whose handler raised is answered ``internal`` only: a reply it

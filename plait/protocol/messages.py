@@ -369,13 +369,16 @@ class Finish(Message):
 
 class TaskHeartbeat(Message):
     """Worker -> Flow: the attempt is alive; ``details`` are kept for a retry
-    (``ctx.heartbeat(details)``). Reply: :class:`Ack`."""
+    (``ctx.heartbeat(details)``). ``started`` (from the supervisor) says that an
+    attempt which waited in its queue has just started in a worker: its
+    start-to-close timeout counts from now. Reply: :class:`Ack`."""
 
     type: Literal["task_heartbeat"] = "task_heartbeat"
     workflow_id: str
     node: str
     attempt: int
     details: Any = None
+    started: bool = False
 
 
 class SetState(Message):

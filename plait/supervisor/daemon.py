@@ -19,9 +19,14 @@ What the Relay does:
 - Flow link: Hello (tasks served, free slots, attempts in flight) on every
   (re)connection, heartbeats both ways, and every Propose/Wait/Finish kept
   until Flow answers it, so that it is re-sent after Flow restarts.
-- Credit: Flow may assign as many attempts as the supervisor has free slots. A
-  worker whose task awaits other nodes counts as free (an extra process stands
-  in for it, up to ``max_workers``); assignments beyond what is free wait here.
+- Credit: Flow may assign as many attempts as the supervisor has free slots,
+  plus ``prefetch`` more that wait here in a queue. The queue hides the round
+  trip to Flow: a worker that finishes starts the next attempt at once instead
+  of idling until Flow hears of it and answers. A worker whose task awaits
+  other nodes counts as free (an extra process stands in for it, up to
+  ``max_workers``). A queued attempt of a task with a timeout or a heartbeat
+  timeout tells Flow when it really starts (``TaskHeartbeat(started=True)``),
+  so its time in the queue is not counted against it.
 - Eviction: a task waiting for children stays resident in its worker while
   fewer than ``max_workers`` processes are busy. Otherwise, and always for a
   durable timer or signal, its Wait goes to Flow with ``resident=False`` and the
@@ -98,6 +103,10 @@ from plait.task import Task, UnknownTask, registered
 log = logging.getLogger("plait.supervisor")
 
 _TICK = 0.05  # seconds between reconciliations when nothing arrives
+_QUEUED = 0.01  # an attempt queued longer than this says when it started
+# Per worker. Enough to cover Flow's round trip many times over, so that Flow gets
+# results, and sends assignments, in batches (bench/: 8 gives ~70% of 64's throughput).
+PREFETCH = 16
 
 
 def _default_flow() -> str:
@@ -113,6 +122,8 @@ class SupervisorSettings(BaseModel):
     imports: list[str] = Field(min_length=1)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     max_workers: int | None = Field(default=None, ge=1)  # None: 4 x workers
+    # Assignments accepted beyond the free slots (None: PREFETCH per worker), queued here.
+    prefetch: int | None = Field(default=None, ge=0)
     evict_waiting: bool = False  # evict every waiting task, even with room (tests use it)
     supervisor_id: str | None = None  # None: host-pid
     heartbeat_interval: float = Field(default=0.5, gt=0)
@@ -168,16 +179,20 @@ class Supervisor:
         self._target = size  # the last Scale the pool was told
         self._early: set[bytes] = set()  # WorkerReady that beat the pool's "started"
         self.link = FlowLink(self.zctx, settings, self._hello)
-        self.queue: deque[Assign] = deque()
+        self.prefetch = PREFETCH * size if settings.prefetch is None else settings.prefetch
+        # Each with when it arrived and its frame (relayed to the worker as it came).
+        self.queue: deque[tuple[Assign, float, bytes]] = deque()
+        self.queued: set[tuple[str, str, int]] = set()  # the queue's attempts
         self.credit = 0
         self.welcomed = threading.Event()
         self.errors = 0
+        self._polling: tuple[tuple[Any, Any], zmq.Poller] | None = None
 
     # --- credit ------------------------------------------------------------------------
 
     def free(self) -> int:
         busy = sum(1 for w in self.workers.values() if w.assign is not None)
-        return max(self.workers.target() - busy - len(self.queue), 0)
+        return max(self.workers.target() + self.prefetch - busy - len(self.queue), 0)
 
     def _hello(self) -> Hello:
         self.credit = self.free()
@@ -185,7 +200,7 @@ class Supervisor:
                      slots=self.credit, running=self._running())
 
     def _running(self) -> list[AttemptRef]:
-        assigns = self._held() + list(self.queue)
+        assigns = self._held() + [a for a, _, _ in self.queue]
         refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
         refs |= {(m.workflow_id, m.node, m.attempt) for m, _ in self.link.outstanding.values()
                  if isinstance(m, Finish)}
@@ -229,14 +244,21 @@ class Supervisor:
             self._target = target
             self._tell(Scale(target))
 
+    def _poller(self) -> zmq.Poller:
+        """The poller over our sockets, rebuilt only when the Flow link reconnects."""
+        sockets = (self.link.sock, self.link.monitor)
+        if self._polling is None or self._polling[0] != sockets:
+            poller = zmq.Poller()
+            poller.register(self.events, zmq.POLLIN)
+            poller.register(self.workers_sock, zmq.POLLIN)
+            if self.link.sock is not None and self.link.monitor is not None:
+                poller.register(self.link.sock, zmq.POLLIN)
+                poller.register(self.link.monitor, zmq.POLLIN)
+            self._polling = (sockets, poller)
+        return self._polling[1]
+
     def _poll_once(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.events, zmq.POLLIN)
-        poller.register(self.workers_sock, zmq.POLLIN)
-        if self.link.sock is not None and self.link.monitor is not None:
-            poller.register(self.link.sock, zmq.POLLIN)
-            poller.register(self.link.monitor, zmq.POLLIN)
-        events = dict(poller.poll(int(_TICK * 1000)))
+        events = dict(self._poller().poll(int(_TICK * 1000)))
         now = time.monotonic()
         if self.events in events:  # first: a worker's "started" before its WorkerReady
             for frame in _drain(self.events):
@@ -278,7 +300,7 @@ class Supervisor:
             self.welcomed.set()
         elif isinstance(msg, Assign):
             self.credit = max(self.credit - 1, 0)
-            self._on_assign(msg)
+            self._on_assign(msg, frame)
         elif isinstance(msg, CancelTask):
             self._on_cancel(msg)
         elif isinstance(msg, Proposed | Resolved | Error | Ack):
@@ -287,17 +309,18 @@ class Supervisor:
             self.errors += 1
             log.error("unexpected %s from Flow", type(msg).__name__)
 
-    def _on_assign(self, msg: Assign) -> None:
+    def _on_assign(self, msg: Assign, frame: bytes) -> None:
         if msg.task not in self.tasks:
             exc = UnknownTask(f"task {msg.task!r} is not served by supervisor {self.id} "
                               f"(serves {sorted(self.tasks)})")
             self._finish(msg, error_dict(exc))
             return
         key = (msg.workflow_id, msg.node, msg.attempt)
-        known = self._held() + list(self.queue)
-        if any((a.workflow_id, a.node, a.attempt) == key for a in known):
+        if key in self.queued or any((a.workflow_id, a.node, a.attempt) == key
+                                     for a in self._held()):
             return  # re-sent by a restarted Flow: already running here
-        self.queue.append(msg)
+        self.queued.add(key)
+        self.queue.append((msg, time.monotonic(), frame))
 
     def _held(self) -> list[Assign]:
         """Attempts the workers hold (an evicted one is Flow's again, though its
@@ -310,9 +333,11 @@ class Supervisor:
                               attempt=assign.attempt, ok=False, error=error), track=True)
 
     def _on_cancel(self, msg: CancelTask) -> None:
-        for a in list(self.queue):
+        for entry in list(self.queue):
+            a = entry[0]
             if (a.workflow_id, a.node, a.attempt) == (msg.workflow_id, msg.node, msg.attempt):
-                self.queue.remove(a)
+                self.queue.remove(entry)
+                self.queued.discard((a.workflow_id, a.node, a.attempt))
                 self._finish(a, _cancelled(a))
         worker = self._worker_of(msg.workflow_id, msg.node)
         if worker is not None and worker.assign is not None \
@@ -322,7 +347,7 @@ class Supervisor:
             self._tell(Cancel(worker.ident))
 
     def _on_reply(self, msg: Proposed | Resolved | Error | Ack) -> None:
-        request, ident = self.link.outstanding.pop(msg.id, (None, None))
+        request, ident = self.link.answered(msg.id)
         if isinstance(msg, Ack):
             return
         if isinstance(msg, Error) and msg.id == self.link.last_beat:
@@ -389,12 +414,12 @@ class Supervisor:
         elif isinstance(msg, Wait):
             self._on_wait(worker, msg)
         elif isinstance(msg, Propose | TaskHeartbeat | SetState):
-            self.link.send(msg, ident, track=True)
+            self.link.send(msg, ident, track=True, frame=frame)
         elif isinstance(msg, Finish):
             if worker.evicting:  # raced its eviction: the attempt is Flow's to resume
                 log.warning("dropped the Finish of evicted %s/%s", msg.workflow_id, msg.node)
             else:
-                self.link.send(msg, ident, track=True)
+                self.link.send(msg, ident, track=True, frame=frame)
             self._release(worker)
         else:
             self.errors += 1
@@ -436,8 +461,16 @@ class Supervisor:
             worker = self.workers.idle()
             if worker is None:
                 return
-            worker.assign = self.queue.popleft()
-            self._to_worker(worker.ident, worker.assign)
+            assign, arrived, frame = self.queue.popleft()
+            self.queued.discard((assign.workflow_id, assign.node, assign.attempt))
+            worker.assign = assign
+            self.workers_sock.send_multipart([worker.ident, frame])
+            task = self.tasks.get(assign.task)
+            if task is not None and (task.timeout or task.heartbeat_timeout) \
+                    and time.monotonic() - arrived > _QUEUED:
+                self.link.send(TaskHeartbeat(workflow_id=assign.workflow_id, node=assign.node,
+                                             attempt=assign.attempt, started=True),
+                               worker.ident, track=True)
 
     def _on_death(self, ident: bytes, pid: int, returncode: int) -> None:
         """The pool reaped a worker (and dropped its cancel escalation)."""

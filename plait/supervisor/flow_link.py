@@ -43,6 +43,7 @@ class FlowLink:
         self.timeout = settings.heartbeat_timeout
         # id -> (message, worker identity): answered requests and acknowledged Finishes leave.
         self.outstanding: dict[str, tuple[Message, bytes | None]] = {}
+        self._frames: dict[str, bytes] = {}  # their encoded frames, for resending
         self.sock: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None
         self.connections = 0
@@ -86,20 +87,30 @@ class FlowLink:
         self.greeting = not self.send(self._hello())
         if not self.greeting:
             for msg, _ in list(self.outstanding.values()):
-                self.send(msg)
+                self.send(msg, frame=self._frames.get(msg.id))
 
-    def send(self, msg: Message, worker: bytes | None = None, *, track: bool = False) -> bool:
-        """Send now if connected; tracked messages also go again on every connection."""
+    def send(self, msg: Message, worker: bytes | None = None, *, track: bool = False,
+             frame: bytes | None = None) -> bool:
+        """Send now if connected; tracked messages also go again on every connection.
+        ``frame`` is ``msg`` already encoded (a worker's frame, relayed as it came)."""
+        if frame is None:
+            frame = codec.encode(msg)
         if track:
             self.outstanding[msg.id] = (msg, worker)
+            self._frames[msg.id] = frame
         if self.sock is None or (self.greeting and not isinstance(msg, Hello)):
             return False
         try:
-            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+            self.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             return False
         self._sent = time.monotonic()
         return True
+
+    def answered(self, mid: str) -> tuple[Message | None, bytes | None]:
+        """Flow answered request ``mid``: it is not sent again. Returns it and its worker."""
+        self._frames.pop(mid, None)
+        return self.outstanding.pop(mid, (None, None))
 
     def heard(self, now: float) -> None:
         self._heard = now
@@ -121,3 +132,4 @@ class FlowLink:
             if ident == worker and (isinstance(msg, Propose) or (
                     isinstance(msg, Wait) and msg.resident)):
                 del self.outstanding[mid]
+                self._frames.pop(mid, None)
