@@ -2,8 +2,8 @@
 
 A task proposes graph mutations (spawns, runs-after edges, promises) through
 its Context. They are batched into one :class:`PlanDiff` and sent only when
-the task has to: before it waits (``Propose`` then ``Wait``) or when it
-finishes (the rest rides on ``Finish.diff``). So ``ctx.map`` over a thousand
+the task has to: when it waits (they ride on ``Wait.diff``, applied before
+the wait) or when it finishes (on ``Finish.diff``). So ``ctx.map`` over a thousand
 items is one diff, and a task that never awaits sends one message.
 
 Durability (see :mod:`plait.replay`): a Context built from an Assign's
@@ -340,23 +340,27 @@ class Context:
             if nid in self._after_me:
                 raise PlanError(f"{self._node_id} cannot wait for {nid}: it runs after "
                                 f"{self._node_id} finishes")
-        # A replay re-proposes known children before using their recorded results,
-        # so that Flow tells a divergent spawn before its result is trusted.
-        yield from self._propose_steps()
-        if missing:
-            reply = yield Wait(workflow_id=self._workflow_id, node=self._node_id,
-                               attempt=self._attempt, handles=missing,
-                               recorded=self.recorder.take())
-            self._on_resolved(reply, missing)
+        if not missing:
+            # A replay re-proposes known children before using their recorded
+            # results, so that Flow tells a divergent spawn before its result is trusted.
+            yield from self._propose_steps()
+            return
+        reply = yield self._wait(handles=missing)
+        self._on_resolved(reply, missing)
+
+    def _wait(self, **what: Any) -> Wait:
+        """A Wait carrying the proposals not sent yet: Flow applies them first, so a
+        spawn-then-await is one round trip."""
+        diff = self.take_diff()
+        return Wait(workflow_id=self._workflow_id, node=self._node_id, attempt=self._attempt,
+                    recorded=self.recorder.take(), diff=diff.to_dict() if diff else None,
+                    **what)
 
     def _durable_steps(self, w: Durable) -> Steps:
         self._check()
         if w.done:
             return w.value
-        yield from self._propose_steps()
-        reply = yield Wait(workflow_id=self._workflow_id, node=self._node_id,
-                           attempt=self._attempt, timer=w.seconds, signal=w.name, seq=w.seq,
-                           recorded=self.recorder.take())
+        reply = yield self._wait(timer=w.seconds, signal=w.name, seq=w.seq)
         self._on_resolved(reply, [])
         assert isinstance(reply, Resolved)
         w.done, w.value = True, reply.value
@@ -422,6 +426,8 @@ class Context:
             raise PlanError(rej.message())
 
     def _on_resolved(self, reply: Message, expected: list[str]) -> None:
+        if isinstance(reply, Proposed):  # the proposals the Wait carried were refused
+            self._on_proposed(reply)
         if isinstance(reply, Error):
             raise PlaitError(f"Flow refused the wait of {self._node_id}: "
                              f"{reply.code}: {reply.reason}")

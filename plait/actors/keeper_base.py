@@ -24,7 +24,7 @@ from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_te
 from plait.actors.timers import Timers
 from plait.protocol.codec import encode
 from plait.protocol.diff import NodeState
-from plait.protocol.messages import Message, NodeResult, Recorded
+from plait.protocol.messages import Message, NodeResult, Recorded, Wait
 from plait.protocol.plan import TERMINAL, Outcome
 
 __all__ = ["ACTIVE", "AttemptRec", "KeeperBase", "KeeperContext", "WaitRec"]
@@ -134,6 +134,9 @@ class KeeperBase(pykka.ThreadingActor):
         raise NotImplementedError
 
     def _arm_running(self, node_id: str) -> None:
+        raise NotImplementedError
+
+    def _wait_diff(self, identity: bytes, msg: Wait) -> bool:
         raise NotImplementedError
 
     # --- writing ahead ------------------------------------------------------------

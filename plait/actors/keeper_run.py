@@ -25,6 +25,7 @@ from plait.protocol.messages import (
     Submit,
     Submitted,
     TaskHeartbeat,
+    Wait,
 )
 from plait.protocol.plan import TERMINAL, Node, Outcome
 
@@ -191,16 +192,38 @@ class RunMixin(KeeperBase):
 
     def _final_diff(self, msg: Finish) -> dict[str, Any] | None:
         """Apply a Finish's diff; the error that fails the node if it was refused."""
+        failure, _ = self._carried_diff(msg.node, msg.diff or {})
+        return failure
+
+    def _carried_diff(self, node_id: str, data: dict[str, Any]
+                      ) -> tuple[dict[str, Any] | None, Rejection | None]:
+        """Apply a diff that rides on a Finish or a Wait: the error that fails the
+        node if it was refused (as the task would raise it), and the rejection."""
         try:
-            diff = replace(PlanDiff.from_dict(msg.diff or {}), proposer=msg.node)
+            diff = replace(PlanDiff.from_dict(data), proposer=node_id)
         except ValueError as exc:
-            return {"type": "PlanError", "message": str(exc), "retryable": False}
+            return ({"type": "PlanError", "message": str(exc), "retryable": False},
+                    Rejection("plan", f"invalid diff: {exc}", node_id))
         out = self._apply(diff)
         if out.rejection is None:
-            return None
+            return None, None
         kind = ("NonDeterminismError" if out.rejection.kind == "nondeterminism"
                 else "PlanError")
-        return {"type": kind, "message": out.rejection.message(), "retryable": False}
+        return ({"type": kind, "message": out.rejection.message(), "retryable": False},
+                out.rejection)
+
+    def _wait_diff(self, identity: bytes, msg: Wait) -> bool:
+        """The proposals a Wait carries, applied before the wait; False if refused
+        (then answered with a Proposed, and the node does not wait)."""
+        self._note_recorded(msg.node, msg.attempt, msg.recorded)
+        failure, rejection = self._carried_diff(msg.node, msg.diff or {})
+        if rejection is None:
+            return True
+        self._send(identity, Proposed(id=msg.id, workflow_id=self.wf, node=msg.node,
+                                      ok=False, rejection=rejection.to_dict()))
+        if not msg.resident and failure is not None and not self.st.ended:
+            self._failed(msg.node, failure)  # evicted: no task is left to raise it
+        return False
 
     def _succeeded(self, node_id: str, output: Any) -> None:
         """The node succeeded; a caching task's result is stored under its key."""

@@ -26,6 +26,9 @@ __all__ = ["WaitMixin"]
 
 class WaitMixin(KeeperBase):
     def _wait(self, identity: bytes, msg: Wait) -> None:
+        if msg.diff and self._current(msg.node, msg.attempt) \
+                and not self._wait_diff(identity, msg):
+            return
         plan = self.st.plan
         unknown = [h for h in msg.handles if h not in plan.nodes]
         if not self._current(msg.node, msg.attempt) or unknown:

@@ -320,6 +320,12 @@ class Wait(Message):
     is); False when the worker was evicted (timers and signals always are): Flow
     replies :class:`Ack`, the node is suspended without a process, and when the
     wait is satisfied Flow assigns it again with its :class:`History`.
+
+    ``diff`` carries the task's proposals not yet sent (the children it awaits,
+    say), applied first exactly as a :class:`Propose` would be: one round trip
+    instead of two. If they are refused, the reply is the :class:`Proposed` a
+    Propose would have had, and the node does not wait (a task evicted meanwhile
+    cannot raise the refusal: Flow fails the node as the task would have).
     """
 
     type: Literal["wait"] = "wait"
@@ -332,6 +338,7 @@ class Wait(Message):
     seq: int = 0
     resident: bool = True
     recorded: list[Recorded] = Field(default_factory=list)
+    diff: dict[str, Any] | None = None
 
 
 class NodeResult(BaseModel):

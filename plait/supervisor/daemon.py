@@ -360,14 +360,16 @@ class Supervisor:
             log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
                       msg.reason)
             return
+        if isinstance(msg, Proposed) and isinstance(request, Wait) and not request.resident:
+            return  # refused proposals of an evicted task: Flow failed the node itself
         worker = self.workers.get(ident) if ident is not None else None
         if worker is None and isinstance(msg, Proposed | Resolved):
             worker = self._worker_of(msg.workflow_id, msg.node)
         if worker is None:
             log.info("dropped %s for a worker that is gone", type(msg).__name__)
             return
-        if isinstance(msg, Resolved):
-            worker.waiting = False
+        if isinstance(msg, Resolved) or isinstance(request, Wait):
+            worker.waiting = False  # resolved, or refused: the task goes on
         self._to_worker(worker.ident, msg)
 
     def _worker_of(self, workflow_id: str, node: str) -> Worker | None:

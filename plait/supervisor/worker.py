@@ -276,7 +276,8 @@ class WorkerLink:
 def _answers(reply: Message, request: Propose | Wait) -> bool:
     """Whether ``reply`` (whose correlation id matched nothing) must be ``request``'s."""
     if isinstance(reply, Proposed):
-        return isinstance(request, Propose) and reply.node == request.node
+        return (isinstance(request, Propose) or (isinstance(request, Wait) and bool(
+            request.diff))) and reply.node == request.node
     if isinstance(reply, Resolved):
         return isinstance(request, Wait) and reply.node == request.node \
             and set(request.handles) <= set(reply.results)
