@@ -76,21 +76,36 @@ class Database:
                 [(e.workflow_id, e.seq, e.ts, e.event["type"], pack(dict(e.event)))
                  for e in events])
             last: dict[str, int] = {}
+            states: list[tuple[Any, ...]] = []  # node state changes, written together
             for e in events:
-                self._project(cur, e)
+                if e.event["type"] == "state":
+                    ev = e.event
+                    states.append((ev["state"], ev["attempt"], e.workflow_id, ev["node"]))
+                else:
+                    self._states(cur, states)  # in order: a diff inserts the rows they set
+                    self._project(cur, e)
                 last[e.workflow_id] = e.seq
+            self._states(cur, states)
             cur.executemany("UPDATE workflows SET seq = ? WHERE id = ?",
                             [(seq, wf) for wf, seq in last.items()])
             self._schedules(cur, schedules)
-            cur.executemany(
-                "INSERT OR IGNORE INTO cache (key, task, version, output, wf, node, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(c.key, c.task, c.version, pack(c.output), c.workflow_id, c.node, c.ts)
-                 for c in cache])
+            if cache:  # each statement is a GIL round trip: skip the empty ones
+                cur.executemany(
+                    "INSERT OR IGNORE INTO cache (key, task, version, output, wf, node, ts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(c.key, c.task, c.version, pack(c.output), c.workflow_id, c.node, c.ts)
+                     for c in cache])
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _states(cur: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            cur.executemany("UPDATE nodes SET state = ?, attempt = ? WHERE wf = ? AND id = ?",
+                            rows)
+            rows.clear()
 
     @staticmethod
     def _schedules(cur: sqlite3.Cursor, changes: Sequence[ScheduleChange]) -> None:
@@ -115,9 +130,6 @@ class Database:
                             [(wf, n["id"], n["task"]) for n in nodes])
             added = max(cur.rowcount, 0)  # re-proposed nodes are not new
             cur.execute("UPDATE workflows SET nodes = nodes + ? WHERE id = ?", (added, wf))
-        elif kind == "state":
-            cur.execute("UPDATE nodes SET state = ?, attempt = ? WHERE wf = ? AND id = ?",
-                        (ev["state"], ev["attempt"], wf, ev["node"]))
         elif kind == "workflow":
             cur.execute("UPDATE workflows SET status = ?, finished = ?, output = ?, error = ? "
                         "WHERE id = ?", (ev["status"], e.ts, pack(ev.get("output")),

@@ -4,7 +4,8 @@ Inside, each box is an actor with its own thread (DESIGN.md section 1):
 
 - Gateway: the ROUTER socket, for clients and supervisors;
 - PlanKeeper: one per live workflow, the only one changing its plan;
-- Dispatcher: ready queues per task, supervisor credits, MaxParallel;
+- Dispatcher: ready queues per task, supervisor credits, MaxParallel (no
+  thread of its own: its callers run it under a lock);
 - Store: the only writer (SQLite, WAL, group commit), and a Reader;
 - Publisher: the PUB mutation feed;
 - Membership: supervisor liveness;
@@ -129,7 +130,7 @@ class Flow:
         self.store = self._add(Store.start(s.db, z, outbox, publisher, self._fatal))
         reader = self._add(Reader.start(s.db, z, outbox, self._revive))
         cache = self._add(Cache.start(s.db))
-        self.dispatcher = self._add(Dispatcher.start(self.registry, self.counters))
+        self.dispatcher = Dispatcher(self.registry, self.counters)
         self.membership = self._add(Membership.start(
             z, outbox, sessions=self.sessions, registry=self.registry,
             dispatcher=self.dispatcher, counters=self.counters,

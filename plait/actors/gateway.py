@@ -22,6 +22,7 @@ import msgpack
 import pykka
 import zmq
 
+from plait.actors.dispatcher import Dispatcher
 from plait.actors.mail import Join, Request, Supply
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
 from plait.errors import ProtocolError
@@ -107,7 +108,7 @@ class Gateway:
 
     def __init__(self, zctx: zmq.Context[Any], endpoint: str, outbox_address: str, *,
                  registry: Registry, sessions: Sessions, catalog: Catalog, counters: Counters,
-                 reader: pykka.ActorRef[Any], dispatcher: pykka.ActorRef[Any],
+                 reader: pykka.ActorRef[Any], dispatcher: Dispatcher,
                  membership: pykka.ActorRef[Any], scheduler: pykka.ActorRef[Any] | None,
                  spawn_keeper: Callable[[str], pykka.ActorRef[Any]],
                  max_message_size: int, welcome: Welcome) -> None:

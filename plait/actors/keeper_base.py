@@ -18,6 +18,7 @@ import pykka
 
 from plait.actors.cache import cache_key
 from plait.actors.clock import Clock
+from plait.actors.dispatcher import Dispatcher
 from plait.actors.history import WorkflowState, state_event, violation_error
 from plait.actors.mail import CacheEntry, Expire, Lookup, Ready, Stopped, StoredEvent, Write
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
@@ -38,7 +39,7 @@ class KeeperContext:
     ``clock_timers`` read Flow's clock (durable timers); ``timers`` monotonic time."""
 
     store: pykka.ActorRef[Any]
-    dispatcher: pykka.ActorRef[Any]
+    dispatcher: Dispatcher
     registry: Registry
     catalog: Catalog
     counters: Counters

@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 import zmq
 
+from plait.actors.dispatcher import Dispatcher
 from plait.actors.gateway import Outbox
 from plait.actors.mail import Leave, Lost, Request, Tick, Welcomed
 from plait.actors.registry import Counters, Registry, Sessions
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class Membership(pykka.ThreadingActor):
     def __init__(self, zctx: zmq.Context[Any], outbox_address: str, *, sessions: Sessions,
-                 registry: Registry, dispatcher: pykka.ActorRef[Any], counters: Counters,
+                 registry: Registry, dispatcher: Dispatcher, counters: Counters,
                  heartbeat_timeout: float) -> None:
         super().__init__()
         self._zctx = zctx
