@@ -1,6 +1,7 @@
 """``plait dev`` and ``plait demo``: a local cluster for people, not tests.
 
-``plait dev`` keeps Flow and one supervisor running (as child processes) until
+``plait dev`` keeps Flow (in its own process) and one supervisor (a child
+process, started at once so that the two start in parallel) running until
 Ctrl-C. ``plait demo`` starts a throw-away cluster on free ports, runs every
 example of ``examples/`` that ends by itself (not ``approval``, which waits
 for a person's signal), draws each workflow's graph as SVG and exits.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any
 from plait.client import ResultTimeout, Run, outcome_error
 from plait.protocol.messages import WorkflowResult
 from plait.stopping import stop_on_signals
-from plait.testing import Cluster
+from plait.testing import Cluster, Proc, child_environment, wait_for
 
 __all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run_dev"]
 
@@ -68,23 +70,45 @@ def examples_path() -> Path | None:
 
 def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
             paths: Sequence[Path]) -> int:
-    """Flow on ``port`` (feed ``port + 1``) and one supervisor, until SIGINT/SIGTERM."""
-    try:
-        with stop_on_signals() as stop, Cluster(
-                imports, workers=workers, db=db, port=port, feed_port=port + 1,
-                paths=paths, cwd=os.getcwd(), logs=False) as cluster:
-            print(f"plait dev: Flow on {cluster.address} (feed {cluster.feed}), database {db}\n"
-                  f"plait dev: one supervisor ({workers} workers) serving {', '.join(imports)}\n"
-                  f"plait dev: try `plait submit examples.branching:coin --wait`; Ctrl-C stops",
-                  flush=True)
-            ended = cluster.wait(stop.is_set)
-    except (RuntimeError, TimeoutError) as exc:  # the child's own error is on stderr above
-        print(f"plait dev: could not start: {str(exc).strip()}", file=sys.stderr)
+    """Flow on ``port`` (feed ``port + 1``) in this process, and one supervisor
+    process, until SIGINT/SIGTERM (or until the supervisor exits: 1).
+
+    The supervisor is spawned first and connects once Flow listens, so its
+    start (imports, workers) overlaps Flow's; one interpreter fewer than a
+    process per box, which a laptop's memory notices."""
+    from plait.actors.flow import Flow, FlowSettings
+
+    address = f"tcp://127.0.0.1:{port}"
+    argv = ["supervisor", "--flow", address, "--workers", str(workers)]
+    for module in imports:
+        argv += ["--import", module]
+    with tempfile.TemporaryDirectory(prefix="plait-dev-") as tmp, stop_on_signals() as stop:
+        supervisor = Proc("supervisor", argv, Path(tmp) / "ready", None)
+        supervisor.start(child_environment(paths, os.getcwd()), os.getcwd())
+        try:
+            flow = Flow(FlowSettings(db=str(db), port=port, feed_port=port + 1),
+                        on_fatal=lambda exc: stop.set()).start()
+            try:
+                print(f"plait dev: Flow on {address} (feed tcp://127.0.0.1:{port + 1}), "
+                      f"database {db}\n"
+                      f"plait dev: one supervisor ({workers} workers) serving "
+                      f"{', '.join(imports)}\n"
+                      f"plait dev: try `plait submit examples.branching:coin --wait`; "
+                      f"Ctrl-C stops", flush=True)
+                wait_for(lambda: stop.is_set() or not supervisor.alive(), float("inf"),
+                         interval=0.2)
+            finally:
+                supervisor.stop(10.0)  # first: its Finishes still reach Flow
+                flow.stop()
+        finally:
+            supervisor.stop(10.0)
+    if flow.failure is not None:
+        print(f"plait dev: Flow stopped: {flow.failure}", file=sys.stderr)
         return 1
-    if ended is True:
-        return 0
-    print(f"plait dev: {ended.name} exited unexpectedly", file=sys.stderr)
-    return 1
+    if not stop.is_set():
+        print("plait dev: the supervisor exited unexpectedly", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_demo(out: Path, *, timeout: float = 60.0, demos: Sequence[Demo] = DEMOS) -> int:

@@ -27,7 +27,7 @@ from typing import IO, Any, TypeVar
 
 from plait.client import Client, FlowUnavailable
 
-__all__ = ["Cluster", "Proc", "descendants", "free_port", "wait_for"]
+__all__ = ["Cluster", "Proc", "child_environment", "descendants", "free_port", "wait_for"]
 
 T = TypeVar("T")
 
@@ -82,6 +82,20 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def child_environment(paths: Iterable[str | os.PathLike[str]], cwd: str | None,
+                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a cluster's child: ``paths`` and ``cwd`` first on its
+    PYTHONPATH (where the task modules are), unbuffered output, then ``extra``."""
+    env = dict(os.environ)
+    here = [str(Path(p).resolve()) for p in paths] + [str(Path(cwd or ".").resolve())]
+    if env.get("PYTHONPATH"):
+        here.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(here)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
 
 @dataclass
@@ -198,14 +212,7 @@ class Cluster:
 
     def _environment(self, paths: Iterable[str | os.PathLike[str]],
                      extra: Mapping[str, str] | None) -> dict[str, str]:
-        env = dict(os.environ)
-        here = [str(Path(p).resolve()) for p in paths] + [str(Path(self.cwd or ".").resolve())]
-        if env.get("PYTHONPATH"):
-            here.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(here)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(extra or {})
-        return env
+        return child_environment(paths, self.cwd, extra)
 
     @property
     def address(self) -> str:

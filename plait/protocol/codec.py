@@ -8,14 +8,14 @@ sends back as an :class:`~plait.protocol.messages.Error` and counts.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from pydantic import ValidationError
 
 from plait.errors import ProtocolError
 from plait.protocol.messages import (
-    MESSAGE_ADAPTER,
+    MESSAGE_CLASSES,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     AnyMessage,
@@ -69,7 +69,7 @@ def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> AnyMessage:
     if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
     try:
-        return MESSAGE_ADAPTER.validate_python(data)
+        return cast(AnyMessage, MESSAGE_CLASSES[kind].model_validate(data))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))

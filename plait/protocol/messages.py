@@ -16,7 +16,7 @@ import itertools
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 PROTOCOL_VERSION = 1
 
@@ -30,7 +30,7 @@ def new_id() -> str:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     v: int = PROTOCOL_VERSION
     id: str = Field(default_factory=new_id, max_length=128)
@@ -92,7 +92,7 @@ class GetStatus(Message):
 
 
 class RunInfo(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     workflow_id: str
     name: str
@@ -168,7 +168,7 @@ class CancelWorkflow(Message):
 
 
 class AttemptRef(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     workflow_id: str
     node: str
@@ -178,7 +178,7 @@ class AttemptRef(BaseModel):
 class TaskInfo(BaseModel):
     """What Flow needs to know of a task without importing its code."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     name: str
     queue: str = "default"
@@ -223,7 +223,7 @@ class Recorded(BaseModel):
     ``file:line``, shown when a replay diverges.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     seq: int = Field(ge=0)
     kind: str
@@ -235,7 +235,7 @@ class PreviousChild(BaseModel):
     """A child an earlier attempt spawned at spawn sequence ``seq``: a new attempt
     that spawns the same task with the same inputs at that ``seq`` reuses it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     seq: int
     id: str
@@ -252,7 +252,7 @@ class History(BaseModel):
     lists earlier attempts' children; ``heartbeat`` is the last details sent.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     recorded: list[Recorded] = Field(default_factory=list)
     results: dict[str, NodeResult] = Field(default_factory=dict)
@@ -342,7 +342,7 @@ class Wait(Message):
 
 
 class NodeResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     state: str
     output: Any = None
@@ -476,7 +476,7 @@ class QueryReply(Message):
 
 
 class ScheduleInfo(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     name: str
     cron: str
@@ -539,8 +539,9 @@ AnyMessage = Annotated[
     Field(discriminator="type"),
 ]
 
-MESSAGE_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
-MESSAGE_TYPES: frozenset[str] = frozenset(
-    cls.model_fields["type"].default
-    for cls in Message.__subclasses__()
-)
+# Decoding validates against the one class a frame's ``type`` names. Schemas are
+# built on first use (``defer_build``): a process pays only for what it receives,
+# and starts faster.
+MESSAGE_CLASSES: dict[str, type[Message]] = {
+    cls.model_fields["type"].default: cls for cls in Message.__subclasses__()}
+MESSAGE_TYPES: frozenset[str] = frozenset(MESSAGE_CLASSES)
