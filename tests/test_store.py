@@ -120,12 +120,14 @@ def test_group_commit_sends_only_what_is_committed(tmp_path: Any) -> None:
             event = {"type": "rejected", "rejection": {}, "n": i}
             store.tell(Write([StoredEvent(WF, i, 0.0, event)], [(b"peer", str(i).encode())]))
         gate.set()
-        frames = []
-        for _ in range(301):
+        frames: list[list[bytes]] = []
+        while len(frames) < 301:  # (identity, frame) pairs, a commit's in one message
             assert pull.poll(10_000)
-            frames.append(pull.recv_multipart())
+            parts = pull.recv_multipart()
+            frames += [parts[i:i + 2] for i in range(0, len(parts), 2)]
             count = reader.execute("SELECT count(*) FROM events").fetchone()[0]
             assert count == 301  # every frame left after the one commit that holds it
+        assert len(frames) == 301
         assert frames[0] == [b"peer", b"submitted"]
         assert [int(f[1]) for f in frames[1:]] == list(range(2, 302))
         assert store.proxy().commits.get(timeout=10) == 1  # 301 writes, one transaction

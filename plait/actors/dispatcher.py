@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from plait.actors.mail import Join, Leave, Ready, Refund, Resumed, Start, Stopped, Supply
@@ -38,6 +38,10 @@ class Supervisor:
     identity: bytes
     tasks: frozenset[str]
     credit: int
+    order: list[str] = field(default_factory=list)  # its tasks, sorted
+
+    def __post_init__(self) -> None:
+        self.order = sorted(self.tasks)
 
 
 class Dispatcher:
@@ -104,7 +108,7 @@ class Dispatcher:
         self._pump_for(msg.supervisor)
 
     def _pump_for(self, supervisor: str) -> None:
-        tasks = sorted(self.supervisors[supervisor].tasks)
+        tasks = self.supervisors[supervisor].order
         if not tasks:
             return
         start = self.assigned % len(tasks)  # rotate, so no task starves the others

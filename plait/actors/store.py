@@ -87,8 +87,7 @@ class Store(DatabaseActor):
             self.commits += 1
             if events:
                 self._publisher.tell(Publish(events))
-        for w in batch:
-            self.outbox.send_frames(w.out)
+        self.outbox.send_frames([pair for w in batch for pair in w.out])
         for w in batch:
             if w.then is not None:
                 w.then()

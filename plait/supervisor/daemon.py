@@ -104,6 +104,7 @@ log = logging.getLogger("plait.supervisor")
 
 _TICK = 0.05  # seconds between reconciliations when nothing arrives
 _QUEUED = 0.01  # an attempt queued longer than this says when it started
+_UPKEEP = 0.005  # seconds between rescales and heartbeat checks in a busy loop
 # Per worker. Enough to cover Flow's round trip many times over, so that Flow gets
 # results, and sends assignments, in batches (bench/: 8 gives ~70% of 64's throughput).
 PREFETCH = 16
@@ -187,6 +188,7 @@ class Supervisor:
         self.welcomed = threading.Event()
         self.errors = 0
         self._polling: tuple[tuple[Any, Any], zmq.Poller] | None = None
+        self._upkeep = 0.0  # when rescaling and the Flow link's heartbeat are next due
 
     # --- credit ------------------------------------------------------------------------
 
@@ -208,9 +210,12 @@ class Supervisor:
 
     def _grant(self) -> None:
         more = self.free() - self.credit
-        if more > 0 and self.welcomed.is_set():
-            self.credit += more
-            self.link.send(Credit(n=more))
+        if more <= 0 or not self.welcomed.is_set():
+            return
+        if more < self.prefetch // 4 and len(self.queue) >= self.workers.size:
+            return  # plenty queued: one Credit for several slots, later
+        self.credit += more
+        self.link.send(Credit(n=more))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -221,12 +226,14 @@ class Supervisor:
             self._poll_once()
             self._dispatch()  # before rescaling, so an idle worker is not retired first
             now = time.monotonic()
-            self._rescale(now)
-            if self.link.tick(now):
-                log.warning("Flow silent for %.1f s: reconnecting", self.link.timeout)
-                self.welcomed.clear()
-                self.link.open(now)
-            self._dispatch()
+            if now >= self._upkeep:  # not on every message: a busy loop turns often
+                self._upkeep = now + _UPKEEP
+                self._rescale(now)
+                if self.link.tick(now):
+                    log.warning("Flow silent for %.1f s: reconnecting", self.link.timeout)
+                    self.welcomed.clear()
+                    self.link.open(now)
+                self._dispatch()
             self._grant()
             if ready is not None and self.welcomed.is_set():
                 ready.set()
