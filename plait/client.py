@@ -173,7 +173,8 @@ class Client:
                     return None
                 sock = self._sock()
                 if sock.poll(int(remaining * 1000) + 1):
-                    self._file(sock.recv_multipart()[-1])
+                    for frame in sock.recv_multipart():  # Flow may send several at once
+                        self._file(frame)
             self._wanted.discard(correlation)
             return self._stash.pop(correlation)
 

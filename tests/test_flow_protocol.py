@@ -32,7 +32,7 @@ from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
 from plait.actors.mail import Start
 from plait.actors.membership import Membership
-from plait.protocol.codec import decode
+from plait.protocol.codec import decode, encode
 from plait.protocol.diff import EdgeSpec
 from plait.protocol.messages import (
     Ack,
@@ -46,6 +46,7 @@ from plait.protocol.messages import (
     GetGraph,
     GetHistory,
     GetStatus,
+    Heartbeat,
     Resolved,
     Submit,
     TaskHeartbeat,
@@ -81,6 +82,14 @@ def test_run_flow_in_a_thread_serves_and_stops(tmp_path: Any) -> None:
         stop.set()
         thread.join(15)
     assert not thread.is_alive()
+
+
+def test_one_zeromq_message_may_carry_several_requests(client: Peer) -> None:
+    beats = [Heartbeat(), Heartbeat()]  # from a peer that never said Hello
+    client.send_raw(*(encode(b) for b in beats))
+    replies = [client.next(Error), client.next(Error)]
+    assert [r.id for r in replies] == [b.id for b in beats]
+    assert {r.code for r in replies} == {"unavailable"}
 
 
 def test_static_graph_runs_in_order_with_data_resolved(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgpack
@@ -193,8 +193,8 @@ class Gateway:
                         parts = pull.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    for i in range(0, len(parts) - 1, 2):
-                        router.send_multipart(parts[i:i + 2])
+                    for batch in _by_peer(parts):
+                        router.send_multipart(batch)
             if router in events:
                 for _ in range(BURST):
                     try:
@@ -206,13 +206,18 @@ class Gateway:
     # --- inbound ------------------------------------------------------------------
 
     def _inbound(self, frames: list[bytes]) -> None:
-        self.counters.add("frames")
+        """One ZeroMQ message from a peer: its identity, then one protocol message
+        per frame (a peer may send several at once)."""
         identity = frames[0]
-        if len(frames) != 2:
-            self._fail(identity, ProtocolError(
-                "malformed", f"a message is one frame, got {len(frames) - 1}"), None)
+        if len(frames) < 2:
+            self.counters.add("frames")
+            self._fail(identity, ProtocolError("malformed", "an empty message"), None)
             return
-        frame = frames[1]
+        for frame in frames[1:]:
+            self.counters.add("frames")
+            self._one(identity, frame)
+
+    def _one(self, identity: bytes, frame: bytes) -> None:
         try:
             msg = decode(frame, max_size=self.max_size)
         except ProtocolError as exc:
@@ -308,6 +313,21 @@ class Gateway:
                            "send Hello")
         elif isinstance(msg, Credit):
             self.dispatcher.tell(Supply(supervisor, msg.n))
+
+
+def _by_peer(parts: list[bytes]) -> Iterator[list[bytes]]:
+    """(identity, frame, identity, frame, ...) as one message per run of the same
+    peer: [identity, frame, frame, ...] (a peer reads each frame as a message)."""
+    batch: list[bytes] = []
+    for i in range(0, len(parts) - 1, 2):
+        if batch and batch[0] != parts[i]:
+            yield batch
+            batch = []
+        if not batch:
+            batch.append(parts[i])
+        batch.append(parts[i + 1])
+    if batch:
+        yield batch
 
 
 def _peek_id(frame: bytes) -> str | None:
