@@ -40,9 +40,18 @@ from plait.task import InvalidArguments
 
 class FakeTransport:
     """Answers like Flow would: proposals accepted (unless told otherwise), waits
-    resolved from ``results`` (node id -> NodeResult). With ``evict``, a Wait is
-    answered like a supervisor that drops the task: its future raises Evicted.
-    ``send`` (heartbeats, state) lands in ``notes``."""
+    resolved from ``results`` (node id -> NodeResult). A refused diff is answered
+    with ``Proposed(ok=False, rejection=...)``, whether it came on a Propose or on
+    the Wait that carried it. With ``evict``, a Wait is answered like a supervisor
+    that drops the task: its future raises Evicted. ``send`` (heartbeats, state)
+    lands in ``notes``.
+
+    It also watches the order of requests: ``proposed`` holds the node ids whose
+    spawn was sent (on a Propose or a Wait); ``overtaken`` lists the nodes a Wait
+    named before their spawn was sent (in that Wait or an earlier message); and
+    ``overlapped`` is set if a request was sent while an earlier one was still
+    unanswered (``deferred`` answers on the event loop's next turn, like a real
+    peer, so that concurrent awaits that did not take turns would show)."""
 
     def __init__(self) -> None:
         self.sent: list[Propose | Wait] = []
@@ -52,21 +61,27 @@ class FakeTransport:
         self.cancelled = False
         self.evicted = False
         self.evict = False
-        self.deferred = False  # answer on the event loop's next turn, like a real peer
+        self.deferred = False
         self.unanswered: list[Future[Message]] = []
-        self.overtaken = False  # a Wait was sent while a Propose was unanswered
+        self.proposed: set[str] = set()
+        self.overtaken: list[str] = []
+        self.overlapped = False
 
     def request(self, message: Propose | Wait) -> Future[Message]:
         self.sent.append(message)
         self.unanswered = [f for f in self.unanswered if not f.done()]
-        self.overtaken |= isinstance(message, Wait) and bool(self.unanswered)
+        self.overlapped |= bool(self.unanswered)
+        if message.diff is not None:
+            self.proposed.update(n.id for n in PlanDiff.from_dict(message.diff).nodes)
+        if isinstance(message, Wait):
+            self.overtaken += [h for h in message.handles if h not in self.proposed]
         future: Future[Message] = Future()
         if self.evict and isinstance(message, Wait):
             self.evicted = True
             future.set_exception(Evicted())
             return future
         reply = self._reply(message)
-        if self.deferred and isinstance(message, Propose):
+        if self.deferred:
             self.unanswered.append(future)
             asyncio.get_running_loop().call_soon(future.set_result, reply)
         else:
@@ -74,7 +89,8 @@ class FakeTransport:
         return future
 
     def _reply(self, message: Propose | Wait) -> Message:
-        if isinstance(message, Propose):
+        if isinstance(message, Propose) or (
+                message.diff is not None and self.rejection is not None):
             return Proposed(id=message.id, workflow_id=message.workflow_id, node=message.node,
                             ok=self.rejection is None, rejection=self.rejection)
         return Resolved(id=message.id, workflow_id=message.workflow_id, node=message.node,
@@ -84,7 +100,8 @@ class FakeTransport:
         self.notes.append(message)
 
     def diffs(self) -> list[PlanDiff]:
-        return [PlanDiff.from_dict(m.diff) for m in self.sent if isinstance(m, Propose)]
+        """The diffs sent, in order, on a Propose or carried by a Wait."""
+        return [PlanDiff.from_dict(m.diff) for m in self.sent if m.diff is not None]
 
 
 def ok(output: Any) -> NodeResult:
@@ -114,12 +131,12 @@ def test_spawns_are_batched_until_the_task_waits(ctx: Context, transport: FakeTr
     assert transport.sent == []
     transport.results = {a.id: ok(3), b.id: ok(8)}
     assert ctx.gather([a, b]).result() == [3, 8]
-    propose, wait = transport.sent
-    assert isinstance(propose, Propose)
+    (wait,) = transport.sent  # the proposals ride on the Wait: one message
     assert isinstance(wait, Wait)
-    assert propose.attempt == 2
+    assert wait.attempt == 2
     assert wait.handles == [a.id, b.id]
-    diff = PlanDiff.from_dict(propose.diff)
+    assert wait.diff is not None
+    diff = PlanDiff.from_dict(wait.diff)
     assert diff.proposer == "root"
     assert [(n.id, n.task, n.creator) for n in diff.nodes] == [
         ("root.1", "add", "root"), ("root.2", "sample.double", "root")]
@@ -135,7 +152,7 @@ def test_a_known_result_is_not_asked_again(ctx: Context, transport: FakeTranspor
     assert a.result() == 3
     assert a.done()
     assert a.result() == 3
-    assert len(transport.sent) == 2  # one Propose, one Wait
+    assert [type(m).__name__ for m in transport.sent] == ["Wait"]  # carrying the spawn
 
 
 def test_handles_as_arguments_become_data_edges(ctx: Context, transport: FakeTransport) -> None:
@@ -156,6 +173,9 @@ def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:
     handles = ctx.map(double, range(5))
     transport.results = {h.id: ok(2 * i) for i, h in enumerate(handles)}
     assert list(ctx.gather(handles)) == [0, 2, 4, 6, 8]
+    (wait,) = transport.sent
+    assert isinstance(wait, Wait)
+    assert wait.handles == [h.id for h in handles]
     (diff,) = transport.diffs()
     assert [n.id for n in diff.nodes] == [f"root.{i}" for i in range(1, 6)]
     assert [n.inputs["args"] for n in diff.nodes] == [[i] for i in range(5)]
@@ -221,16 +241,43 @@ def test_failed_and_cancelled_children(ctx: Context, transport: FakeTransport) -
     assert isinstance(values[2], WorkflowCancelled)
 
 
+def test_a_spawn_then_await_is_one_message(ctx: Context, transport: FakeTransport) -> None:
+    r = ctx.random()
+    h = ctx.spawn(add, 1, 2)
+    transport.results = {h.id: ok(3)}
+    assert h.result() == 3
+    (wait,) = transport.sent
+    assert isinstance(wait, Wait)
+    assert (wait.node, wait.attempt, wait.handles, wait.resident) == ("root", 2, [h.id], True)
+    assert [(rec.kind, rec.value) for rec in wait.recorded] == [("random", r)]
+    assert wait.diff is not None
+    diff = PlanDiff.from_dict(wait.diff)
+    assert diff.proposer == "root"
+    assert [(n.id, n.task, n.inputs["args"]) for n in diff.nodes] == [(h.id, "add", [1, 2])]
+    assert transport.overtaken == []
+    assert ctx.take_diff() is None  # nothing left for Finish
+
+
+@pytest.mark.parametrize("waiting", ["child", "sleep"])
 @pytest.mark.parametrize(("kind", "error"), [
     ("violation", PromiseViolation), ("plan", PlanError), ("nondeterminism", NonDeterminismError)])
 def test_rejected_proposals_raise(ctx: Context, transport: FakeTransport, kind: str,
-                                  error: type[Exception]) -> None:
+                                  error: type[Exception], waiting: str) -> None:
+    """A refused diff carried by a Wait is answered with Proposed(ok=False): the
+    task raises as it did for a refused Propose, and does not wait."""
     transport.rejection = {"kind": kind, "reason": "created x", "proposer": "root",
                            "promise": "NoNewNodes()", "owner": "root", "diff": {}}
     h = ctx.spawn(add, 1, 1)
-    with pytest.raises(error, match="created x"):
-        h.result()
-    assert [type(m).__name__ for m in transport.sent] == ["Propose"]  # no Wait after it
+    with pytest.raises(error, match="created x") as info:
+        h.result() if waiting == "child" else ctx.sleep(5).result()
+    (wait,) = transport.sent  # one Wait carrying the refused spawn, and nothing after it
+    assert isinstance(wait, Wait)
+    assert wait.diff is not None
+    assert [n.id for n in PlanDiff.from_dict(wait.diff).nodes] == [h.id]
+    assert wait.handles == ([h.id] if waiting == "child" else [])
+    if isinstance(info.value, PromiseViolation):
+        assert (info.value.promise, info.value.owner, info.value.proposer) == (
+            "NoNewNodes()", "root", "root")
 
 
 def test_async_await_and_gather(ctx: Context, transport: FakeTransport) -> None:
@@ -241,7 +288,13 @@ def test_async_await_and_gather(ctx: Context, transport: FakeTransport) -> None:
         return await a, await ctx.gather(hs)
 
     assert asyncio.run(body()) == (3, [2, 4])
-    assert [type(m).__name__ for m in transport.sent] == ["Propose", "Wait", "Wait"]
+    first, second = transport.sent
+    assert isinstance(first, Wait)
+    assert isinstance(second, Wait)
+    assert first.diff is not None  # every spawn so far rides on the first Wait
+    assert [n.id for n in PlanDiff.from_dict(first.diff).nodes] == ["root.1", "root.2", "root.3"]
+    assert (first.handles, second.handles, second.diff) == (
+        ["root.1"], ["root.2", "root.3"], None)
 
 
 def test_concurrent_awaits_never_wait_before_proposing(
@@ -253,8 +306,14 @@ def test_concurrent_awaits_never_wait_before_proposing(
 
     transport.deferred = True
     assert asyncio.run(body()) == [2, 4]
-    assert not transport.overtaken
-    assert [type(m).__name__ for m in transport.sent] == ["Propose", "Wait", "Wait"]
+    assert transport.overtaken == []  # no Wait named a node before its spawn was sent
+    assert not transport.overlapped  # the two awaits took turns
+    first, second = transport.sent
+    assert isinstance(first, Wait)
+    assert isinstance(second, Wait)
+    assert first.diff is not None
+    assert [n.id for n in PlanDiff.from_dict(first.diff).nodes] == ["root.1", "root.2"]
+    assert (first.handles, second.handles, second.diff) == (["root.1"], ["root.2"], None)
 
 
 def test_cancellation_is_raised_at_the_next_context_call(

@@ -145,12 +145,14 @@ def test_replay_rederives_ids_and_uses_recorded_results_without_waiting() -> Non
     first = FakeTransport()
     first.results = {"root.1": ok(3), "root.2": ok(6), "root.3": ok(10)}
     assert body(make(first)) == [3, 6, 10]
-    assert names(first) == ["Propose", "Wait", "Propose", "Wait"]
+    assert names(first) == ["Wait", "Wait"]  # each carrying the spawns it waits for
+    assert [m.handles for m in first.sent if isinstance(m, Wait)] == [
+        ["root.1"], ["root.2", "root.3"]]
 
     replay = FakeTransport()
     assert body(make(replay, History(results=first.results))) == [3, 6, 10]
-    # Known children are re-proposed (no-ops for Flow, which checks they match);
-    # nothing is waited for.
+    # Known children are re-proposed (no-ops for Flow, which checks they match)
+    # before their recorded results are used; nothing is waited for.
     assert names(replay) == ["Propose", "Propose"]
     assert [[n.id for n in d.nodes] for d in replay.diffs()] == [
         [n.id for n in d.nodes] for d in first.diffs()] == [["root.1"], ["root.2", "root.3"]]
@@ -239,25 +241,33 @@ def test_sleep_and_signal_wait_durably_and_replay() -> None:
     first.evict = True
     with pytest.raises(Evicted):
         body(make(first))
-    propose, wait = first.sent
-    assert isinstance(propose, Propose)
-    assert [r.kind for r in propose.recorded] == ["random"]  # rides on the first message
+    (wait,) = first.sent  # the spawn and the draw ride on the sleep's Wait
     assert isinstance(wait, Wait)
-    assert (wait.timer, wait.signal, wait.seq, wait.handles, wait.recorded) == (
-        5.0, None, 1, [], [])
-    recorded = propose.recorded
+    assert (wait.timer, wait.signal, wait.seq, wait.handles) == (5.0, None, 1, [])
+    assert [r.kind for r in wait.recorded] == ["random"]
+    assert [[n.id for n in d.nodes] for d in first.diffs()] == [["root.1"]]
+    recorded = wait.recorded
 
     second = FakeTransport()
     second.evict = True
     with pytest.raises(Evicted):
         body(make(second, History(recorded=recorded, timers=[1])))
-    assert names(second) == ["Propose", "Wait"]  # the child re-proposed; the sleep is over
-    assert isinstance(second.sent[1], Wait)
-    assert (second.sent[1].signal, second.sent[1].seq, second.sent[1].timer) == ("go", 2, None)
+    # The sleep is over; the child is re-proposed on the signal's Wait, and the
+    # replayed draw is not recorded again.
+    (signal_wait,) = second.sent
+    assert isinstance(signal_wait, Wait)
+    assert (signal_wait.signal, signal_wait.seq, signal_wait.timer, signal_wait.handles,
+            signal_wait.recorded) == ("go", 2, None, [], [])
+    assert [[n.id for n in d.nodes] for d in second.diffs()] == [["root.1"]]
 
     third = FakeTransport()
     history = History(recorded=recorded, timers=[1], signals=[(2, "yes")])
-    assert body(make(third, history)) == f"yes:{recorded[0].value}"
+    ctx = make(third, history)
+    assert body(ctx) == f"yes:{recorded[0].value}"
+    assert third.sent == []  # nothing to wait for: the child is left for Finish
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert [n.id for n in diff.nodes] == ["root.1"]
 
 
 def test_async_durable_waits() -> None:

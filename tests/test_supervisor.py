@@ -75,13 +75,19 @@ class FakeFlow:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.sock.poll(10):
-                ident, frame = self.sock.recv_multipart()
-                self._on(ident, codec.decode(frame))
-            while not self._outbox.empty() and self.peer is not None:
-                self.sock.send_multipart([self.peer, self._outbox.get()])
-        self.sock.close(linger=0)
+        # The socket is closed however the loop ends (even by an error, or by
+        # close()'s term() interrupting a poll): term() waits for it for ever.
+        try:
+            while not self._stop.is_set():
+                if self.sock.poll(10):
+                    ident, frame = self.sock.recv_multipart()
+                    self._on(ident, codec.decode(frame))
+                while not self._outbox.empty() and self.peer is not None:
+                    self.sock.send_multipart([self.peer, self._outbox.get()])
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            self.sock.close(linger=0)
 
     def _on(self, ident: bytes, msg: Message) -> None:
         reply: Message | None = None
@@ -264,12 +270,12 @@ def test_finish_carries_unsent_proposals(sup: FakeFlow) -> None:
 @pytest.mark.parametrize("parent", ["fan_out", "fan_out_sync"])
 def test_an_awaiting_parent_frees_its_slot_for_its_children(sup: FakeFlow, parent: str) -> None:
     sup.send(assign(parent, 2, node="p"))
-    propose = sup.expect(Propose, lambda m: m.node == "p")
-    assert [n["id"] for n in propose.diff["nodes"]] == ["p.1", "p.2"]
     wait = sup.expect(Wait, lambda m: m.node == "p")
+    assert wait.diff is not None  # the spawns ride on the Wait: one message, not two
+    assert [n["id"] for n in wait.diff["nodes"]] == ["p.1", "p.2"]
     assert wait.handles == ["p.1", "p.2"]
     assert wait.resident  # room to spare: the task stays in its worker
-    assert sup.received.index(propose) < sup.received.index(wait)
+    assert [m for m in sup.all(Propose) if m.node == "p"] == []
     # One worker, busy with the waiting parent: its slot is granted again, and an
     # extra worker process runs the children one after the other.
     results = {}
@@ -282,6 +288,7 @@ def test_an_awaiting_parent_frees_its_slot_for_its_children(sup: FakeFlow, paren
     done = sup.expect(Finish, lambda m: m.node == "p")
     assert done.ok
     assert done.output == 2
+    assert done.diff is None  # everything was proposed with the Wait
 
 
 def test_prefetched_assignments_wait_their_turn_and_say_when_they_start(
@@ -413,6 +420,8 @@ def test_an_evicted_task_unwinds_reports_nothing_and_resumes_from_history(
         flow.send(a)
         wait = flow.expect(Wait, lambda m: m.node == "g")
         assert wait.handles == ["g.1"]
+        assert wait.diff is not None  # the spawn rides on the Wait
+        assert [n["id"] for n in wait.diff["nodes"]] == ["g.1"]
         assert not wait.resident
         # The one worker is free again only once the task has unwound: through the
         # task's own `except Exception` (not taken) and its `finally` (run).
@@ -426,9 +435,15 @@ def test_an_evicted_task_unwinds_reports_nothing_and_resumes_from_history(
         done = run(flow, resumed)
         assert (done.ok, done.output) == (True, 3)
         assert notes(path) == ["finally", "finally", "after"]
-        proposals = [m for m in flow.all(Propose) if m.node == "g"]
-        assert [[n["id"] for n in m.diff["nodes"]] for m in proposals] == [["g.1"], ["g.1"]]
-        assert len([m for m in flow.all(Wait) if m.node == "g"]) == 1
+        assert done.diff is None
+        # The first run proposed the child on its Wait; the replay re-proposed it
+        # (a Propose alone: nothing to wait for) before using its recorded result.
+        assert [m for m in flow.all(Wait) if m.node == "g"] == [wait]
+        (again,) = [m for m in flow.all(Propose) if m.node == "g"]
+        assert [n["id"] for n in again.diff["nodes"]] == ["g.1"]
+        assert again.attempt == 1
+        assert flow.received.index(wait) < flow.received.index(again) \
+            < flow.received.index(done)
     assert errors == []
 
 
@@ -471,6 +486,25 @@ def test_a_resident_waiting_task_can_be_cancelled(sup: FakeFlow) -> None:
     done = sup.expect(Finish, lambda m: m.node == "fc")
     assert done.error is not None
     assert done.error["type"] == "WorkflowCancelled"
+
+
+REFUSED = {"kind": "violation", "reason": "created p.1", "proposer": "rp",
+           "promise": "NoNewNodes()", "owner": "wf-root", "diff": {}}
+
+
+def test_a_refused_wait_diff_is_raised_by_a_resident_task(sup: FakeFlow) -> None:
+    sup.send(assign("fan_out", 2, node="rp"))
+    wait = sup.expect(Wait, lambda m: m.node == "rp")
+    assert wait.resident
+    assert wait.diff is not None
+    sup.send(Proposed(id=wait.id, workflow_id="wf", node="rp", ok=False, rejection=REFUSED))
+    done = sup.expect(Finish, lambda m: m.node == "rp")
+    assert not done.ok
+    assert done.error is not None
+    assert done.error["type"] == "PromiseViolation"
+    assert "rp broke NoNewNodes() (promised by wf-root): created p.1" in done.error["message"]
+    assert done.diff is None  # the refused spawns are not proposed again
+    assert run(sup, assign("add", 1, 2)).output == 3  # the worker goes on
 
 
 def test_heartbeats_and_state_reach_flow_and_a_retry_resumes_from_the_details(
