@@ -377,7 +377,7 @@ class Context:
 
     async def _adrive(self, steps: Steps) -> Any:
         # Concurrent awaits (asyncio.gather over handles) take turns, so that a
-        # Wait never overtakes the Propose that creates the nodes it names.
+        # Wait never reaches Flow before the message carrying the spawns it names.
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:

@@ -47,10 +47,12 @@ from plait.protocol.messages import (
     GetHistory,
     GetStatus,
     Heartbeat,
+    Proposed,
     Resolved,
     Submit,
     TaskHeartbeat,
     TaskInfo,
+    Wait,
 )
 from plait.protocol.promises import MaxParallel, NoNewNodes
 from plait.testing import free_port, wait_for
@@ -139,6 +141,54 @@ def test_spawn_wait_resolved_and_finish(client: Peer, supervisor: SupervisorFact
     assert (done.status, done.output, done.error) == ("succeeded", "handled", None)
     assert states(history(client, wf), "parent") == [
         ("running", 1), ("suspended", 1), ("running", 1), ("succeeded", 1)]
+
+
+def test_a_wait_carries_the_spawns_it_awaits(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent", "parent")), root="parent")
+    p = sup.assign(node="parent")
+    kids = diff(spec("parent.1", "child", 7, creator="parent"), proposer="parent")
+    wait = sup.send(Wait(workflow_id=wf, node="parent", attempt=p.attempt,
+                         handles=["parent.1"], diff=kids))  # one message, no Propose
+    c = sup.assign(node="parent.1")
+    assert c.inputs == {"args": [7], "kwargs": {}}
+    sup.finish(c, 8)
+    resolved = sup.next(lambda m: m.id == wait.id)
+    assert isinstance(resolved, Resolved)
+    assert resolved.results["parent.1"].output == 8
+    sup.finish(p, "done")
+    assert result(client, wf).output == "done"
+    events = [(e["type"], e.get("node")) for e in history(client, wf)
+              if e["type"] in ("diff", "wait", "state") and e.get("node") in (None, "parent")]
+    diff_at = events.index(("diff", None), 1)  # after the registration's
+    assert events[diff_at + 1] == ("state", "parent")  # then the parent suspends
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_refused_wait_diff_is_answered_like_a_propose(
+        client: Peer, supervisor: SupervisorFactory, resident: bool) -> None:
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    bad = diff(spec("a.1", "a", creator="a"), edges=[("a.1", "ghost")], proposer="a")
+    reply = sup.request(Wait(workflow_id=wf, node="a", attempt=a.attempt, handles=["a.1"],
+                             diff=bad, resident=resident))
+    assert isinstance(reply, Proposed)
+    assert not reply.ok
+    assert reply.rejection is not None
+    assert reply.rejection["kind"] == "plan"
+    if resident:  # the task raises PlanError and goes on; here it succeeds anyway
+        sup.none(CancelTask, within=0.1)
+        sup.finish(a, 1)
+        assert result(client, wf).status == "succeeded"
+    else:  # evicted: no task is left to raise it, so Flow fails the node as it would
+        done = result(client, wf)
+        assert done.status == "failed"
+        assert done.error is not None
+        assert (done.error["node"], done.error["type"]) == ("a", "PlanError")
+    assert [e["type"] for e in history(client, wf)].count("rejected") == 1
+    assert "a.1" not in {n["id"] for n in client.request(GetGraph(workflow_id=wf)).graph["nodes"]}
 
 
 # --- retries and exactly-once -------------------------------------------------------------

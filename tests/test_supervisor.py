@@ -80,8 +80,9 @@ class FakeFlow:
         try:
             while not self._stop.is_set():
                 if self.sock.poll(10):
-                    ident, frame = self.sock.recv_multipart()
-                    self._on(ident, codec.decode(frame))
+                    ident, *frames = self.sock.recv_multipart()  # one message or several
+                    for frame in frames:
+                        self._on(ident, codec.decode(frame))
                 while not self._outbox.empty() and self.peer is not None:
                     self.sock.send_multipart([self.peer, self._outbox.get()])
         except zmq.ContextTerminated:

@@ -235,6 +235,7 @@ class Supervisor:
                     self.link.open(now)
                 self._dispatch()
             self._grant()
+            self.link.flush()
             if ready is not None and self.welcomed.is_set():
                 ready.set()
 

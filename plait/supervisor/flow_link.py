@@ -1,7 +1,8 @@
 """The supervisor's connection to Flow: (re)connection, Hello, heartbeats, resends.
 
 A DEALER socket with ``IMMEDIATE`` set, so that nothing queues for a Flow that
-is not there, and a socket monitor, so that every (re)connection, which may
+is not there (what is sent in one turn of the Relay's loop leaves together, one
+ZeroMQ message of several frames), and a socket monitor, so that every (re)connection, which may
 reach a restarted Flow that does not know this supervisor, is greeted with
 Hello followed by every request Flow has not answered yet (Propose, Wait and
 Finish are idempotent on Flow's side). A Flow silent for ``timeout`` gets a
@@ -11,6 +12,7 @@ Used only by the supervisor's Relay thread (its poll loop), which owns the socke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ class FlowLink:
         # id -> (message, worker identity): answered requests and acknowledged Finishes leave.
         self.outstanding: dict[str, tuple[Message, bytes | None]] = {}
         self._frames: dict[str, bytes] = {}  # their encoded frames, for resending
+        self._out: list[bytes] = []  # frames for Flow, sent together by flush()
         self.sock: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None
         self.connections = 0
@@ -64,6 +67,7 @@ class FlowLink:
         self._heard = now
 
     def close(self) -> None:
+        self._out = []  # for the old connection; what is tracked goes again on the next
         if self.sock is not None:
             self.sock.disable_monitor()
             self.sock.close(linger=0)
@@ -100,12 +104,27 @@ class FlowLink:
             self._frames[msg.id] = frame
         if self.sock is None or (self.greeting and not isinstance(msg, Hello)):
             return False
-        try:
-            self.sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
+        if isinstance(msg, Hello):  # at once: whether it went decides what follows
+            self.flush()
+            try:
+                self.sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+        else:
+            self._out.append(frame)
         self._sent = time.monotonic()
         return True
+
+    def flush(self) -> None:
+        """Send what ``send`` gathered, as one ZeroMQ message of several frames (Flow
+        reads each frame as a message): the Relay calls it once per turn of its loop,
+        so a busy supervisor sends its Finishes and Credit in one go."""
+        if not self._out or self.sock is None:
+            return
+        out, self._out = self._out, []
+        # No Flow (IMMEDIATE): the requests are tracked and go again on connection.
+        with contextlib.suppress(zmq.Again):
+            self.sock.send_multipart(out, zmq.NOBLOCK)
 
     def answered(self, mid: str) -> tuple[Message | None, bytes | None]:
         """Flow answered request ``mid``: it is not sent again. Returns it and its worker."""
