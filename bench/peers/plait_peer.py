@@ -3,8 +3,8 @@
 Runs in plait's own environment (``bench/run.py`` starts it with its own
 interpreter). The cluster is exactly what a user starts: ``python -m plait
 dev --workers 2 --import bench.workloads...`` on free loopback ports and a
-temporary SQLite database; its memory is the ``plait dev`` process tree (the
-launcher, Flow, the supervisor and its workers). The workloads are the task
+temporary SQLite database; its memory is the ``plait dev`` process tree (Flow
+runs in that process; the supervisor and its workers below it). The workloads are the task
 modules in ``bench/workloads/``.
 """
 

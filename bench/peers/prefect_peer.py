@@ -118,7 +118,7 @@ class Prefect(Engine):
         from prefect.server.api.server import SubprocessASGIServer
 
         self.server = SubprocessASGIServer()  # the one ephemeral mode uses (port None)
-        self.server.start()
+        self.server.start(timeout=120)  # its first start migrates a new database: slow
 
     def stop(self) -> None:
         if self.server is not None:
