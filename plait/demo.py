@@ -76,8 +76,6 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     The supervisor is spawned first and connects once Flow listens, so its
     start (imports, workers) overlaps Flow's; one interpreter fewer than a
     process per box, which a laptop's memory notices."""
-    from plait.actors.flow import Flow, FlowSettings
-
     address = f"tcp://127.0.0.1:{port}"
     argv = ["supervisor", "--flow", address, "--workers", str(workers)]
     for module in imports:
@@ -86,6 +84,9 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
         supervisor = Proc("supervisor", argv, Path(tmp) / "ready", None)
         supervisor.start(child_environment(paths, os.getcwd()), os.getcwd())
         try:
+            # Imported only now: the supervisor's start does not wait for Flow's imports.
+            from plait.actors.flow import Flow, FlowSettings
+
             flow = Flow(FlowSettings(db=str(db), port=port, feed_port=port + 1),
                         on_fatal=lambda exc: stop.set()).start()
             try:
