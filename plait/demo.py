@@ -83,26 +83,25 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     with tempfile.TemporaryDirectory(prefix="plait-dev-") as tmp, stop_on_signals() as stop:
         supervisor = Proc("supervisor", argv, Path(tmp) / "ready", None)
         supervisor.start(child_environment(paths, os.getcwd()), os.getcwd())
+        flow = None
         try:
             # Imported only now: the supervisor's start does not wait for Flow's imports.
             from plait.actors.flow import Flow, FlowSettings
 
             flow = Flow(FlowSettings(db=str(db), port=port, feed_port=port + 1),
                         on_fatal=lambda exc: stop.set()).start()
-            try:
-                print(f"plait dev: Flow on {address} (feed tcp://127.0.0.1:{port + 1}), "
-                      f"database {db}\n"
-                      f"plait dev: one supervisor ({workers} workers) serving "
-                      f"{', '.join(imports)}\n"
-                      f"plait dev: try `plait submit examples.branching:coin --wait`; "
-                      f"Ctrl-C stops", flush=True)
-                wait_for(lambda: stop.is_set() or not supervisor.alive(), float("inf"),
-                         interval=0.2)
-            finally:
-                supervisor.stop(10.0)  # first: its Finishes still reach Flow
-                flow.stop()
+            print(f"plait dev: Flow on {address} (feed tcp://127.0.0.1:{port + 1}), "
+                  f"database {db}\n"
+                  f"plait dev: one supervisor ({workers} workers) serving "
+                  f"{', '.join(imports)}\n"
+                  f"plait dev: try `plait submit examples.branching:coin --wait`; "
+                  f"Ctrl-C stops", flush=True)
+            wait_for(lambda: stop.is_set() or not supervisor.alive(), float("inf"),
+                     interval=0.2)
         finally:
-            supervisor.stop(10.0)
+            supervisor.stop(10.0)  # first: its Finishes still reach Flow
+            if flow is not None:
+                flow.stop()
     if flow.failure is not None:
         print(f"plait dev: Flow stopped: {flow.failure}", file=sys.stderr)
         return 1

@@ -205,8 +205,8 @@ class Supervisor:
     def _running(self) -> list[AttemptRef]:
         assigns = self._held() + [a for a, _, _ in self.queue]
         refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
-        refs |= {(m.workflow_id, m.node, m.attempt) for m, _ in self.link.outstanding.values()
-                 if isinstance(m, Finish)}
+        refs |= {(m.workflow_id, m.node, m.attempt)
+                 for m, _, _ in self.link.outstanding.values() if isinstance(m, Finish)}
         return [AttemptRef(workflow_id=w, node=n, attempt=a) for w, n, a in sorted(refs)]
 
     def _grant(self) -> None:

@@ -1,12 +1,13 @@
 """The supervisor's connection to Flow: (re)connection, Hello, heartbeats, resends.
 
 A DEALER socket with ``IMMEDIATE`` set, so that nothing queues for a Flow that
-is not there (what is sent in one turn of the Relay's loop leaves together, one
-ZeroMQ message of several frames), and a socket monitor, so that every (re)connection, which may
-reach a restarted Flow that does not know this supervisor, is greeted with
-Hello followed by every request Flow has not answered yet (Propose, Wait and
-Finish are idempotent on Flow's side). A Flow silent for ``timeout`` gets a
-brand new socket; one that answers a heartbeat with an Error gets Hello again.
+is not there (what one turn of the Relay's loop sends leaves together, one
+ZeroMQ message of several frames), and a socket monitor, so that every
+(re)connection, which may reach a restarted Flow that does not know this
+supervisor, is greeted with Hello followed by every request Flow has not
+answered yet (Propose, Wait and Finish are idempotent on Flow's side). A Flow
+silent for ``timeout`` gets a brand new socket; one that answers a heartbeat
+with an Error gets Hello again.
 Used only by the supervisor's Relay thread (its poll loop), which owns the socket.
 """
 
@@ -16,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -33,6 +34,15 @@ log = logging.getLogger("plait.supervisor")
 _CONNECTED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
 
 
+class Outstanding(NamedTuple):
+    """A request Flow has not answered: what it was, the worker awaiting the answer
+    (None: nobody), and its frame, sent again as it was on a new connection."""
+
+    message: Message
+    worker: bytes | None
+    frame: bytes
+
+
 class FlowLink:
     """The DEALER to Flow: (re)connection, heartbeats, and requests awaiting replies."""
 
@@ -43,9 +53,8 @@ class FlowLink:
         self._hello = hello
         self.interval = settings.heartbeat_interval
         self.timeout = settings.heartbeat_timeout
-        # id -> (message, worker identity): answered requests and acknowledged Finishes leave.
-        self.outstanding: dict[str, tuple[Message, bytes | None]] = {}
-        self._frames: dict[str, bytes] = {}  # their encoded frames, for resending
+        # Requests by id until Flow answers them (Finishes until acknowledged).
+        self.outstanding: dict[str, Outstanding] = {}
         self._out: list[bytes] = []  # frames for Flow, sent together by flush()
         self.sock: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None
@@ -90,8 +99,8 @@ class FlowLink:
         """Hello, then every request Flow has not answered, in order (all idempotent)."""
         self.greeting = not self.send(self._hello())
         if not self.greeting:
-            for msg, _ in list(self.outstanding.values()):
-                self.send(msg, frame=self._frames.get(msg.id))
+            for request in list(self.outstanding.values()):
+                self.send(request.message, frame=request.frame)
 
     def send(self, msg: Message, worker: bytes | None = None, *, track: bool = False,
              frame: bytes | None = None) -> bool:
@@ -100,8 +109,7 @@ class FlowLink:
         if frame is None:
             frame = codec.encode(msg)
         if track:
-            self.outstanding[msg.id] = (msg, worker)
-            self._frames[msg.id] = frame
+            self.outstanding[msg.id] = Outstanding(msg, worker, frame)
         if self.sock is None or (self.greeting and not isinstance(msg, Hello)):
             return False
         if isinstance(msg, Hello):  # at once: whether it went decides what follows
@@ -128,8 +136,8 @@ class FlowLink:
 
     def answered(self, mid: str) -> tuple[Message | None, bytes | None]:
         """Flow answered request ``mid``: it is not sent again. Returns it and its worker."""
-        self._frames.pop(mid, None)
-        return self.outstanding.pop(mid, (None, None))
+        request = self.outstanding.pop(mid, None)
+        return (request.message, request.worker) if request else (None, None)
 
     def heard(self, now: float) -> None:
         self._heard = now
@@ -147,8 +155,7 @@ class FlowLink:
     def forget(self, worker: bytes) -> None:
         """Drop the requests a dead worker awaited answers to (a Propose, a resident
         Wait); what Flow must still learn (Finish, an evicted Wait, state) stays."""
-        for mid, (msg, ident) in list(self.outstanding.items()):
+        for mid, (msg, ident, _) in list(self.outstanding.items()):
             if ident == worker and (isinstance(msg, Propose) or (
                     isinstance(msg, Wait) and msg.resident)):
                 del self.outstanding[mid]
-                self._frames.pop(mid, None)
