@@ -38,7 +38,7 @@ class Supervisor:
     identity: bytes
     tasks: frozenset[str]
     credit: int
-    order: list[str] = field(default_factory=list)  # its tasks, sorted
+    order: list[str] = field(init=False)  # its tasks, sorted once
 
     def __post_init__(self) -> None:
         self.order = sorted(self.tasks)
