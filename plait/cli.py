@@ -111,7 +111,7 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Flow and one supervisor as child processes, until Ctrl-C."""
+    """Flow (in this process) and one supervisor process, until Ctrl-C."""
     from plait.demo import examples_path, run_dev
 
     imports = args.imports or _default_imports()
@@ -331,7 +331,7 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
                    help="workers allowed while tasks await others (default: 4 x workers)")
     p.add_argument("--prefetch", type=int, default=None,
                    help="assignments queued beyond the free workers, to hide the round "
-                        "trip to Flow (default: 4 x workers)")
+                        "trip to Flow (default: 16 x workers)")
 
 
 def _submit_options(p: argparse.ArgumentParser) -> None:

@@ -228,6 +228,11 @@ class FakeSupervisor(Peer):
         self.send(Credit(n=1))
         return wait
 
+    def started(self, a: Assign) -> Ack:
+        """A worker took the attempt (what a supervisor says for a task with timeouts)."""
+        return self.request(TaskHeartbeat(workflow_id=a.workflow_id, node=a.node,
+                                          attempt=a.attempt, started=True))
+
     def heartbeat(self, a: Assign, details: Any = None) -> Ack:
         return self.request(TaskHeartbeat(workflow_id=a.workflow_id, node=a.node,
                                           attempt=a.attempt, details=details))

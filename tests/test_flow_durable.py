@@ -420,6 +420,7 @@ def test_start_to_close_on_flows_clock(
     sup = supervisor(TaskInfo(name="a", timeout=60, retry={"initial": 0}))
     wf = submit(client, diff(spec("a")))
     first = sup.assign()
+    sup.started(first)
     clock.advance(59)
     sup.none(CancelTask, within=0.1)
     clock.advance(1)

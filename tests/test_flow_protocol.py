@@ -50,7 +50,6 @@ from plait.protocol.messages import (
     Proposed,
     Resolved,
     Submit,
-    TaskHeartbeat,
     TaskInfo,
     Wait,
 )
@@ -219,6 +218,7 @@ def test_timeout_stops_and_retries_the_attempt(
     sup = supervisor(TaskInfo(name="a", timeout=0.5))
     wf = submit(client, diff(spec("a")))
     first = sup.assign()
+    sup.started(first)
     cancel = sup.next(CancelTask)
     assert (cancel.node, cancel.attempt) == ("a", 1)
     second = sup.assign()
@@ -232,15 +232,14 @@ def test_timeout_stops_and_retries_the_attempt(
 
 def test_an_attempt_queued_at_its_supervisor_counts_its_timeout_from_its_start(
         flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
-    sup = supervisor(TaskInfo(name="a", timeout=0.6))
-    wf = submit(client, diff(spec("a")))
+    sup = supervisor(TaskInfo(name="a", timeout=1.0))
+    submit(client, diff(spec("a")))
     a = sup.assign()
-    sup.none(CancelTask, within=0.4)  # waiting in the supervisor's queue meanwhile
-    started = TaskHeartbeat(workflow_id=wf, node="a", attempt=a.attempt, started=True)
-    assert isinstance(sup.request(started), Ack)
-    # 0.8 s after the assignment, 0.4 s after the start: not timed out yet.
-    sup.none(CancelTask, within=0.4)
-    cancel = sup.next(CancelTask)  # 0.6 s after the start
+    sup.none(CancelTask, within=1.2)  # longer than its timeout, in the supervisor's queue
+    assert isinstance(sup.started(a), Ack)  # a worker took it: the count starts
+    sup.none(CancelTask, within=0.5)
+    assert isinstance(sup.started(a), Ack)  # re-sent after a reconnection: moves nothing
+    cancel = sup.next(CancelTask, timeout=0.8)  # 1.0 s after the first notice
     assert (cancel.node, cancel.attempt) == ("a", 1)
     assert flow.counters.get("attempts.timed_out") == 1
 

@@ -109,6 +109,7 @@ class KeeperBase(pykka.ThreadingActor):
         self.held: set[str] = set()  # ready nodes a pause keeps back
         self.cache_keys: dict[str, str] = {}  # node -> its cache key (caching tasks)
         self.beats: dict[str, float] = {}  # running node -> its last heartbeat
+        self.confirmed: dict[str, int] = {}  # node -> attempt its supervisor said started
         self.queued_at: dict[str, float] = {}  # ready node -> when it was queued
         self.retiring = False  # the end is recorded: leaving once it is committed
         self.gone = False  # left the Registry: whatever still arrives goes to the Reader

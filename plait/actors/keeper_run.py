@@ -87,7 +87,11 @@ class RunMixin(KeeperBase):
             workflow_id=self.wf, node=node.id, attempt=node.attempt, task=node.task,
             inputs=self._resolve(node.inputs), idempotency_key=f"{self.wf}/{node.id}",
             history=self._history(node)))
-        self._arm_running(node.id)
+        info = self.ctx.catalog.get(node.task)
+        if info is None or not (info.timeout or info.heartbeat_timeout):
+            self._arm_running(node.id)
+        # Else the attempt may wait in its supervisor's queue: its timeouts count
+        # from when the supervisor says a worker started it (_task_heartbeat).
 
     def _history(self, node: Node) -> History | None:
         """What the task replays: None for a first execution of a first attempt."""
@@ -247,11 +251,15 @@ class RunMixin(KeeperBase):
             return
         self.beats[msg.node] = now = self._now()
         info = self.ctx.catalog.get(node.task)
-        if msg.started and info is not None and info.timeout:
-            # It waited in its supervisor's queue: that time is not the task's.
-            # (Not recorded: after a Flow restart the count is from the RUNNING event.)
-            self.st.started_at[msg.node] = now
-            self._at(now + info.timeout, Expire(msg.node, msg.attempt, "start", since=now))
+        if msg.started and self.confirmed.get(msg.node) != msg.attempt:
+            # A worker took it from its supervisor's queue: start-to-close counts from
+            # now (once per attempt: a re-sent notice does not move it). Not recorded:
+            # after a Flow restart the count is from the RUNNING event.
+            self.confirmed[msg.node] = msg.attempt
+            if info is not None and info.timeout:
+                self.st.started_at[msg.node] = now
+                self._at(now + info.timeout,
+                         Expire(msg.node, msg.attempt, "start", since=now))
         if info is not None and info.heartbeat_timeout:
             self._at(now + info.heartbeat_timeout,
                      Expire(msg.node, msg.attempt, "heartbeat", since=now))

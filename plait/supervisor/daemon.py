@@ -24,9 +24,9 @@ What the Relay does:
   trip to Flow: a worker that finishes starts the next attempt at once instead
   of idling until Flow hears of it and answers. A worker whose task awaits
   other nodes counts as free (an extra process stands in for it, up to
-  ``max_workers``). A queued attempt of a task with a timeout or a heartbeat
-  timeout tells Flow when it really starts (``TaskHeartbeat(started=True)``),
-  so its time in the queue is not counted against it.
+  ``max_workers``). An attempt of a task with a timeout or a heartbeat timeout
+  tells Flow when a worker starts it (``TaskHeartbeat(started=True)``): Flow
+  counts those timeouts from then, so time in the queue is not the task's.
 - Eviction: a task waiting for children stays resident in its worker while
   fewer than ``max_workers`` processes are busy. Otherwise, and always for a
   durable timer or signal, its Wait goes to Flow with ``resident=False`` and the
@@ -103,7 +103,6 @@ from plait.task import Task, UnknownTask, registered
 log = logging.getLogger("plait.supervisor")
 
 _TICK = 0.05  # seconds between reconciliations when nothing arrives
-_QUEUED = 0.01  # an attempt queued longer than this says when it started
 _UPKEEP = 0.005  # seconds between rescales and heartbeat checks in a busy loop
 # Per worker. Enough to cover Flow's round trip many times over, so that Flow gets
 # results and sends assignments in batches (bench/, 2 workers: a queue of 8 gave
@@ -182,8 +181,8 @@ class Supervisor:
         self._early: set[bytes] = set()  # WorkerReady that beat the pool's "started"
         self.link = FlowLink(self.zctx, settings, self._hello)
         self.prefetch = PREFETCH * size if settings.prefetch is None else settings.prefetch
-        # Each with when it arrived and its frame (relayed to the worker as it came).
-        self.queue: deque[tuple[Assign, float, bytes]] = deque()
+        # Each with its frame (relayed to the worker as it came).
+        self.queue: deque[tuple[Assign, bytes]] = deque()
         self.queued: set[tuple[str, str, int]] = set()  # the queue's attempts
         self.credit = 0
         self.welcomed = threading.Event()
@@ -203,7 +202,7 @@ class Supervisor:
                      slots=self.credit, running=self._running())
 
     def _running(self) -> list[AttemptRef]:
-        assigns = self._held() + [a for a, _, _ in self.queue]
+        assigns = self._held() + [a for a, _ in self.queue]
         refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
         refs |= {(m.workflow_id, m.node, m.attempt)
                  for m, _, _ in self.link.outstanding.values() if isinstance(m, Finish)}
@@ -329,7 +328,7 @@ class Supervisor:
                                      for a in self._held()):
             return  # re-sent by a restarted Flow: already running here
         self.queued.add(key)
-        self.queue.append((msg, time.monotonic(), frame))
+        self.queue.append((msg, frame))
 
     def _held(self) -> list[Assign]:
         """Attempts the workers hold (an evicted one is Flow's again, though its
@@ -472,13 +471,12 @@ class Supervisor:
             worker = self.workers.idle()
             if worker is None:
                 return
-            assign, arrived, frame = self.queue.popleft()
+            assign, frame = self.queue.popleft()
             self.queued.discard((assign.workflow_id, assign.node, assign.attempt))
             worker.assign = assign
             self.workers_sock.send_multipart([worker.ident, frame])
             task = self.tasks.get(assign.task)
-            if task is not None and (task.timeout or task.heartbeat_timeout) \
-                    and time.monotonic() - arrived > _QUEUED:
+            if task is not None and (task.timeout or task.heartbeat_timeout):
                 self.link.send(TaskHeartbeat(workflow_id=assign.workflow_id, node=assign.node,
                                              attempt=assign.attempt, started=True),
                                worker.ident, track=True)
