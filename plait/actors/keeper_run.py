@@ -183,7 +183,7 @@ class RunMixin(KeeperBase):
             self._resume(msg.node)
         self._note_recorded(msg.node, msg.attempt, msg.recorded)
         if msg.diff:
-            failure = self._final_diff(msg)
+            failure, _ = self._carried_diff(msg.node, msg.diff)
             if self.st.ended:
                 return
             if failure is not None:
@@ -193,11 +193,6 @@ class RunMixin(KeeperBase):
             self._succeeded(msg.node, msg.output)
         else:
             self._failed(msg.node, msg.error or {"type": "Error", "message": "task failed"})
-
-    def _final_diff(self, msg: Finish) -> dict[str, Any] | None:
-        """Apply a Finish's diff; the error that fails the node if it was refused."""
-        failure, _ = self._carried_diff(msg.node, msg.diff or {})
-        return failure
 
     def _carried_diff(self, node_id: str, data: dict[str, Any]
                       ) -> tuple[dict[str, Any] | None, Rejection | None]:

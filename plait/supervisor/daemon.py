@@ -203,9 +203,9 @@ class Supervisor:
 
     def _running(self) -> list[AttemptRef]:
         assigns = self._held() + [a for a, _ in self.queue]
-        refs = {(a.workflow_id, a.node, a.attempt) for a in assigns}
-        refs |= {(m.workflow_id, m.node, m.attempt)
-                 for m, _, _ in self.link.outstanding.values() if isinstance(m, Finish)}
+        refs = {_attempt(a) for a in assigns}
+        refs |= {_attempt(m) for m, _, _ in self.link.outstanding.values()
+                 if isinstance(m, Finish)}
         return [AttemptRef(workflow_id=w, node=n, attempt=a) for w, n, a in sorted(refs)]
 
     def _grant(self) -> None:
@@ -323,8 +323,8 @@ class Supervisor:
                               f"(serves {sorted(self.tasks)})")
             self._finish(msg, error_dict(exc))
             return
-        key = (msg.workflow_id, msg.node, msg.attempt)
-        if key in self.queued or any((a.workflow_id, a.node, a.attempt) == key
+        key = _attempt(msg)
+        if key in self.queued or any(_attempt(a) == key
                                      for a in self._held()):
             return  # re-sent by a restarted Flow: already running here
         self.queued.add(key)
@@ -343,9 +343,9 @@ class Supervisor:
     def _on_cancel(self, msg: CancelTask) -> None:
         for entry in list(self.queue):
             a = entry[0]
-            if (a.workflow_id, a.node, a.attempt) == (msg.workflow_id, msg.node, msg.attempt):
+            if _attempt(a) == _attempt(msg):
                 self.queue.remove(entry)
-                self.queued.discard((a.workflow_id, a.node, a.attempt))
+                self.queued.discard(_attempt(a))
                 self._finish(a, _cancelled(a))
         worker = self._worker_of(msg.workflow_id, msg.node)
         if worker is not None and worker.assign is not None \
@@ -472,7 +472,7 @@ class Supervisor:
             if worker is None:
                 return
             assign, frame = self.queue.popleft()
-            self.queued.discard((assign.workflow_id, assign.node, assign.attempt))
+            self.queued.discard(_attempt(assign))
             worker.assign = assign
             self.workers_sock.send_multipart([worker.ident, frame])
             task = self.tasks.get(assign.task)
@@ -494,6 +494,11 @@ class Supervisor:
             error = {"type": "WorkerLost", "message": death, "traceback": "", "retryable": True}
         log.warning("%s running %s/%s", death, worker.assign.workflow_id, worker.assign.node)
         self._finish(worker.assign, error)
+
+
+def _attempt(msg: Assign | Finish | CancelTask) -> tuple[str, str, int]:
+    """Which attempt a message is about."""
+    return msg.workflow_id, msg.node, msg.attempt
 
 
 def _cancelled(assign: Assign) -> dict[str, Any]:
