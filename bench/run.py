@@ -61,8 +61,9 @@ TABLES: dict[str, tuple[str, list[Figure]]] = {
         Figure("step_ms", "per step", "ms", False, 2)]),
     "cold": ("cold start: from launching the local cluster to the first workflow result", [
         Figure("cold_start_s", "time", "s", False, 2)]),
-    "memory": ("memory: RSS of the whole local cluster (2 workers) after the workloads", [
-        Figure("memory_mib", "RSS", "MiB", False, 0)]),
+    "memory": ("memory: PSS of the whole local cluster (2 workers) after the workloads", [
+        Figure("memory_mib", "PSS", "MiB", False, 0),
+        Figure("memory_rss_mib", "RSS", "MiB", False, 0)]),
 }
 WORKLOADS = ("chain", "map_reduce", "fanout", "steps", "cold")
 

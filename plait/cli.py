@@ -61,15 +61,19 @@ FLOW_ERROR_EXIT = {"rejected": Exit.REFUSED, "invalid": Exit.USAGE}  # by Flow's
 # --- small helpers -------------------------------------------------------------------
 
 
-def _ready_file(path: str | None) -> threading.Event:
-    """An Event that, once set, writes ``path`` (how Cluster learns a child is ready)."""
-    ready = threading.Event()
-    if path:
-        def mark() -> None:
-            ready.wait()
-            Path(path).write_text(str(os.getpid()))
-        threading.Thread(target=mark, name="ready-file", daemon=True).start()
-    return ready
+class _ReadyFile(threading.Event):
+    """An Event that writes ``path`` when first set (how Cluster learns a child is
+    ready). No thread waits on it: a supervisor forks its zygote only while it has
+    one thread."""
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__()
+        self._path = path
+
+    def set(self) -> None:
+        if self._path and not self.is_set():
+            Path(self._path).write_text(str(os.getpid()))
+        super().set()
 
 
 def _setup_logging(level: str) -> None:
@@ -93,7 +97,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
         from plait.actors.clock import FileClock
 
         settings.clock = FileClock(args.clock_file)
-    run_flow(settings, ready=_ready_file(args.ready_file))
+    run_flow(settings, ready=_ReadyFile(args.ready_file))
     return Exit.OK
 
 
@@ -106,7 +110,7 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers),
                                ("prefetch", args.prefetch)) if v is not None}
     settings = SupervisorSettings(flow=args.flow, imports=args.imports, **sizes)
-    run_supervisor(settings, ready=_ready_file(args.ready_file))
+    run_supervisor(settings, ready=_ReadyFile(args.ready_file))
     return Exit.OK
 
 

@@ -9,9 +9,12 @@ for a person's signal), draws each workflow's graph as SVG and exits.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any
 from plait.client import ResultTimeout, Run, outcome_error
 from plait.protocol.messages import WorkflowResult
 from plait.stopping import stop_on_signals
-from plait.testing import Cluster, Proc, child_environment, wait_for
+from plait.testing import Cluster, wait_for
 
 __all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run_dev"]
 
@@ -73,17 +76,17 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     """Flow on ``port`` (feed ``port + 1``) in this process, and one supervisor
     process, until SIGINT/SIGTERM (or until the supervisor exits: 1).
 
-    The supervisor is spawned first and connects once Flow listens, so its
-    start (imports, workers) overlaps Flow's; one interpreter fewer than a
-    process per box, which a laptop's memory notices."""
+    The supervisor is forked from this process first, before Flow starts any
+    thread: it needs no interpreter or imports of its own (its zygote and workers
+    are forked in turn), its start overlaps Flow's, and it shares this process's
+    imported pages, which a laptop's memory notices."""
     address = f"tcp://127.0.0.1:{port}"
     argv = ["supervisor", "--flow", address, "--workers", str(workers)]
     for module in imports:
         argv += ["--import", module]
-    with tempfile.TemporaryDirectory(prefix="plait-dev-") as tmp, stop_on_signals() as stop:
-        supervisor = Proc("supervisor", argv, Path(tmp) / "ready", None)
-        supervisor.start(child_environment(paths, os.getcwd()), os.getcwd())
-        flow = None
+    supervisor = _Forked.start(argv, [*paths, Path.cwd()])
+    flow = None
+    with stop_on_signals() as stop:
         try:
             # Imported only now: the supervisor's start does not wait for Flow's imports.
             from plait.actors.flow import Flow, FlowSettings
@@ -109,6 +112,64 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
         print("plait dev: the supervisor exited unexpectedly", file=sys.stderr)
         return 1
     return 0
+
+
+class _Forked:
+    """``plait <argv>`` in a child forked from this process, in a process group of
+    its own (so that stopping it stops its zygote and workers too)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(cls, argv: Sequence[str], paths: Sequence[Path]) -> _Forked:
+        if threading.active_count() != 1:
+            raise RuntimeError("plait dev forks its supervisor: run it in a process with "
+                               "one thread")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            return cls(pid)
+        code = 1
+        try:  # the child: never back into the caller's stack
+            os.setsid()
+            sys.path[:0] = [str(p.resolve()) for p in paths]  # where the task modules are
+            from plait.cli import main
+
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # the process edge: report, then exit with a failure code
+            logging.getLogger("plait").exception("plait dev: the supervisor failed")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def alive(self) -> bool:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode is None
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM its group, SIGKILL it after ``grace`` seconds; reap it."""
+        if self.alive():
+            self._signal(signal.SIGTERM)
+            try:
+                wait_for(lambda: not self.alive(), grace, interval=0.02)
+            except TimeoutError:
+                self._signal(signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                self.returncode = -signal.SIGKILL
+        self._signal(signal.SIGKILL)  # stragglers of the group: orphaned workers
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
 
 
 def run_demo(out: Path, *, timeout: float = 60.0, demos: Sequence[Demo] = DEMOS) -> int:

@@ -61,8 +61,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, grandchildren...), from /proc."""
+def descendants(pid: int, depth: int = 1) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren...) from /proc;
+    with ``depth=2``, grandchildren and below."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -76,11 +77,13 @@ def descendants(pid: int) -> list[int]:
         if fields[0] != "Z":
             parents.setdefault(int(fields[1]), []).append(int(entry.name))
     found: list[int] = []
-    todo = [pid]
+    todo = [(pid, 0)]
     while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+        parent, level = todo.pop()
+        for child in parents.get(parent, []):
+            if level + 1 >= depth:
+                found.append(child)
+            todo.append((child, level + 1))
     return found
 
 
@@ -351,10 +354,11 @@ class Cluster:
         proc.kill(group=group)
 
     def worker_pids(self, which: int | Proc | None = None) -> list[int]:
-        """Pids of the worker processes of one supervisor (or of all)."""
+        """Pids of the worker processes of one supervisor (or of all): the children
+        of its zygote (:mod:`plait.supervisor.zygote`), not the zygote itself."""
         procs = self.supervisors if which is None else [
             self.supervisors[which] if isinstance(which, int) else which]
-        return [pid for p in procs if p.alive() for pid in descendants(p.pid)]
+        return [pid for p in procs if p.alive() for pid in descendants(p.pid, depth=2)]
 
     # --- diagnostics ----------------------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
+from e2e_tasks import supervisor_pid
 
 from plait import Context, task
 
 
 @task
 def elsewhere(ctx: Context) -> int:
-    return os.getppid()  # the supervisor that runs this worker
+    return supervisor_pid()

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from plait import Context, OnlyNodes, Retry, task
 
 GATE_TIMEOUT = 90.0
+
+
+def supervisor_pid() -> int:
+    """The supervisor running this worker: the parent of the zygote that forked it."""
+    stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
 def note(log: str, *words: object) -> None:
@@ -35,21 +42,21 @@ def lines(log: str, kind: str, name: str | None = None) -> list[list[str]]:
 
 @task
 def record(ctx: Context, log: str, name: str) -> str:
-    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
-    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), supervisor_pid())
+    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), supervisor_pid())
     return name
 
 
 @task(retry=Retry(max_attempts=3, initial=0.2))
 def gated(ctx: Context, log: str, gate: str, name: str) -> str:
-    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), supervisor_pid())
     deadline = time.monotonic() + GATE_TIMEOUT
     while not os.path.exists(gate):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the test never opened {gate}")
         ctx.heartbeat()  # a cancellation point
         time.sleep(0.02)  # wait-ok: the task polls a file the test creates
-    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), os.getppid())
+    note(log, "done", name, ctx.node_id, ctx.attempt, os.getpid(), supervisor_pid())
     return name
 
 
@@ -82,9 +89,9 @@ def boom(ctx: Context, message: str) -> str:
 @task
 async def here_and_there(ctx: Context) -> list[int]:
     """Runs here and spawns a task that only another supervisor serves; the
-    supervisors' pids (each worker's parent)."""
+    supervisors' pids."""
     theirs = await ctx.spawn("elsewhere")
-    return [os.getppid(), theirs]
+    return [supervisor_pid(), theirs]
 
 
 @task(promises=[OnlyNodes(record)])

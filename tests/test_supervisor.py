@@ -41,7 +41,7 @@ from plait.protocol.messages import (
 )
 from plait.supervisor.daemon import SupervisorSettings, run_supervisor
 from plait.supervisor.pool import CrashLoop
-from plait.testing import wait_for
+from plait.testing import descendants, wait_for
 
 M = TypeVar("M", bound=Message)
 TIMEOUT = 20.0
@@ -562,8 +562,20 @@ def test_a_failing_pool_stops_the_supervisor_loudly(flow: FakeFlow,
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("no more processes")
 
-    monkeypatch.setattr("plait.supervisor.pool.subprocess.Popen", broken)
+    monkeypatch.setattr("plait.supervisor.zygote.Zygote.fork", broken)
     with supervisor(flow.address) as errors:
         wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
     assert "worker pool failed" in str(errors[0])
     assert "no more processes" in str(errors[0])
+
+
+def test_a_killed_zygote_stops_the_supervisor_loudly(flow: FakeFlow) -> None:
+    with supervisor(flow.address) as errors:
+        flow.expect(Hello)
+        zygote = wait_for(lambda: next((
+            pid for pid in descendants(os.getpid())
+            if b"plait.supervisor.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()), None),
+            TIMEOUT, message="no zygote among this process's children")
+        os.kill(zygote, signal.SIGKILL)
+        wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
+    assert "zygote" in str(errors[0])

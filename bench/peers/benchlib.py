@@ -14,7 +14,7 @@ Measurement protocol, the same for every engine:
   spawned it, so interpreter start and imports count for everyone;
 - then, per repetition: start the cluster, run every workload once at a tiny
   size (warm-up: worker pools, imports, caches), run each workload once at the
-  chosen size, read the RSS of the cluster's processes, stop the cluster.
+  chosen size, read the memory (PSS) of the cluster's processes, stop the cluster.
 """
 
 from __future__ import annotations
@@ -165,25 +165,28 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _status(pid: int) -> tuple[str, int]:
-    """(command line, shortened; VmRSS in bytes) of ``pid``; ("", 0) if it is gone."""
+def _status(pid: int) -> tuple[str, int, int]:
+    """(command line, shortened; RSS and PSS in bytes) of ``pid``; ("", 0, 0) if gone.
+
+    PSS (proportional set size) splits each shared page between the processes
+    that map it, so the PSS of a process tree sums to the memory it really uses;
+    RSS counts a shared page once per process (forked workers, shared libraries)."""
     base = Path("/proc") / str(pid)
     try:
-        text = (base / "status").read_text()
+        rollup = (base / "smaps_rollup").read_text()
         argv = (base / "cmdline").read_bytes().split(b"\0")
     except OSError:
-        return "", 0
-    rss = 0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
+        return "", 0, 0
+    sizes = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in rollup.splitlines()
+             if line.startswith(("Rss:", "Pss:"))}
     words = [Path(a.decode(errors="replace")).name if i == 0 else a.decode(errors="replace")
              for i, a in enumerate(argv) if a]
-    return " ".join(words)[:80], rss
+    return " ".join(words)[:80], sizes.get("Rss", 0), sizes.get("Pss", 0)
 
 
 def memory(roots: Iterable[int]) -> dict[str, Any]:
-    """Summed RSS (MiB) of ``roots`` and all their descendants, with a per-process list."""
+    """Summed PSS and RSS (MiB) of ``roots`` and all their descendants, with a
+    per-process list."""
     pids: list[int] = []
     for root in roots:
         for pid in [root, *descendants(root)]:
@@ -191,9 +194,10 @@ def memory(roots: Iterable[int]) -> dict[str, Any]:
                 pids.append(pid)
     procs = [(pid, *_status(pid)) for pid in pids]
     procs = [p for p in procs if p[2] > 0]
-    return {"rss_mib": sum(p[2] for p in procs) / 2**20,
-            "processes": [{"pid": p, "name": n, "rss_mib": round(r / 2**20, 1)}
-                          for p, n, r in procs]}
+    return {"pss_mib": sum(p[3] for p in procs) / 2**20,
+            "rss_mib": sum(p[2] for p in procs) / 2**20,
+            "processes": [{"pid": p, "name": n, "rss_mib": round(r / 2**20, 1),
+                           "pss_mib": round(q / 2**20, 1)} for p, n, r, q in procs]}
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -306,7 +310,8 @@ def run(engine: Engine, driver: Path, reps: int, size: str,
                 report["errors"]["cold"] = f"{type(exc).__name__}: {exc}"
         mem = one_rep(engine, [w for w in workloads if w != "cold"], sizes, figures,
                       report["errors"])
-        figures.setdefault("memory_mib", []).append(mem["rss_mib"])
+        figures.setdefault("memory_mib", []).append(mem["pss_mib"])
+        figures.setdefault("memory_rss_mib", []).append(mem["rss_mib"])
         report["memory"].append(mem["processes"])
     report["medians"] = {k: statistics.median(v) for k, v in figures.items() if v}
     return report

@@ -29,6 +29,15 @@ def new_id() -> str:
     return f"{_prefix}{next(_ids)}"
 
 
+def _forked() -> None:
+    # A forked worker must not repeat its zygote's ids: a supervisor routes answers by id.
+    global _ids, _prefix
+    _ids, _prefix = itertools.count(1), f"{os.getpid():x}-"
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 

@@ -98,6 +98,7 @@ from plait.supervisor.pool import (
 )
 from plait.supervisor.routing import Worker, Workers, describe_death
 from plait.supervisor.worker import error_dict
+from plait.supervisor.zygote import Zygote
 from plait.task import Task, UnknownTask, registered
 
 log = logging.getLogger("plait.supervisor")
@@ -154,8 +155,10 @@ class Supervisor:
     """The Relay: the poll loop over the Flow link, the worker ROUTER and the pool's
     events; it keeps credit and routing, and tells the WorkerPool actor what to do."""
 
-    def __init__(self, settings: SupervisorSettings, tasks: list[Task[Any, Any]]) -> None:
+    def __init__(self, settings: SupervisorSettings, tasks: list[Task[Any, Any]],
+                 zygote: Zygote) -> None:
         self.settings = settings
+        self.zygote = zygote
         self.tasks = {t.name: t for t in tasks}
         self.id = settings.supervisor_id or f"{socket.gethostname()}-{os.getpid()}"
         self.zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -220,7 +223,7 @@ class Supervisor:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, ready: threading.Event | None, stop: threading.Event) -> None:
-        self.pool = WorkerPool.start(self.zctx, self.pool_settings)
+        self.pool = WorkerPool.start(self.zctx, self.pool_settings, self.zygote)
         self.link.open(time.monotonic())
         while not stop.is_set():
             self._poll_once()
@@ -288,6 +291,7 @@ class Supervisor:
         self.link.close()
         self.workers_sock.close(linger=0)
         self.zctx.term()
+        self.zygote.close()
 
     # --- from Flow -------------------------------------------------------------------------
 
@@ -531,9 +535,16 @@ def run_supervisor(settings: SupervisorSettings, ready: threading.Event | None =
     ``ready`` is set once Flow has welcomed this supervisor. Raises PlaitError
     if the modules cannot be imported or the workers crash in a loop.
     """
-    tasks = import_tasks(settings.imports)
+    # First, while this process may still have one thread (the task modules may start
+    # threads when imported): the zygote is forked from it.
+    zygote = Zygote.start()
+    try:
+        tasks = import_tasks(settings.imports)
+        supervisor = Supervisor(settings, tasks, zygote)
+    except BaseException:
+        zygote.close()
+        raise
     stop = stop or threading.Event()
-    supervisor = Supervisor(settings, tasks)
     log.info("supervisor %s serving %s for %s", supervisor.id, sorted(supervisor.tasks),
              settings.flow)
     try:

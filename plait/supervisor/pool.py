@@ -17,8 +17,11 @@ so it never blocks on the actor): ``started`` (ident, pid), ``died`` (ident,
 pid, exit status), ``crash_loop`` and ``failed`` (reason). Events are msgpack
 dicts (:func:`plait.protocol.codec.pack`), never pickles.
 
-Workers are subprocesses (``python -m plait.supervisor.worker``): a clean
-interpreter per worker, a pid to signal, and an exit status to report.
+Workers are forked by the supervisor's zygote (:mod:`plait.supervisor.zygote`),
+which this actor alone talks to: it asks for a worker, has it signalled, and
+collects exit statuses from it. A worker is a process of its own (a pid to
+signal, an exit status to report) that imports its task modules after the
+fork; what it shares with the zygote is plait itself, already imported.
 """
 
 from __future__ import annotations
@@ -28,11 +31,9 @@ import itertools
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -44,6 +45,7 @@ from plait.actors.timers import Timers
 from plait.errors import PlaitError
 from plait.protocol import codec
 from plait.supervisor.cancel import Canceller
+from plait.supervisor.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger("plait.supervisor")
 
@@ -68,7 +70,6 @@ class PoolSettings:
     kill_grace: float = 2.0
     tick: float = 0.05  # seconds between reaps and cancel escalations
     stop_timeout: float = 3.0  # SIGTERM, then SIGKILL after this many seconds
-    path: Sequence[str] = field(default_factory=lambda: list(sys.path))
 
 
 # --- what the Relay tells the pool ----------------------------------------------------------
@@ -117,7 +118,7 @@ class _Tick:
 @dataclass(eq=False)
 class _Process:
     ident: bytes
-    proc: subprocess.Popen[bytes]
+    pid: int
     ready: bool = False
     retiring: bool = False
 
@@ -125,9 +126,10 @@ class _Process:
 class WorkerPool(pykka.ThreadingActor):
     """N worker processes (the Relay's ``Scale`` target), each restarted when it dies."""
 
-    def __init__(self, zctx: zmq.Context[Any], settings: PoolSettings) -> None:
+    def __init__(self, zctx: zmq.Context[Any], settings: PoolSettings, zygote: Zygote) -> None:
         super().__init__()
         self._zctx = zctx
+        self._zygote = zygote
         self.settings = settings
         self._procs: dict[bytes, _Process] = {}
         self._target = settings.size
@@ -198,17 +200,16 @@ class WorkerPool(pykka.ThreadingActor):
         for ident, sig in self._cancels.due(now):
             process = self._procs.get(ident)
             if process is not None:
-                log.warning("cancel: sending signal %d to worker pid %d", sig, process.proc.pid)
-                _signal(process, sig)
+                log.warning("cancel: sending signal %d to worker pid %d", sig, process.pid)
+                self._zygote.signal(process.pid, sig)
 
     def _reap(self, now: float) -> None:
-        for p in list(self._procs.values()):
-            code = p.proc.poll()
-            if code is None:
-                continue
+        exits = self._zygote.exits()  # ZygoteGone fails the actor: no worker can start
+        for p in [p for p in self._procs.values() if p.pid in exits]:
+            code = exits[p.pid]
             del self._procs[p.ident]
             self._cancels.clear(p.ident)
-            self._report("died", ident=p.ident, pid=p.proc.pid, code=code)
+            self._report("died", ident=p.ident, pid=p.pid, code=code)
             if not p.retiring:
                 self._on_death(p, code, now)
 
@@ -217,7 +218,7 @@ class WorkerPool(pykka.ThreadingActor):
         if not p.ready:
             self._failures += 1
             log.error("worker pid %d died before it was ready (code %s), %d in a row",
-                      p.proc.pid, code, self._failures)
+                      p.pid, code, self._failures)
             if self._failures >= s.crash_limit and not self._gave_up:
                 self._gave_up = True
                 self._report("crash_loop", reason=(
@@ -230,17 +231,13 @@ class WorkerPool(pykka.ThreadingActor):
     def _start(self) -> None:
         s = self.settings
         ident = f"w{os.getpid()}-{next(self._serial)}"
-        cmd = [sys.executable, "-m", "plait.supervisor.worker", "--connect", s.endpoint,
-               "--ident", ident]
+        argv = ["--connect", s.endpoint, "--ident", ident]
         for module in s.imports:
-            cmd += ["--import", module]
-        env = dict(os.environ)
-        path = [p or os.getcwd() for p in s.path]
-        env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-        self._procs[ident.encode()] = _Process(ident.encode(), proc)
-        self._report("started", ident=ident.encode(), pid=proc.pid)
-        log.info("started worker pid %d (%s)", proc.pid, ident)
+            argv += ["--import", module]
+        pid = self._zygote.fork(argv)
+        self._procs[ident.encode()] = _Process(ident.encode(), pid)
+        self._report("started", ident=ident.encode(), pid=pid)
+        log.info("started worker pid %d (%s)", pid, ident)
 
     # --- what the Relay tells ----------------------------------------------------------------
 
@@ -254,7 +251,7 @@ class WorkerPool(pykka.ThreadingActor):
         process = self._procs.get(ident)
         if process is not None:
             process.retiring = True
-            _signal(process, signal.SIGTERM)
+            self._zygote.signal(process.pid, signal.SIGTERM)
 
     def _report(self, event: str, **data: Any) -> None:
         # NOBLOCK: an inproc PUSH to a bound PULL does not fill up in practice, and the
@@ -265,19 +262,22 @@ class WorkerPool(pykka.ThreadingActor):
     def _stop_workers(self) -> None:
         """Terminate every worker; kill those still alive after ``stop_timeout``."""
         for p in self._procs.values():
-            _signal(p, signal.SIGTERM)
+            self._zygote.signal(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.stop_timeout
-        for p in self._procs.values():
-            try:
-                p.proc.wait(max(deadline - time.monotonic(), 0))
-            except subprocess.TimeoutExpired:
-                p.proc.kill()
-                p.proc.wait()
+        killed = False
+        try:
+            while self._procs:
+                left = deadline - time.monotonic()
+                if left <= 0 and not killed:
+                    for p in self._procs.values():
+                        self._zygote.signal(p.pid, signal.SIGKILL)
+                    killed, deadline = True, time.monotonic() + 30.0
+                elif left <= 0:
+                    log.error("workers %s outlived SIGKILL", sorted(p.pid for p in
+                                                                   self._procs.values()))
+                    break
+                exits = self._zygote.exits(min(max(left, 0.0), 0.5))
+                self._procs = {i: p for i, p in self._procs.items() if p.pid not in exits}
+        except ZygoteGone:
+            pass  # its workers exit on their own when they see their parent change
         self._procs.clear()
-
-
-def _signal(process: _Process, sig: int) -> None:
-    # It may exit between poll and signal: the next reap reports it.
-    if process.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.proc.send_signal(sig)
