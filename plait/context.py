@@ -21,6 +21,7 @@ or an awaiting one (``await`` in async tasks).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import random as _random
 import uuid
@@ -29,10 +30,11 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
 
+from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from plait.errors import PlaitError, PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
-from plait.handles import Durable, Gathered, Handle
+from plait.handles import Durable, Gathered, Handle, Step
 from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, PlanDiff, Rejection
 from plait.protocol.messages import (
     Error,
@@ -284,6 +286,63 @@ class Context:
         """
         self._check()
         return self.recorder.version(change_id, call_site())
+
+    # --- durable steps --------------------------------------------------------------------
+
+    def step(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Step[Any]:
+        """A durable step: ``await ctx.step(fn, *args)`` / ``ctx.step(fn, *args).result()``
+        runs ``fn(*args, **kwargs)`` in this task and goes on once its value is
+        durably recorded; a replay, or a retry after this worker died, gets the
+        value back without running ``fn`` again. Lighter than a child task (no node,
+        no other worker); ``fn`` may be async (then ``await`` the step) and must not
+        use ``ctx``. Its value is recorded as data and read back as ``fn``'s return
+        annotation."""
+        self._check()
+        if not callable(fn):
+            raise TypeError(f"ctx.step() takes a function, got {fn!r}")
+        return Step(self, fn, args, kwargs, call_site())
+
+    def _step(self, s: Step[Any]) -> Any:
+        seq, index, done, value = self.recorder.step(s.name, s.site)
+        adapter = value_adapter(s.fn)
+        if not done:
+            out = s.fn(*s.args, **s.kwargs)
+            if inspect.isawaitable(out):
+                if inspect.iscoroutine(out):
+                    out.close()
+                raise PlaitError(f"{s.name} is async: `await ctx.step(...)` it")
+            value = self._step_done(s, seq, index, adapter, out)
+            self._drive(self._commit_steps())
+        return adapter.validate_python(value)
+
+    async def _await_step(self, s: Step[Any]) -> Any:
+        seq, index, done, value = self.recorder.step(s.name, s.site)
+        adapter = value_adapter(s.fn)
+        if not done:
+            out = s.fn(*s.args, **s.kwargs)
+            if inspect.isawaitable(out):
+                out = await out
+            value = self._step_done(s, seq, index, adapter, out)
+            await self._adrive(self._commit_steps())
+        return adapter.validate_python(value)
+
+    def _step_done(self, s: Step[Any], seq: int, index: int, adapter: TypeAdapter[Any],
+                   out: Any) -> Any:
+        try:
+            value = adapter.dump_python(out, mode="json")
+        except PydanticSerializationError as exc:
+            raise PlaitError(f"step {s.name} returned {out!r}, which is not data: {exc}") from exc
+        self.recorder.step_done(seq, index, s.name, value, s.site)
+        return value
+
+    def _commit_steps(self) -> Steps:
+        """Send what is recorded and proposed now, and go on once Flow has committed
+        it (Flow answers a Propose only after the commit)."""
+        diff = self.take_diff() or PlanDiff(proposer=self._node_id)
+        reply = yield Propose(workflow_id=self._workflow_id, node=self._node_id,
+                              attempt=self._attempt, diff=diff.to_dict(),
+                              recorded=self.recorder.take())
+        self._on_proposed(reply)
 
     # --- durable waits --------------------------------------------------------------------
 

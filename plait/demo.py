@@ -10,11 +10,10 @@ for a person's signal), draws each workflow's graph as SVG and exits.
 from __future__ import annotations
 
 import contextlib
-import logging
+import io
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 from plait.client import ResultTimeout, Run, outcome_error
 from plait.protocol.messages import WorkflowResult
 from plait.stopping import stop_on_signals
+from plait.supervisor.forking import die_with_parent, fork_call, single_threaded
 from plait.testing import Cluster, wait_for
 
 __all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run_dev"]
@@ -84,10 +84,10 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     argv = ["supervisor", "--flow", address, "--workers", str(workers)]
     for module in imports:
         argv += ["--import", module]
-    supervisor = _Forked.start(argv, [*paths, Path.cwd()])
-    flow = None
+    supervisor = flow = None
     with stop_on_signals() as stop:
         try:
+            supervisor = _Forked.start(argv, [*paths, Path.cwd()])
             # Imported only now: the supervisor's start does not wait for Flow's imports.
             from plait.actors.flow import Flow, FlowSettings
 
@@ -102,7 +102,8 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
             wait_for(lambda: stop.is_set() or not supervisor.alive(), float("inf"),
                      interval=0.2)
         finally:
-            supervisor.stop(10.0)  # first: its Finishes still reach Flow
+            if supervisor is not None:
+                supervisor.stop(10.0)  # first: its Finishes still reach Flow
             if flow is not None:
                 flow.stop()
     if flow.failure is not None:
@@ -124,29 +125,24 @@ class _Forked:
 
     @classmethod
     def start(cls, argv: Sequence[str], paths: Sequence[Path]) -> _Forked:
-        if threading.active_count() != 1:
+        if not single_threaded():
             raise RuntimeError("plait dev forks its supervisor: run it in a process with "
                                "one thread")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid:
-            return cls(pid)
-        code = 1
-        try:  # the child: never back into the caller's stack
+        parent = os.getpid()
+
+        def supervisor() -> int:
             os.setsid()
+            die_with_parent(parent)  # plait dev SIGKILLed: no supervisor left behind
+            # What a task prints shows at once, as PYTHONUNBUFFERED did for a spawned child.
+            for stream in (sys.stdout, sys.stderr):
+                if isinstance(stream, io.TextIOWrapper):
+                    stream.reconfigure(line_buffering=True)
             sys.path[:0] = [str(p.resolve()) for p in paths]  # where the task modules are
             from plait.cli import main
 
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except Exception:  # the process edge: report, then exit with a failure code
-            logging.getLogger("plait").exception("plait dev: the supervisor failed")
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            return main(argv)
+
+        return cls(fork_call(supervisor))
 
     def alive(self) -> bool:
         if self.returncode is None:

@@ -8,8 +8,8 @@ on it does, through the :class:`~plait.context.Context` that made it.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, overload
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -21,7 +21,9 @@ from plait.task import InvalidOutput, Task
 if TYPE_CHECKING:
     from plait.context import Context
 
-__all__ = ["Durable", "Gathered", "Handle"]
+__all__ = ["Durable", "Gathered", "Handle", "Step"]
+
+T = TypeVar("T")
 
 sdk_file(__file__)
 
@@ -145,3 +147,36 @@ class Durable:
     def result(self) -> Any:
         """Wait (the worker drops the task unless the wait is already over)."""
         return self._ctx._durable(self)
+
+
+class Step(Generic[T]):
+    """A durable step, ``ctx.step(fn, *args, **kwargs)``.
+
+    Waiting on it (``await step`` or ``step.result()``) runs ``fn`` and returns
+    its value once Flow has durably recorded it. When the task runs again
+    (replayed after its worker dropped it, or a retry after its worker died) a
+    completed step returns the recorded value without running ``fn``. A step
+    that raises records nothing: the task sees the exception, and a retry runs
+    the step again.
+    """
+
+    __slots__ = ("_ctx", "args", "fn", "kwargs", "name", "site")
+
+    def __init__(self, ctx: Context, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], site: str) -> None:
+        self._ctx = ctx
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.name = str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
+        self.site = site
+
+    def __repr__(self) -> str:
+        return f"<Step {self.name} at {self.site}>"
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._ctx._await_step(self).__await__()
+
+    def result(self) -> T:
+        """Run the step (unless it completed before) and return its recorded value."""
+        return self._ctx._step(self)

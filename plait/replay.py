@@ -10,7 +10,10 @@ but draws fresh values: only its children are matched with earlier attempts'.
 Two counters number what an execution does, both from 0 at the top of the body:
 the *spawn seq* (child ids, see :class:`ChildIds`) and the *record seq*, taken
 by every replay-safe call (``random``, ``now``, ``uuid4``, ``side_effect``,
-``version``) and by every durable wait (``sleep``, ``signal``). The
+``version``, ``step``) and by every durable wait (``sleep``, ``signal``).
+Durable steps also count among themselves (the *step index*): a new attempt
+gets back, without running it, every step an earlier attempt completed at the
+same index with the same function. The
 :class:`Recorder` walks the record seq: a value recorded at that seq is
 returned instead of computed, and a call of another kind is a divergence
 (:class:`~plait.errors.NonDeterminismError` naming both and the caller's
@@ -71,8 +74,12 @@ def call_site() -> str:
 
 
 def _describe(rec: Recorded) -> str:
-    what = f"version({rec.value[0]!r})" if rec.kind == "version" and _is_pair(rec.value) \
-        else f"{rec.kind}()"
+    if rec.kind == "version" and _is_pair(rec.value):
+        what = f"version({rec.value[0]!r})"
+    elif rec.kind == "step" and isinstance(rec.value, dict):
+        what = f"step({rec.value.get('fn')})"
+    else:
+        what = f"{rec.kind}()"
     return f"{what} at {rec.site}" if rec.site else what
 
 
@@ -96,6 +103,8 @@ class Recorder:
         self._timers = set(h.timers)
         self._signals: dict[int, Any] = {int(seq): payload for seq, payload in h.signals}
         self._horizon = max([*self._past, *self._timers, *self._signals], default=-1)
+        self._steps = {s.index: s for s in h.steps}  # completed by earlier attempts
+        self._step_index = 0
         self.seq = 0
         self.values: list[Recorded] = []
         self._outbox: list[Recorded] = []
@@ -131,6 +140,32 @@ class Recorder:
             # and leave this seq to the old code's call that recorded it.
             return False
         return bool(self._new("version", [change_id, not self.replaying], site)[1])
+
+    def step(self, name: str, site: str) -> tuple[int, int, bool, Any]:
+        """Take the record seq and the step index of a durable step (``ctx.step``
+        calling function ``name``): ``(seq, index, done, value)``. ``done`` if this
+        attempt's history or an earlier attempt completed it; its value then."""
+        seq, index = self.seq, self._step_index
+        self._step_index += 1
+        past = self._past.get(seq)
+        if past is not None and past.kind == "step" and isinstance(past.value, dict) \
+                and past.value.get("fn") == name:
+            return seq, index, True, self._consume(past).get("v")
+        self._check_free(seq, f"step({name})", site)
+        self.seq += 1
+        earlier = self._steps.get(index)
+        if earlier is not None and earlier.name == name:
+            self.step_done(seq, index, name, earlier.value, site)  # durable already
+            return seq, index, True, earlier.value
+        return seq, index, False, None
+
+    def step_done(self, seq: int, index: int, name: str, value: Any, site: str) -> None:
+        """Record a step's value at the seq :meth:`step` took (the function ran in
+        between, and may have taken seqs of its own)."""
+        rec = Recorded(seq=seq, kind="step", value={"i": index, "fn": name, "v": value},
+                       site=site)
+        self.values.append(rec)
+        self._outbox.append(rec)
 
     def wait(self, kind: Literal["sleep", "signal"], site: str) -> tuple[int, bool, Any]:
         """Take the seq of a durable wait: ``(seq, already satisfied?, signal payload)``."""

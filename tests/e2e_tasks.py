@@ -99,3 +99,25 @@ async def sneaky(ctx: Context, log: str) -> str:
     await ctx.spawn(record, log, "allowed")
     await ctx.spawn(square, 2)
     return "never"
+
+
+def pay(log: str, name: str, amount: int) -> dict[str, int]:
+    """A step's side effect: one line per execution."""
+    note(log, "paid", name, amount)
+    return {"paid": amount}
+
+
+@task(retry=Retry(max_attempts=3, initial=0.2))
+def checkout(ctx: Context, log: str, gate: str, name: str) -> list[int]:
+    """Two durable steps, then held at the gate (where the test kills its worker),
+    then a third step."""
+    note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), supervisor_pid())
+    first = ctx.step(pay, log, name, 1).result()
+    second = ctx.step(pay, log, name, 2).result()
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never opened {gate}")
+        time.sleep(0.02)  # wait-ok: the task polls a file the test creates
+    third = ctx.step(pay, log, name, 3).result()
+    return [first["paid"], second["paid"], third["paid"]]

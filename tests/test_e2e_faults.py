@@ -19,7 +19,7 @@ import e2e_tasks
 import pytest
 
 from plait.client import Run
-from plait.testing import Cluster, wait_for
+from plait.testing import Cluster, descendants, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,21 @@ def test_a_worker_killed_mid_task_is_retried_and_counted_once(
     assert "signal 9" in lost[0]["error"]["message"]
     assert [r[3] for r in e2e_tasks.lines(log, "start", "victim")] == ["1", "2"]
     assert [r[3] for r in e2e_tasks.lines(log, "done", "victim")] == ["2"]
+
+
+def test_durable_steps_survive_their_worker_s_death(
+        cluster: Cluster, files: tuple[str, str]) -> None:
+    log, gate = files
+    run = cluster.client.submit("e2e_tasks:checkout", log, gate, "cart")
+    (line,) = started(log, "cart")
+    wait_for(lambda: len(e2e_tasks.lines(log, "paid", "cart")) == 2, e2e.RESULT_TIMEOUT,
+             message="the two steps did not run")
+    os.kill(int(line[4]), signal.SIGKILL)  # after two committed steps
+    started(log, "cart", count=2)  # the retry
+    Path(gate).touch()
+    assert run.result(timeout=e2e.RESULT_TIMEOUT) == [1, 2, 3]
+    # Each step ran once: the retry got the first two back from Flow.
+    assert [r[2] for r in e2e_tasks.lines(log, "paid", "cart")] == ["1", "2", "3"]
 
 
 def test_a_late_feed_subscriber_converges_to_the_stored_graph(
@@ -126,3 +141,22 @@ def test_a_lost_supervisor_s_attempt_is_retried_on_another(files: tuple[str, str
         assert int(done[5]) == survivor.pid
         errors = [(e.get("error") or {}).get("type") for e in node_events(run, "gated")]
         assert "SupervisorLost" in errors
+
+
+def test_a_sigkilled_supervisor_leaves_no_zygote_or_worker_behind() -> None:
+    with e2e.cluster(workers=2) as c:
+        sup = c.supervisors[0]
+        workers = wait_for(lambda: c.worker_pids() if len(c.worker_pids()) == 2 else None,
+                           e2e.RESULT_TIMEOUT, message="the workers did not start")
+        (zygote,) = [pid for pid in descendants(sup.pid) if pid not in workers]
+        c.kill_supervisor(sup)  # the supervisor alone: its children must notice
+        wait_for(lambda: not any(_alive(p) for p in [zygote, *workers]), e2e.RESULT_TIMEOUT,
+                 message="the zygote or a worker outlived its supervisor")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

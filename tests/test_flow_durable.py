@@ -42,6 +42,7 @@ from plait.protocol.messages import (
     Query,
     QueryReply,
     Resolved,
+    RestartNode,
     SendSignal,
     SetState,
     TaskInfo,
@@ -276,6 +277,32 @@ def test_retry_backoff_is_a_timer_on_flows_clock(
     assert (done.status, done.error and done.error["attempts"]) == ("failed", 3)
     retries = [e for e in history(client, wf) if e.get("state") == "ready"]
     assert [e["due"] - e["ts"] for e in retries] == [10, 20]  # stored: survives a restart
+
+
+def test_a_durable_step_is_committed_alone_and_a_retry_gets_it_back(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 2, "initial": 1}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    step = recorded(0, "step", {"i": 0, "fn": "charge", "v": {"charged": 5}})
+    answer = sup.propose(first, diff(proposer="a"), [step])  # what ctx.step sends
+    assert answer.ok
+    events = history(client, wf)
+    assert [e["type"] for e in events][-1] == "recorded"  # committed, no diff recorded
+    assert not any(e["type"] == "diff" for e in events[2:])
+    sup.finish(first, ok=False, error=BOOM)
+    clock.advance(1)
+    second = sup.assign()
+    assert second.history is not None
+    assert second.history.recorded == []  # a new attempt draws fresh values...
+    assert [(s.index, s.name, s.value) for s in second.history.steps] == [
+        (0, "charge", {"charged": 5})]  # ...but keeps its completed steps
+    sup.finish(second, "done")
+    assert result(client, wf).output == "done"
+    rebuilt_equals_live(client, wf)
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="a")), Ack)
+    third = sup.assign()  # run again from scratch: its steps too
+    assert third.history is None or third.history.steps == []
 
 
 def test_retry_backoff_survives_a_flow_restart(tmp_path: Any, clock: FakeClock) -> None:

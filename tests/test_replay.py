@@ -16,11 +16,13 @@ from tasks_sample import Point, add, double
 from test_context import FakeTransport, ok
 
 from plait.context import Context, Handle
-from plait.errors import NonDeterminismError, WorkflowCancelled
+from plait.errors import NonDeterminismError, PlaitError, WorkflowCancelled
+from plait.protocol.diff import PlanDiff
 from plait.protocol.messages import (
     History,
     Message,
     PreviousChild,
+    PreviousStep,
     Propose,
     Recorded,
     TaskHeartbeat,
@@ -409,3 +411,90 @@ def test_child_ids_prefer_the_earliest_listed_match() -> None:
     assert ids.derive(0, "k", "t", {}) == "r/k"
     assert ids.derive(0, "k", "x", {}) == "r/k@3"
     assert ids.derive(2, None, "t", {}) == "r.2"
+
+
+# --- durable steps ------------------------------------------------------------------------------
+
+
+def charge(amount: int) -> dict[str, int]:
+    return {"charged": amount}
+
+
+async def refund(amount: int) -> int:
+    await asyncio.sleep(0)
+    return -amount
+
+
+def test_a_step_runs_once_and_waits_for_its_commit() -> None:
+    calls: list[int] = []
+
+    def counted(amount: int) -> dict[str, int]:
+        calls.append(amount)
+        return charge(amount)
+
+    transport = FakeTransport()
+    ctx = make(transport)
+    site = here()
+    assert ctx.step(counted, 5).result() == {"charged": 5}
+    (propose,) = transport.sent  # the value went out alone, and was answered
+    assert isinstance(propose, Propose)
+    assert PlanDiff.from_dict(propose.diff).nodes == ()
+    (rec,) = propose.recorded
+    assert (rec.seq, rec.kind, rec.value) == (0, "step", {"i": 0, "fn": "test_a_step_runs_once_"
+                                                             "and_waits_for_its_commit.<locals>."
+                                                             "counted", "v": {"charged": 5}})
+    assert rec.site.endswith(site)
+
+    again = make(FakeTransport(), History(recorded=[rec]))  # replayed: no run, no message
+    assert again.step(counted, 5).result() == {"charged": 5}
+    assert calls == [5]
+    assert again.take_recorded() == []
+
+
+def test_a_retry_gets_earlier_attempts_steps_back_by_index_and_function() -> None:
+    earlier = [PreviousStep(index=0, name="charge", value={"charged": 5})]
+    transport = FakeTransport()
+    ctx = make(transport, History(steps=earlier), attempt=2)
+    ran: list[str] = []
+
+    def other(amount: int) -> int:
+        ran.append("other")
+        return amount
+
+    assert ctx.step(charge, 999).result() == {"charged": 5}  # index 0, same function: kept
+    assert ctx.step(other, 3).result() == 3  # index 1: new, so it ran and was committed
+    assert ran == ["other"]
+    assert [[(r.seq, r.value["i"]) for r in m.recorded] for m in transport.sent] == [
+        [(0, 0), (1, 1)]]  # the carried value rides with the next commit
+
+
+def test_a_step_of_another_function_at_a_recorded_seq_diverges() -> None:
+    history = History(recorded=[Recorded(seq=0, kind="step", site="flows.py:3",
+                                         value={"i": 0, "fn": "charge", "v": 1})])
+    ctx = make(FakeTransport(), history)
+    with pytest.raises(NonDeterminismError, match=r"has step\(charge\) at flows.py:3, "
+                                                  r"this run calls step\(refund\)"):
+        ctx.step(refund, 1).result()
+
+
+def test_an_async_step_is_awaited_and_a_failing_step_records_nothing() -> None:
+    transport = FakeTransport()
+    ctx = make(transport)
+
+    def broken() -> int:
+        raise ValueError("card declined")
+
+    async def body() -> int:
+        with pytest.raises(ValueError, match="declined"):
+            await ctx.step(broken)
+        return await ctx.step(refund, 4)
+
+    assert asyncio.run(body()) == -4
+    assert [r.value["fn"] for m in transport.sent for r in m.recorded] == ["refund"]
+    with pytest.raises(PlaitError, match="is async"):
+        ctx.step(refund, 1).result()
+
+
+def test_a_step_value_must_be_data() -> None:
+    with pytest.raises(PlaitError, match="not data"):
+        make(FakeTransport()).step(object).result()

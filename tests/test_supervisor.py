@@ -572,10 +572,21 @@ def test_a_failing_pool_stops_the_supervisor_loudly(flow: FakeFlow,
 def test_a_killed_zygote_stops_the_supervisor_loudly(flow: FakeFlow) -> None:
     with supervisor(flow.address) as errors:
         flow.expect(Hello)
-        zygote = wait_for(lambda: next((
-            pid for pid in descendants(os.getpid())
-            if b"plait.supervisor.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()), None),
-            TIMEOUT, message="no zygote among this process's children")
+        zygote = wait_for(lambda: next((pid for pid in descendants(os.getpid())
+                                        if _is_zygote(pid)), None),
+                          TIMEOUT, message="no zygote among this process's children")
         os.kill(zygote, signal.SIGKILL)
         wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
     assert "zygote" in str(errors[0])
+
+
+def _is_zygote(pid: int) -> bool:
+    """A spawned zygote of this test process (its workers share its command line,
+    but not its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    parent = int(stat[stat.rindex(")") + 2:].split()[1])
+    return parent == os.getpid() and b"plait.supervisor.zygote" in cmdline

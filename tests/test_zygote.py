@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import zmq
 
 from plait.protocol import codec
 from plait.protocol.messages import WorkerReady, new_id
+from plait.supervisor.forking import fork_call
 from plait.supervisor.zygote import Zygote, ZygoteGone
 from plait.testing import wait_for
 
@@ -92,6 +93,8 @@ def test_a_worker_that_cannot_start_reports_its_exit_code(zygote: Zygote) -> Non
                        "--import", "no_such_module_here"])
     assert exit_of(zygote, pid) == 3  # the worker's "cannot import" code
     zygote.signal(pid, signal.SIGKILL)  # reaped: the zygote ignores it, no error
+    again = zygote.fork(["--bogus"])  # and it still serves
+    assert exit_of(zygote, again) == 2  # argparse's usage error
 
 
 def test_two_workers_of_one_zygote_never_share_message_ids(
@@ -157,12 +160,43 @@ def test_a_single_threaded_supervisor_forks_its_zygote() -> None:
 def test_message_ids_start_afresh_in_a_forked_child() -> None:
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        os.write(write, new_id().encode())
-        os._exit(0)
+    if pid == 0:  # pragma: no cover - the child reports through the pipe, whatever happens
+        try:
+            os.write(write, new_id().encode())
+        finally:
+            os._exit(0)
     os.close(write)
     child_id = os.read(read, 100).decode()
     os.close(read)
     os.waitpid(pid, 0)
     assert child_id == f"{pid:x}-1"
-    assert not new_id().startswith(f"{pid:x}-")
+
+
+@pytest.mark.parametrize(("run", "code"), [
+    (lambda: 7, 7), (lambda: None, 0), (lambda: sys.exit(), 0), (lambda: sys.exit(4), 4),
+    (lambda: sys.exit("bye"), 1), (lambda: 1 / 0, 1)])
+def test_a_forked_call_exits_with_its_code(run: Callable[[], int | None], code: int) -> None:
+    pid = fork_call(run)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == code
+
+
+def test_a_stop_signal_sent_during_the_fork_waits_for_the_child_s_handlers() -> None:
+    read, write = os.pipe()
+
+    def child() -> int:
+        os.write(write, b"up")  # handlers set, signals unblocked: still alive
+        return 0
+
+    def handlers() -> None:
+        # Sent while the parent's disposition (SIG_DFL: die) still holds, it stays
+        # pending, and meets the child's own handler once unblocked.
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    pid = fork_call(child, signals=handlers)
+    os.close(write)
+    assert os.read(read, 10) == b"up"
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

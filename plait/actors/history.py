@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from plait.protocol.diff import NodeState, PlanDiff, Rejection
-from plait.protocol.plan import Outcome, Plan
+from plait.protocol.plan import TERMINAL, Outcome, Plan
 
 __all__ = ["ENDED", "AttemptLog", "WorkflowState", "error_text", "state_event"]
 
@@ -90,6 +90,8 @@ class WorkflowState:
         self.supervisor: dict[str, str] = {}  # node -> supervisor of its attempt
         self.logs: dict[str, AttemptLog] = {}
         self.born: dict[str, int] = {}  # child -> the attempt of its creator that made it
+        # node -> step index -> (function, value): durable steps any attempt completed
+        self.steps: dict[str, dict[int, tuple[str, Any]]] = {}
         self.waits: dict[str, dict[str, Any]] = {}  # suspended node -> what it waits for
         self.last_wait: dict[str, dict[str, Any]] = {}  # node -> its wait that ended last
         self.not_before: dict[str, tuple[int, float]] = {}  # node -> (attempt, backoff end)
@@ -233,6 +235,10 @@ class WorkflowState:
         if kind == "recorded":
             for value in event["values"]:
                 log.recorded.setdefault(int(value["seq"]), dict(value))
+                step = value.get("value")
+                if value.get("kind") == "step" and isinstance(step, dict):
+                    self.steps.setdefault(str(event["node"]), {})[int(step["i"])] = (
+                        str(step["fn"]), step.get("v"))
         elif kind == "timer":
             log.timers.add(int(event["seq"]))
         elif kind == "delivered":
@@ -260,10 +266,14 @@ class WorkflowState:
 
     def restart(self, node_id: str) -> Outcome:
         """Restart a node and its downstream (``Plan.restart``); the workflow runs again."""
+        done = {n for n in self.steps if self.plan.nodes[n].state in TERMINAL}
         out = self.plan.restart(node_id)
         if out.rejection is not None:
             return out
         nodes = self.plan.nodes
+        for n in done:  # run again from scratch: its steps too
+            if nodes[n].state not in TERMINAL:
+                del self.steps[n]
         self.failures = {n: e for n, e in self.failures.items()
                          if nodes[n].state is NodeState.FAILED}
         if self.ended:

@@ -18,6 +18,7 @@ from plait.protocol.messages import (
     Finish,
     History,
     PreviousChild,
+    PreviousStep,
     Propose,
     Proposed,
     Recorded,
@@ -88,7 +89,7 @@ class RunMixin(KeeperBase):
             inputs=self._resolve(node.inputs), idempotency_key=f"{self.wf}/{node.id}",
             history=self._history(node)))
         info = self.ctx.catalog.get(node.task)
-        if info is None or not (info.timeout or info.heartbeat_timeout):
+        if info is None or not info.timed:
             self._arm_running(node.id)
         # Else the attempt may wait in its supervisor's queue: its timeouts count
         # from when the supervisor says a worker started it (_task_heartbeat).
@@ -111,6 +112,8 @@ class RunMixin(KeeperBase):
             signals=sorted(log.signals.items()) if log else [],
             timers=sorted(log.timers) if log else [],
             previous=self._previous(node),
+            steps=[PreviousStep(index=i, name=name, value=value)
+                   for i, (name, value) in sorted(self.st.steps.get(node.id, {}).items())],
             heartbeat=self.st.heartbeat.get(node.id))
 
     def _previous(self, node: Node) -> list[PreviousChild]:
@@ -143,7 +146,9 @@ class RunMixin(KeeperBase):
         except ValueError as exc:
             self._send(identity, Error(id=msg.id, code="invalid", reason=str(exc)))
             return
-        out = self._apply(diff)
+        # An empty diff only carries recorded values (a durable step): nothing to apply.
+        empty = not (diff.nodes or diff.edges or diff.promises or diff.attrs)
+        out = Outcome() if empty else self._apply(diff)
         rejection = out.rejection.to_dict() if out.rejection else None
         self._send(identity, Proposed(id=msg.id, workflow_id=self.wf, node=msg.node,
                                       ok=rejection is None, rejection=rejection))

@@ -198,6 +198,13 @@ class TaskInfo(BaseModel):
     cache: bool = False  # reuse the recorded result of an identical call, across workflows
     version: str = ""  # part of the cache key: change it when the task's meaning changes
 
+    @property
+    def timed(self) -> bool:
+        """Whether an attempt has timeouts that count from its start: then its
+        supervisor tells Flow when a worker starts it (``TaskHeartbeat(started=True)``),
+        and Flow arms them only then (not while it waits in the supervisor's queue)."""
+        return bool(self.timeout or self.heartbeat_timeout)
+
 
 class Hello(Message):
     """A supervisor joins (or rejoins after Flow restarted): the tasks it serves,
@@ -227,9 +234,10 @@ class Credit(Message):
 class Recorded(BaseModel):
     """One value a task drew through a replay-safe helper, at ``seq`` of its attempt.
 
-    ``kind`` is ``random``, ``now``, ``uuid4``, ``side_effect`` or ``version``
-    (``value`` is then ``[change_id, bool]``); ``site`` is the caller's
-    ``file:line``, shown when a replay diverges.
+    ``kind`` is ``random``, ``now``, ``uuid4``, ``side_effect``, ``version``
+    (``value`` is then ``[change_id, bool]``) or ``step`` (``value`` is then
+    ``{"i": step index, "fn": function name, "v": its value}``); ``site`` is the
+    caller's ``file:line``, shown when a replay diverges.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -252,13 +260,26 @@ class PreviousChild(BaseModel):
     inputs: dict[str, Any]
 
 
+class PreviousStep(BaseModel):
+    """A durable step (``ctx.step``) an earlier attempt completed as its ``index``-th
+    step: a new attempt whose step of that index calls the same function gets
+    ``value`` back without running it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    index: int = Field(ge=0)
+    name: str
+    value: Any = None
+
+
 class History(BaseModel):
     """What a resumed (or retried) node's task replays from.
 
     ``recorded``, ``signals`` (``[seq, payload]`` pairs) and ``timers`` (seqs of
     fired sleeps) belong to the current attempt only, so that a retry draws fresh
     values; ``results`` holds every finished child of the node; ``previous``
-    lists earlier attempts' children; ``heartbeat`` is the last details sent.
+    lists earlier attempts' children and ``steps`` their completed durable steps;
+    ``heartbeat`` is the last details sent.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -268,6 +289,7 @@ class History(BaseModel):
     signals: list[tuple[int, Any]] = Field(default_factory=list)
     timers: list[int] = Field(default_factory=list)
     previous: list[PreviousChild] = Field(default_factory=list)
+    steps: list[PreviousStep] = Field(default_factory=list)
     heartbeat: Any = None
 
 

@@ -160,6 +160,7 @@ class Supervisor:
         self.settings = settings
         self.zygote = zygote
         self.tasks = {t.name: t for t in tasks}
+        self.timed = {t.name for t in tasks if t.info().timed}  # they say when they start
         self.id = settings.supervisor_id or f"{socket.gethostname()}-{os.getpid()}"
         self.zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.workers_sock = self.zctx.socket(zmq.ROUTER)
@@ -479,8 +480,7 @@ class Supervisor:
             self.queued.discard(_attempt(assign))
             worker.assign = assign
             self.workers_sock.send_multipart([worker.ident, frame])
-            task = self.tasks.get(assign.task)
-            if task is not None and (task.timeout or task.heartbeat_timeout):
+            if assign.task in self.timed:
                 self.link.send(TaskHeartbeat(workflow_id=assign.workflow_id, node=assign.node,
                                              attempt=assign.attempt, started=True),
                                worker.ident, track=True)

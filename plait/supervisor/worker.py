@@ -91,7 +91,7 @@ def error_dict(exc: BaseException, policy: Retry = DEFAULT_RETRY) -> dict[str, A
 class WorkerLink:
     """The worker's socket thread, and the Context's :class:`~plait.context.Transport`."""
 
-    def __init__(self, endpoint: str, ident: str) -> None:
+    def __init__(self, endpoint: str, ident: str, parent: int | None = None) -> None:
         self._endpoint = endpoint
         self._ident = ident.encode()
         self._outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
@@ -105,7 +105,7 @@ class WorkerLink:
         self._on_cancel: Callable[[], None] | None = None
         self._beat: TaskHeartbeat | None = None  # a heartbeat held back by the spacing
         self._beat_sent = 0.0
-        self._parent = os.getppid()
+        self._parent = os.getppid() if parent is None else parent  # its supervisor or zygote
         self._thread = threading.Thread(target=self._run, name="plait-worker-link", daemon=True)
 
     def start(self) -> None:
@@ -363,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ident", required=True, help="this worker's socket identity")
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         metavar="MODULE", help="a module whose tasks this worker runs")
+    parent = os.getppid()  # before the imports: the parent may die while they run
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -370,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, PlaitError) as exc:
         print(f"plait worker: cannot import task modules: {exc}", file=sys.stderr)
         return 3
-    link = WorkerLink(opts.connect, opts.ident)
+    link = WorkerLink(opts.connect, opts.ident, parent)
     link.start()
     link.send(WorkerReady(pid=os.getpid()))
     while (assign := link.assignments.get()) is not None:

@@ -42,13 +42,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from plait.errors import PlaitError
 from plait.protocol import codec
+from plait.supervisor.forking import STOP_SIGNALS, fork_call, single_threaded
 
 log = logging.getLogger("plait.supervisor")
 
@@ -80,16 +80,12 @@ class Zygote:
         otherwise spawn it with this process's ``sys.path`` (where the task
         modules were found)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        if fork if fork is not None else threading.active_count() == 1:
-            pid = os.fork()
-            if pid == 0:  # the zygote
-                code = 1
-                try:
-                    ours.close()
-                    serve(theirs)
-                    code = 0
-                finally:
-                    os._exit(code)  # never back into the supervisor's stack
+        if fork if fork is not None else single_threaded():
+            def zygote() -> None:
+                ours.close()
+                serve(theirs)
+
+            pid = fork_call(zygote, signals=_ignore_stop_signals)
             theirs.close()
             return cls(ours, pid)
         env = dict(os.environ)
@@ -112,6 +108,8 @@ class Zygote:
                 self._fail(f"the zygote (pid {self.pid}) did not fork a worker in {timeout:g} s")
             if message.get("op") == "forked":
                 return int(message["pid"])
+            if message.get("op") == "error":
+                raise OSError(f"the zygote could not fork a worker: {message['reason']}")
 
     def signal(self, pid: int, sig: int) -> None:
         """Send ``sig`` to worker ``pid`` if it has not exited (no error if it has)."""
@@ -189,10 +187,19 @@ class Zygote:
 # --- the zygote's side ----------------------------------------------------------------------
 
 
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def serve(sock: socket.socket) -> None:
     """Fork workers on request and report their exits, until ``sock`` closes."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    _ignore_stop_signals()
+    # A worker reads no terminal: a stray input() or breakpoint() must not eat the
+    # keystrokes of the shell that started plait.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
     # SIGCHLD wakes the select below through this pipe: no polling for exits.
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -215,7 +222,12 @@ def serve(sock: socket.socket) -> None:
                 return  # the supervisor is gone
             message = codec.unpack(frame)
             if message.get("op") == "fork":
-                pid = _fork_worker([str(a) for a in message["argv"]], sock, (wake_r, wake_w))
+                try:
+                    pid = _fork_worker([str(a) for a in message["argv"]], sock,
+                                       (wake_r, wake_w))
+                except OSError as exc:  # out of processes or memory: the pool says so
+                    sock.send(codec.pack({"op": "error", "reason": str(exc)}))
+                    continue
                 children.add(pid)
                 sock.send(codec.pack({"op": "forked", "pid": pid}))
             elif message.get("op") == "signal" and message.get("pid") in children:
@@ -237,31 +249,17 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
 
 
 def _fork_worker(argv: list[str], sock: socket.socket, pipe: tuple[int, int]) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
+    def worker() -> int:
         sock.close()
         signal.set_wakeup_fd(-1)
         for fd in pipe:
             os.close(fd)
-        # As a fresh interpreter would have them: Ctrl-C interrupts, SIGTERM kills.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         from plait.supervisor.worker import main
 
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except Exception:  # the process edge: report, then exit with a failure code
-        log.exception("worker %d failed", os.getpid())
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        return main(argv)
+
+    return fork_call(worker)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,8 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True,
                         help="this end of the supervisor's SOCK_SEQPACKET socket pair")
     opts = parser.parse_args(argv)
-    with os.fdopen(os.open(os.devnull, os.O_RDONLY)) as devnull:
-        os.dup2(devnull.fileno(), 0)
     serve(socket.socket(fileno=opts.fd))
     return 0
 
