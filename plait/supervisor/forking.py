@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -59,6 +60,9 @@ def fork_call(run: Callable[[], int | None],
     parent's (Linux keeps a blocked signal pending even where it is ignored)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # What exists now stays shared with the child until written: keep the collector
+    # of either process from writing to it (Python's advice for fork without exec).
+    gc.freeze()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         pid = os.fork()

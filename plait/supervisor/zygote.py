@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import os
 import select
@@ -206,8 +205,6 @@ def serve(sock: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     import plait.supervisor.worker  # noqa: F401  (imported once here, shared by every fork)
-
-    gc.freeze()  # keep the collector from writing to (and so copying) inherited pages
     children: set[int] = set()
     try:
         while True:
