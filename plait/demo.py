@@ -31,7 +31,7 @@ __all__ = ["DEMOS", "EXAMPLE_MODULES", "Demo", "examples_path", "run_demo", "run
 EXAMPLE_MODULES = (
     "examples.static", "examples.branching", "examples.random_map", "examples.map_reduce",
     "examples.subgraph", "examples.broken_promise", "examples.weekly_email",
-    "examples.reminder", "examples.approval",
+    "examples.reminder", "examples.checkout", "examples.approval",
 )
 
 
@@ -60,6 +60,8 @@ DEMOS = (
          note="seed 004: emails retried, the workflow retried until it succeeds"),
     Demo("reminder", "examples.reminder:remind", ("stretch", 1.0),
          note="a durable one-second sleep that holds no worker"),
+    Demo("checkout", "examples.checkout:checkout", ("order-7", 25),
+         note="durable steps: the retry charges the card once"),
 )
 
 

@@ -182,6 +182,19 @@ def test_weekly_email_fails_when_every_attempt_fails(cluster: Cluster) -> None:
     assert _attempts(run)["weekly_email"] == 5
 
 
+def test_checkout_s_retry_reuses_its_committed_steps(cluster: Cluster) -> None:
+    run, output = finish(cluster, "examples.checkout:checkout", "order-7", 25)
+    assert output == ["order-7/stock", "order-7/paid-25", "order-7/courier"]
+    assert _attempts(run)["checkout"] == 2
+    commits = [(e["attempt"], [v["value"]["fn"] for v in e["values"] if v["kind"] == "step"])
+               for e in run.history() if e["type"] == "recorded"]
+    # Each step that ran was committed on its own; the retry got reserve and charge
+    # back without running them, and they rode along with book's commit.
+    assert commits == [(1, ["reserve"]), (1, ["charge"]), (2, ["reserve", "charge", "book"])]
+    nodes, _ = e2e.committed(run.graph(unfold=True))
+    assert list(nodes) == ["checkout"]  # steps are no nodes
+
+
 def test_reminder_sleeps_durably_then_reminds(cluster: Cluster) -> None:
     run, output = finish(cluster, "examples.reminder:remind", "stretch", 0.5)
     assert output.startswith("reminder: stretch (after ")
