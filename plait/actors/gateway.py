@@ -56,6 +56,7 @@ from plait.protocol.messages import (
     Wait,
     Welcome,
 )
+from plait.protocol.sockets import waiting
 
 __all__ = ["Gateway", "Outbox"]
 
@@ -189,19 +190,15 @@ class Gateway:
             events = dict(poller.poll(POLL_MS))
             if pull in events:
                 for _ in range(BURST):
-                    try:
-                        parts = pull.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                    if not waiting(pull):
                         break
-                    for batch in _by_peer(parts):
+                    for batch in _by_peer(pull.recv_multipart(zmq.NOBLOCK)):
                         router.send_multipart(batch)
             if router in events:
                 for _ in range(BURST):
-                    try:
-                        frames = router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                    if not waiting(router):
                         break
-                    self._inbound(frames)
+                    self._inbound(router.recv_multipart(zmq.NOBLOCK))
 
     # --- inbound ------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ from plait.protocol.messages import (
     Welcome,
     WorkerReady,
 )
+from plait.protocol.sockets import waiting
 from plait.stopping import stop_on_signals
 from plait.supervisor.flow_link import FlowLink
 from plait.supervisor.pool import (
@@ -240,7 +241,7 @@ class Supervisor:
                 self._dispatch()
             self._grant()
             self.link.flush()
-            if ready is not None and self.welcomed.is_set():
+            if ready is not None and not ready.is_set() and self.welcomed.is_set():
                 ready.set()
 
     def _tell(self, message: Any) -> None:
@@ -511,19 +512,13 @@ def _cancelled(assign: Assign) -> dict[str, Any]:
 
 
 def _drain(sock: zmq.Socket[bytes]) -> Iterator[bytes]:
-    while True:
-        try:
-            yield sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return
+    while waiting(sock):
+        yield sock.recv(zmq.NOBLOCK)
 
 
 def _drain_router(sock: zmq.Socket[bytes]) -> Iterator[tuple[bytes, bytes]]:
-    while True:
-        try:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
+    while waiting(sock):
+        parts = sock.recv_multipart(zmq.NOBLOCK)
         if len(parts) == 2:
             yield parts[0], parts[1]
 

@@ -59,6 +59,7 @@ from plait.protocol.messages import (
     Wait,
     WorkerReady,
 )
+from plait.protocol.sockets import waiting
 from plait.replay import Evicted
 from plait.task import (
     DEFAULT_RETRY,
@@ -211,11 +212,8 @@ class WorkerLink:
                 self._beat, self._beat_sent = None, now
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while waiting(sock):
+            frame = sock.recv(zmq.NOBLOCK)
             try:
                 self._dispatch(codec.decode(frame))
             except ProtocolError as exc:
