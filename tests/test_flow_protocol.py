@@ -8,6 +8,7 @@ answers with Propose, Wait and Finish as a worker would.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from collections.abc import Callable
@@ -486,6 +487,49 @@ def test_feed_late_joiner_converges(
         assert mirror.snapshots == 1  # the feed alone carried everything after the snapshot
     finally:
         mirror.close()
+
+
+def test_the_feed_packs_only_what_somebody_subscribed_to(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    sup = supervisor("step")
+    runs = itertools.count()
+
+    def run(prefix: str) -> str:
+        wf = submit(client, diff(spec("s", "step", 0)), workflow_id=f"{prefix}-{next(runs)}")
+        sup.finish(sup.assign(), 0)
+        assert result(client, wf).status == "succeeded"
+        return wf
+
+    def sent() -> int:
+        return int(flow.publisher.proxy().sent.get(timeout=5))
+
+    run("unwatched")
+    assert sent() == 0  # nobody listens: nothing was even packed
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"watched")
+    sub.connect(flow.feed_endpoint)
+    try:
+        # Until one arrives, the subscription may still be on its way to Flow.
+        wait_for(lambda: run("watched") and sub.poll(100), message="no feed event arrived")
+        while sub.poll(100):
+            sub.recv_multipart()
+        before = sent()
+        run("unwatched")
+        assert sent() == before  # a workflow nobody subscribed to costs nothing
+        wf = run("watched")
+        got: list[list[bytes]] = []
+
+        def all_arrived() -> bool:
+            while sub.poll(10):
+                got.append(sub.recv_multipart())
+            return len(got) >= len(history(client, wf))
+
+        wait_for(all_arrived, message="the watched workflow's events")
+        assert {topic for topic, _ in got} == {wf.encode()}
+        assert sent() == before + len(got)
+    finally:
+        sub.close(linger=0)
 
 
 # --- supervisors -----------------------------------------------------------------------------

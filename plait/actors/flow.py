@@ -125,7 +125,7 @@ class Flow:
 
     def _start_actors(self, outbox: str, schedules: list[dict[str, Any]]) -> None:
         s, z = self.settings, self.zctx
-        publisher = self._add(Publisher.start(z, s.endpoint(s.feed())))
+        self.publisher = publisher = self._add(Publisher.start(z, s.endpoint(s.feed())))
         self.feed_endpoint = publisher.proxy().bound().get(timeout=STOP_TIMEOUT)
         self.store = self._add(Store.start(s.db, z, outbox, publisher, self._fatal))
         reader = self._add(Reader.start(s.db, z, outbox, self._revive))

@@ -5,6 +5,12 @@ sequence number. A late subscriber subscribes first, then asks for a snapshot
 (``GetHistory`` or ``GetGraph``, whose reply carries the seq) and applies only
 feed events after it: the ZeroMQ guide's "Clone" pattern. The Store tells the
 Publisher only after a commit, so the feed never shows what could be lost.
+
+The socket is an XPUB: it hands the Publisher the subscriptions (a topic's
+first subscriber, its last one leaving), so that an event nobody subscribed to
+is not even packed. The subscriptions are read before each batch; ZeroMQ
+registers a subscription in its filter when it makes it readable, so this
+skips exactly what a PUB would have dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import zmq
 from plait.actors.mail import Publish
 from plait.protocol.codec import pack
 from plait.protocol.messages import PROTOCOL_VERSION, FeedEvent, new_id
+from plait.protocol.sockets import waiting
 
 __all__ = ["Publisher"]
 
@@ -37,7 +44,8 @@ class Publisher(pykka.ThreadingActor):
         self.sent = 0
 
     def on_start(self) -> None:
-        self.sock = self._zctx.socket(zmq.PUB)
+        self.topics: set[bytes] = set()  # subscribed prefixes of workflow ids
+        self.sock = self._zctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(self._endpoint)
@@ -53,12 +61,26 @@ class Publisher(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Publish):
             return super().on_receive(message)
+        self._subscriptions()
+        if not self.topics:
+            return None
         for e in message.events:
+            topic = e.workflow_id.encode()
+            if not any(topic.startswith(t) for t in self.topics):
+                continue
             # A FeedEvent's wire form, packed directly: the events are Flow's own,
             # already valid, and a model per event costs more than the rest.
             frame = pack({"v": PROTOCOL_VERSION, "id": new_id(), "type": FEED_EVENT,
                           "workflow_id": e.workflow_id, "seq": e.seq,
                           "event": {**e.event, "seq": e.seq, "ts": e.ts}})
-            self.sock.send_multipart([e.workflow_id.encode(), frame])
+            self.sock.send_multipart([topic, frame])
             self.sent += 1
         return None
+
+    def _subscriptions(self) -> None:
+        while waiting(self.sock):
+            note = self.sock.recv()
+            if note[:1] == b"\x01":
+                self.topics.add(note[1:])
+            elif note[:1] == b"\x00":
+                self.topics.discard(note[1:])
