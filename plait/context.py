@@ -25,8 +25,10 @@ import inspect
 import math
 import random as _random
 import uuid
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
 
@@ -67,6 +69,9 @@ T = TypeVar("T")
 Steps = Generator[Message, Message, Any]
 
 sdk_file(__file__)
+
+
+_IN_STEP: ContextVar[str | None] = ContextVar("plait_in_step", default=None)
 
 
 class Transport(Protocol):
@@ -140,6 +145,10 @@ class Context:
         return self.recorder.replaying
 
     def _check(self) -> None:
+        step = _IN_STEP.get()
+        if step is not None:
+            raise PlaitError(f"step {step} uses ctx: a step's function must not "
+                             f"(a replay returns its value without running it)")
         if self._transport.evicted:
             raise Evicted
         if self._transport.cancelled:
@@ -303,28 +312,53 @@ class Context:
         return Step(self, fn, args, kwargs, call_site())
 
     def _step(self, s: Step[Any]) -> Any:
+        if s.done:
+            return s.value
+        self._check()
+        if inspect.iscoroutinefunction(s.fn):
+            raise PlaitError(f"{s.name} is async: `await ctx.step(...)` it")
         seq, index, done, value = self.recorder.step(s.name, s.site)
         adapter = value_adapter(s.fn)
         if not done:
-            out = s.fn(*s.args, **s.kwargs)
+            with self._inside(s):
+                out = s.fn(*s.args, **s.kwargs)
             if inspect.isawaitable(out):
                 if inspect.iscoroutine(out):
                     out.close()
-                raise PlaitError(f"{s.name} is async: `await ctx.step(...)` it")
+                raise PlaitError(f"{s.name} returned an awaitable: `await ctx.step(...)` it")
             value = self._step_done(s, seq, index, adapter, out)
             self._drive(self._commit_steps())
-        return adapter.validate_python(value)
+        s.done, s.value = True, adapter.validate_python(value)
+        return s.value
 
     async def _await_step(self, s: Step[Any]) -> Any:
+        if s.done:
+            return s.value
+        self._check()
         seq, index, done, value = self.recorder.step(s.name, s.site)
         adapter = value_adapter(s.fn)
         if not done:
-            out = s.fn(*s.args, **s.kwargs)
-            if inspect.isawaitable(out):
-                out = await out
+            with self._inside(s):
+                out = s.fn(*s.args, **s.kwargs)
+                if inspect.isawaitable(out):
+                    out = await out
             value = self._step_done(s, seq, index, adapter, out)
             await self._adrive(self._commit_steps())
-        return adapter.validate_python(value)
+        s.done, s.value = True, adapter.validate_python(value)
+        return s.value
+
+    @staticmethod
+    @contextmanager
+    def _inside(s: Step[Any]) -> Iterator[None]:
+        """While a step's function runs, ``ctx`` refuses to be used: what it would
+        record would not be there when a replay skips the function. A context
+        variable, not an attribute: concurrent steps (``asyncio.gather``) each run
+        in a task of their own."""
+        token = _IN_STEP.set(s.name)
+        try:
+            yield
+        finally:
+            _IN_STEP.reset(token)
 
     def _step_done(self, s: Step[Any], seq: int, index: int, adapter: TypeAdapter[Any],
                    out: Any) -> Any:

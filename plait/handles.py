@@ -160,7 +160,7 @@ class Step(Generic[T]):
     the step again.
     """
 
-    __slots__ = ("_ctx", "args", "fn", "kwargs", "name", "site")
+    __slots__ = ("_ctx", "args", "done", "fn", "kwargs", "name", "site", "value")
 
     def __init__(self, ctx: Context, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], site: str) -> None:
@@ -170,6 +170,8 @@ class Step(Generic[T]):
         self.kwargs = kwargs
         self.name = str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
         self.site = site
+        self.done = False  # waited on once: its value is kept (a second wait runs nothing)
+        self.value: Any = None
 
     def __repr__(self) -> str:
         return f"<Step {self.name} at {self.site}>"

@@ -157,11 +157,12 @@ class Recorder:
         if earlier is not None and earlier.name == name:
             self.step_done(seq, index, name, earlier.value, site)  # durable already
             return seq, index, True, earlier.value
+        self._steps = {}  # the body took another path: every later step runs anew
         return seq, index, False, None
 
     def step_done(self, seq: int, index: int, name: str, value: Any, site: str) -> None:
         """Record a step's value at the seq :meth:`step` took (the function ran in
-        between, and may have taken seqs of its own)."""
+        between; it may not use ``ctx``, so it took no seq of its own)."""
         rec = Recorded(seq=seq, kind="step", value={"i": index, "fn": name, "v": value},
                        site=site)
         self.values.append(rec)

@@ -114,6 +114,7 @@ def checkout(ctx: Context, log: str, gate: str, name: str) -> list[int]:
     note(log, "start", name, ctx.node_id, ctx.attempt, os.getpid(), supervisor_pid())
     first = ctx.step(pay, log, name, 1).result()
     second = ctx.step(pay, log, name, 2).result()
+    note(log, "committed", name, ctx.attempt)  # both steps are durable now
     deadline = time.monotonic() + GATE_TIMEOUT
     while not os.path.exists(gate):
         if time.monotonic() > deadline:

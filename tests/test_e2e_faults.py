@@ -68,8 +68,8 @@ def test_durable_steps_survive_their_worker_s_death(
     log, gate = files
     run = cluster.client.submit("e2e_tasks:checkout", log, gate, "cart")
     (line,) = started(log, "cart")
-    wait_for(lambda: len(e2e_tasks.lines(log, "paid", "cart")) == 2, e2e.RESULT_TIMEOUT,
-             message="the two steps did not run")
+    wait_for(lambda: e2e_tasks.lines(log, "committed", "cart"), e2e.RESULT_TIMEOUT,
+             message="the two steps were not committed")
     os.kill(int(line[4]), signal.SIGKILL)  # after two committed steps
     started(log, "cart", count=2)  # the retry
     Path(gate).touch()

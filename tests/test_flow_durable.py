@@ -291,6 +291,9 @@ def test_a_durable_step_is_committed_alone_and_a_retry_gets_it_back(
     assert [e["type"] for e in events][-1] == "recorded"  # committed, no diff recorded
     assert not any(e["type"] == "diff" for e in events[2:])
     sup.finish(first, ok=False, error=BOOM)
+    events = history(client, wf)  # what a restarted Flow would rebuild the steps from
+    rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
+    assert rebuilt.steps == {"a": {0: ("charge", {"charged": 5})}}
     clock.advance(1)
     second = sup.assign()
     assert second.history is not None
@@ -300,6 +303,8 @@ def test_a_durable_step_is_committed_alone_and_a_retry_gets_it_back(
     sup.finish(second, "done")
     assert result(client, wf).output == "done"
     rebuilt_equals_live(client, wf)
+    events = history(client, wf)
+    assert WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events]).steps == {}
     assert isinstance(client.request(RestartNode(workflow_id=wf, node="a")), Ack)
     third = sup.assign()  # run again from scratch: its steps too
     assert third.history is None or third.history.steps == []

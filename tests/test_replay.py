@@ -420,6 +420,10 @@ def charge(amount: int) -> dict[str, int]:
     return {"charged": amount}
 
 
+def reserve(amount: int) -> int:
+    return amount
+
+
 async def refund(amount: int) -> int:
     await asyncio.sleep(0)
     return -amount
@@ -473,8 +477,8 @@ def test_a_step_of_another_function_at_a_recorded_seq_diverges() -> None:
                                          value={"i": 0, "fn": "charge", "v": 1})])
     ctx = make(FakeTransport(), history)
     with pytest.raises(NonDeterminismError, match=r"has step\(charge\) at flows.py:3, "
-                                                  r"this run calls step\(refund\)"):
-        ctx.step(refund, 1).result()
+                                                  r"this run calls step\(reserve\)"):
+        ctx.step(reserve, 1).result()
 
 
 def test_an_async_step_is_awaited_and_a_failing_step_records_nothing() -> None:
@@ -498,3 +502,47 @@ def test_an_async_step_is_awaited_and_a_failing_step_records_nothing() -> None:
 def test_a_step_value_must_be_data() -> None:
     with pytest.raises(PlaitError, match="not data"):
         make(FakeTransport()).step(object).result()
+
+
+def test_a_step_s_function_may_not_use_ctx_and_a_step_runs_once_however_often_waited() -> None:
+    transport = FakeTransport()
+    ctx = make(transport)
+    sneaky = ctx.step(lambda: ctx.random())
+    with pytest.raises(PlaitError, match="uses ctx"):
+        sneaky.result()
+    calls: list[int] = []
+
+    def once() -> int:
+        calls.append(1)
+        return 7
+
+    step = ctx.step(once)
+    assert (step.result(), step.result(), asyncio.run(_awaited(step))) == (7, 7, 7)
+    assert calls == [1]
+    assert ctx.random() < 1  # ctx works again outside the step
+
+
+async def _awaited(step: Any) -> Any:
+    return await step
+
+
+def test_a_retry_that_takes_another_path_runs_every_later_step_anew() -> None:
+    earlier = [PreviousStep(index=0, name="charge", value={"charged": 5}),
+               PreviousStep(index=1, name="reserve", value=1),
+               PreviousStep(index=2, name="charge", value={"charged": 5})]
+    ran: list[int] = []
+
+    def counted(amount: int) -> dict[str, int]:
+        ran.append(amount)
+        return {"charged": amount}
+
+    counted.__qualname__ = "charge"
+    ctx = make(FakeTransport(), History(steps=earlier), attempt=2)
+    assert ctx.step(counted, 1).result() == {"charged": 5}  # index 0: the same, kept
+    assert ctx.step(other_path, 2).result() == 2  # index 1 differs: runs
+    assert ctx.step(counted, 3).result() == {"charged": 3}  # so does everything after
+    assert ran == [3]
+
+
+def other_path(x: int) -> int:
+    return x

@@ -176,6 +176,8 @@ class WorkflowState:
             self.started_at[node_id] = ts
             if "supervisor" in event:
                 self.supervisor[node_id] = str(event["supervisor"])
+        if state in TERMINAL:
+            self.steps.pop(node_id, None)  # it will not run again (a restart starts afresh)
         if error:
             self.errors[node_id] = dict(error)
             if state is NodeState.FAILED:
@@ -236,9 +238,10 @@ class WorkflowState:
             for value in event["values"]:
                 log.recorded.setdefault(int(value["seq"]), dict(value))
                 step = value.get("value")
-                if value.get("kind") == "step" and isinstance(step, dict):
-                    self.steps.setdefault(str(event["node"]), {})[int(step["i"])] = (
-                        str(step["fn"]), step.get("v"))
+                if value.get("kind") == "step" and isinstance(step, dict) \
+                        and isinstance(step.get("i"), int) and isinstance(step.get("fn"), str):
+                    self.steps.setdefault(str(event["node"]), {})[step["i"]] = (
+                        step["fn"], step.get("v"))
         elif kind == "timer":
             log.timers.add(int(event["seq"]))
         elif kind == "delivered":
@@ -266,13 +269,13 @@ class WorkflowState:
 
     def restart(self, node_id: str) -> Outcome:
         """Restart a node and its downstream (``Plan.restart``); the workflow runs again."""
-        done = {n for n in self.steps if self.plan.nodes[n].state in TERMINAL}
+        attempts = {n: self.plan.nodes[n].attempt for n in self.steps}
         out = self.plan.restart(node_id)
         if out.rejection is not None:
             return out
         nodes = self.plan.nodes
-        for n in done:  # run again from scratch: its steps too
-            if nodes[n].state not in TERMINAL:
+        for n, attempt in attempts.items():  # run again from scratch: its steps too
+            if nodes[n].attempt != attempt or nodes[n].superseded:
                 del self.steps[n]
         self.failures = {n: e for n, e in self.failures.items()
                          if nodes[n].state is NodeState.FAILED}
