@@ -32,7 +32,6 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from plait.errors import PlaitError, PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
@@ -314,11 +313,9 @@ class Context:
     def _step(self, s: Step[Any]) -> Any:
         if s.done:
             return s.value
-        self._check()
         if inspect.iscoroutinefunction(s.fn):
             raise PlaitError(f"{s.name} is async: `await ctx.step(...)` it")
-        seq, index, done, value = self.recorder.step(s.name, s.site)
-        adapter = value_adapter(s.fn)
+        seq, index, done, value = self._begin_step(s)
         if not done:
             with self._inside(s):
                 out = s.fn(*s.args, **s.kwargs)
@@ -326,25 +323,31 @@ class Context:
                 if inspect.iscoroutine(out):
                     out.close()
                 raise PlaitError(f"{s.name} returned an awaitable: `await ctx.step(...)` it")
-            value = self._step_done(s, seq, index, adapter, out)
+            value = self._step_done(s, seq, index, out)
             self._drive(self._commit_steps())
-        s.done, s.value = True, adapter.validate_python(value)
-        return s.value
+        return self._end_step(s, value)
 
     async def _await_step(self, s: Step[Any]) -> Any:
         if s.done:
             return s.value
-        self._check()
-        seq, index, done, value = self.recorder.step(s.name, s.site)
-        adapter = value_adapter(s.fn)
+        seq, index, done, value = self._begin_step(s)
         if not done:
             with self._inside(s):
                 out = s.fn(*s.args, **s.kwargs)
                 if inspect.isawaitable(out):
                     out = await out
-            value = self._step_done(s, seq, index, adapter, out)
+            value = self._step_done(s, seq, index, out)
             await self._adrive(self._commit_steps())
-        s.done, s.value = True, adapter.validate_python(value)
+        return self._end_step(s, value)
+
+    def _begin_step(self, s: Step[Any]) -> tuple[int, int, bool, Any]:
+        self._check()
+        return self.recorder.step(s.name, s.site)
+
+    @staticmethod
+    def _end_step(s: Step[Any], value: Any) -> Any:
+        """The recorded value read back as ``fn`` returns it, kept on the Step."""
+        s.done, s.value = True, value_adapter(s.fn).validate_python(value)
         return s.value
 
     @staticmethod
@@ -360,10 +363,9 @@ class Context:
         finally:
             _IN_STEP.reset(token)
 
-    def _step_done(self, s: Step[Any], seq: int, index: int, adapter: TypeAdapter[Any],
-                   out: Any) -> Any:
+    def _step_done(self, s: Step[Any], seq: int, index: int, out: Any) -> Any:
         try:
-            value = adapter.dump_python(out, mode="json")
+            value = value_adapter(s.fn).dump_python(out, mode="json")
         except PydanticSerializationError as exc:
             raise PlaitError(f"step {s.name} returned {out!r}, which is not data: {exc}") from exc
         self.recorder.step_done(seq, index, s.name, value, s.site)

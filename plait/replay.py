@@ -22,6 +22,7 @@ returned instead of computed, and a call of another kind is a divergence
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -256,6 +257,19 @@ def value_adapter(fn: Callable[..., Any], returns: Any = None) -> TypeAdapter[An
             hint = typing.get_type_hints(fn).get("return", Any)
         except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
             hint = Any
+    try:
+        return _adapter(hint)
+    except TypeError:  # an unhashable hint: built every time
+        return _build_adapter(hint)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(hint: Any) -> TypeAdapter[Any]:
+    # A TypeAdapter costs a schema build: once per return type, not once per value.
+    return _build_adapter(hint)
+
+
+def _build_adapter(hint: Any) -> TypeAdapter[Any]:
     try:
         return TypeAdapter(hint)
     except PydanticSchemaGenerationError:

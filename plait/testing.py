@@ -27,7 +27,8 @@ from typing import IO, Any, TypeVar
 
 from plait.client import Client, FlowUnavailable
 
-__all__ = ["Cluster", "Proc", "child_environment", "descendants", "free_port", "wait_for"]
+__all__ = ["Cluster", "Proc", "alive", "child_environment", "descendants", "free_port",
+           "wait_for"]
 
 T = TypeVar("T")
 
@@ -59,6 +60,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (from /proc)."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def descendants(pid: int, depth: int = 1) -> list[int]:

@@ -19,7 +19,7 @@ import e2e_tasks
 import pytest
 
 from plait.client import Run
-from plait.testing import Cluster, descendants, wait_for
+from plait.testing import Cluster, alive, descendants, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +150,5 @@ def test_a_sigkilled_supervisor_leaves_no_zygote_or_worker_behind() -> None:
                            e2e.RESULT_TIMEOUT, message="the workers did not start")
         (zygote,) = [pid for pid in descendants(sup.pid) if pid not in workers]
         c.kill_supervisor(sup)  # the supervisor alone: its children must notice
-        wait_for(lambda: not any(_alive(p) for p in [zygote, *workers]), e2e.RESULT_TIMEOUT,
+        wait_for(lambda: not any(alive(p) for p in [zygote, *workers]), e2e.RESULT_TIMEOUT,
                  message="the zygote or a worker outlived its supervisor")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"

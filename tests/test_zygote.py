@@ -21,7 +21,7 @@ from plait.protocol import codec
 from plait.protocol.messages import WorkerReady, new_id
 from plait.supervisor.forking import fork_call
 from plait.supervisor.zygote import Zygote, ZygoteGone
-from plait.testing import wait_for
+from plait.testing import alive, wait_for
 
 TIMEOUT = 20.0
 
@@ -59,14 +59,6 @@ def exit_of(z: Zygote, pid: int) -> int:
 
     wait_for(reported, TIMEOUT, message=f"no exit reported for pid {pid}")
     return seen[pid]
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def ready_from(sock: zmq.Socket[bytes]) -> tuple[bytes, WorkerReady]:
