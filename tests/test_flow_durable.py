@@ -293,7 +293,7 @@ def test_a_durable_step_is_committed_alone_and_a_retry_gets_it_back(
     sup.finish(first, ok=False, error=BOOM)
     events = history(client, wf)  # what a restarted Flow would rebuild the steps from
     rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
-    assert rebuilt.steps == {"a": {0: ("charge", {"charged": 5})}}
+    assert rebuilt.steps == {"a": {0: ("charge", {"charged": 5}, 1)}}
     clock.advance(1)
     second = sup.assign()
     assert second.history is not None

@@ -90,8 +90,9 @@ class WorkflowState:
         self.supervisor: dict[str, str] = {}  # node -> supervisor of its attempt
         self.logs: dict[str, AttemptLog] = {}
         self.born: dict[str, int] = {}  # child -> the attempt of its creator that made it
-        # node -> step index -> (function, value): durable steps any attempt completed
-        self.steps: dict[str, dict[int, tuple[str, Any]]] = {}
+        # node -> step index -> (function, value, attempt): the durable steps its
+        # attempts completed, the latest attempt's at each index
+        self.steps: dict[str, dict[int, tuple[str, Any, int]]] = {}
         self.waits: dict[str, dict[str, Any]] = {}  # suspended node -> what it waits for
         self.last_wait: dict[str, dict[str, Any]] = {}  # node -> its wait that ended last
         self.not_before: dict[str, tuple[int, float]] = {}  # node -> (attempt, backoff end)
@@ -241,7 +242,7 @@ class WorkflowState:
                 if value.get("kind") == "step" and isinstance(step, dict) \
                         and isinstance(step.get("i"), int) and isinstance(step.get("fn"), str):
                     self.steps.setdefault(str(event["node"]), {})[step["i"]] = (
-                        step["fn"], step.get("v"))
+                        step["fn"], step.get("v"), log.attempt)
         elif kind == "timer":
             log.timers.add(int(event["seq"]))
         elif kind == "delivered":

@@ -112,8 +112,9 @@ class RunMixin(KeeperBase):
             signals=sorted(log.signals.items()) if log else [],
             timers=sorted(log.timers) if log else [],
             previous=self._previous(node),
-            steps=[PreviousStep(index=i, name=name, value=value)
-                   for i, (name, value) in sorted(self.st.steps.get(node.id, {}).items())],
+            steps=[PreviousStep(index=i, name=name, value=value)  # this attempt's are recorded
+                   for i, (name, value, attempt) in sorted(self.st.steps.get(node.id, {}).items())
+                   if attempt < node.attempt],
             heartbeat=self.st.heartbeat.get(node.id))
 
     def _previous(self, node: Node) -> list[PreviousChild]:
