@@ -324,7 +324,7 @@ class Context:
                     out.close()
                 raise PlaitError(f"{s.name} returned an awaitable: `await ctx.step(...)` it")
             value = self._step_done(s, seq, index, out)
-            self._drive(self._commit_steps())
+            self._drive(self._propose_steps(always=True))
         return self._end_step(s, value)
 
     async def _await_step(self, s: Step[Any]) -> Any:
@@ -337,7 +337,7 @@ class Context:
                 if inspect.isawaitable(out):
                     out = await out
             value = self._step_done(s, seq, index, out)
-            await self._adrive(self._commit_steps())
+            await self._adrive(self._propose_steps(always=True))
         return self._end_step(s, value)
 
     def _begin_step(self, s: Step[Any]) -> tuple[int, int, bool, Any]:
@@ -370,15 +370,6 @@ class Context:
             raise PlaitError(f"step {s.name} returned {out!r}, which is not data: {exc}") from exc
         self.recorder.step_done(seq, index, s.name, value, s.site)
         return value
-
-    def _commit_steps(self) -> Steps:
-        """Send what is recorded and proposed now, and go on once Flow has committed
-        it (Flow answers a Propose only after the commit)."""
-        diff = self.take_diff() or PlanDiff(proposer=self._node_id)
-        reply = yield Propose(workflow_id=self._workflow_id, node=self._node_id,
-                              attempt=self._attempt, diff=diff.to_dict(),
-                              recorded=self.recorder.take())
-        self._on_proposed(reply)
 
     # --- durable waits --------------------------------------------------------------------
 
@@ -416,13 +407,17 @@ class Context:
         self._check()
         return Gathered(self, list(handles), return_exceptions)
 
-    def _propose_steps(self) -> Generator[Message, Message, None]:
+    def _propose_steps(self, always: bool = False) -> Generator[Message, Message, None]:
+        """Propose what is batched; with ``always``, even nothing (a durable step:
+        the recorded values go, and Flow answers only after committing them)."""
         diff = self.take_diff()
-        if diff is not None:
-            reply = yield Propose(workflow_id=self._workflow_id, node=self._node_id,
-                                  attempt=self._attempt, diff=diff.to_dict(),
-                                  recorded=self.recorder.take())
-            self._on_proposed(reply)
+        if diff is None and not always:
+            return
+        diff = diff or PlanDiff(proposer=self._node_id)
+        reply = yield Propose(workflow_id=self._workflow_id, node=self._node_id,
+                              attempt=self._attempt, diff=diff.to_dict(),
+                              recorded=self.recorder.take())
+        self._on_proposed(reply)
 
     def _wait_steps(self, handles: Sequence[Handle]) -> Steps:
         self._check()

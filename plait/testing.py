@@ -28,7 +28,7 @@ from typing import IO, Any, TypeVar
 from plait.client import Client, FlowUnavailable
 
 __all__ = ["Cluster", "Proc", "alive", "child_environment", "descendants", "free_port",
-           "wait_for"]
+           "proc_stat", "wait_for"]
 
 T = TypeVar("T")
 
@@ -62,13 +62,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (from /proc)."""
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, parent pid)`` of process ``pid`` from /proc; None if it is gone."""
     try:
         stat = (Path("/proc") / str(pid) / "stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+        return None
+    # The command name may contain spaces or parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (from /proc)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def descendants(pid: int, depth: int = 1) -> list[int]:
@@ -76,16 +84,9 @@ def descendants(pid: int, depth: int = 1) -> list[int]:
     with ``depth=2``, grandchildren and below."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # The command name may contain spaces or parentheses: split after the last ')'.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z":
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+        stat = proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None and stat[0] != "Z":  # None: not a process, or it exited
+            parents.setdefault(stat[1], []).append(int(entry.name))
     found: list[int] = []
     todo = [(pid, 0)]
     while todo:

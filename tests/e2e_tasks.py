@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from plait import Context, OnlyNodes, Retry, task
+from plait.testing import proc_stat
 
 GATE_TIMEOUT = 90.0
 
 
 def supervisor_pid() -> int:
     """The supervisor running this worker: the parent of the zygote that forked it."""
-    stat = Path(f"/proc/{os.getppid()}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
+    stat = proc_stat(os.getppid())
+    assert stat is not None, "the zygote is gone"
+    return stat[1]
 
 
 def note(log: str, *words: object) -> None:

@@ -20,7 +20,7 @@ import pytest
 from plait.cli import Exit, main
 from plait.client import Client, FlowUnavailable
 from plait.demo import DEMOS
-from plait.testing import Cluster, descendants, free_port, wait_for
+from plait.testing import Cluster, alive, descendants, free_port, wait_for
 
 VERBS = ["dev", "flow", "supervisor", "submit", "status", "watch", "graph", "trace", "history",
          "cancel", "demo", "pause", "resume", "restart", "signal", "query", "attrs", "schedule"]
@@ -316,8 +316,7 @@ def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
         assert len(descendants(dev.pid, depth=3)) == 1
         dev.send_signal(signal.SIGINT)
         assert dev.wait(60) == 0
-        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()
-                    and "Z" not in _state(pid)]
+        assert not [pid for pid in children if alive(pid)]
     finally:
         dev.kill()
         dev.wait()
@@ -331,13 +330,6 @@ def _answers(client: Client) -> bool:
         return False
     return True
 
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "Z"
-    return stat[stat.rindex(")") + 2]
 
 
 def test_demo_runs_every_example_and_exits_by_itself(tmp_path: Path) -> None:

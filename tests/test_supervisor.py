@@ -41,7 +41,7 @@ from plait.protocol.messages import (
 )
 from plait.supervisor.daemon import SupervisorSettings, run_supervisor
 from plait.supervisor.pool import CrashLoop
-from plait.testing import descendants, wait_for
+from plait.testing import descendants, proc_stat, wait_for
 
 M = TypeVar("M", bound=Message)
 TIMEOUT = 20.0
@@ -583,10 +583,9 @@ def test_a_killed_zygote_stops_the_supervisor_loudly(flow: FakeFlow) -> None:
 def _is_zygote(pid: int) -> bool:
     """A spawned zygote of this test process (its workers share its command line,
     but not its parent)."""
+    stat = proc_stat(pid)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    parent = int(stat[stat.rindex(")") + 2:].split()[1])
-    return parent == os.getpid() and b"plait.supervisor.zygote" in cmdline
+    return stat is not None and stat[1] == os.getpid() and b"plait.supervisor.zygote" in cmdline
