@@ -63,6 +63,7 @@ from plait.protocol.messages import (
     Submitted,
     WorkflowResult,
 )
+from plait.protocol.sockets import connect
 from plait.run import Run
 from plait.watch import TERMINAL, Watch
 
@@ -144,7 +145,7 @@ class Client:
         if self._socket is None:
             sock = self._zmq.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.address)
+            connect(sock, self.address)
             self._socket = sock
         return self._socket
 

@@ -254,13 +254,26 @@ def value_adapter(fn: Callable[..., Any], returns: Any = None) -> TypeAdapter[An
     hint = returns
     if hint is None:
         try:
-            hint = typing.get_type_hints(fn).get("return", Any)
-        except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
-            hint = Any
+            hint = _return_hint(fn)
+        except TypeError:  # an unhashable callable
+            hint = _read_return_hint(fn)
     try:
         return _adapter(hint)
     except TypeError:  # an unhashable hint: built every time
         return _build_adapter(hint)
+
+
+@functools.lru_cache(maxsize=1024)
+def _return_hint(fn: Callable[..., Any]) -> Any:
+    # get_type_hints evaluates every annotation, which a durable step paid per value.
+    return _read_return_hint(fn)
+
+
+def _read_return_hint(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
+        return Any
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,6 +17,7 @@ import zmq
 from plait.errors import ProtocolError
 from plait.protocol import codec
 from plait.protocol.messages import FeedEvent
+from plait.protocol.sockets import connect
 
 if TYPE_CHECKING:
     from plait.client import Client
@@ -40,7 +41,7 @@ class Watch(Iterator[FeedEvent]):
         self._sub = client._zmq.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
-        self._sub.connect(client.feed)
+        connect(self._sub, client.feed)
         self._events = self._run()
 
     def __next__(self) -> FeedEvent:

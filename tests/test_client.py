@@ -57,6 +57,7 @@ from plait.protocol.messages import (
     Submitted,
     WorkflowResult,
 )
+from plait.protocol.sockets import RECONNECT_MAX_MS, RECONNECT_MS
 from plait.testing import Cluster, free_port, wait_for
 
 # --- a scripted Flow, for what a real one will not do on demand -------------------------
@@ -136,6 +137,14 @@ def test_a_dead_flow_is_a_clear_error_not_a_hang() -> None:
         with pytest.raises(FlowUnavailable):
             client.run("nothing").result(timeout=30)
     assert time.monotonic() - started < 10
+
+
+def test_a_client_started_before_flow_retries_its_connection_quickly() -> None:
+    # ZeroMQ's default is a retry every 100 ms: most of a cold start.
+    with Client(f"tcp://127.0.0.1:{free_port()}", timeout=0.5) as client:
+        sock = client._sock()
+        assert sock.getsockopt(zmq.RECONNECT_IVL) == RECONNECT_MS
+        assert sock.getsockopt(zmq.RECONNECT_IVL_MAX) == RECONNECT_MAX_MS > RECONNECT_MS
 
 
 def test_replies_are_matched_by_correlation_id(fake: Callable[[Script], FakeFlow]) -> None:

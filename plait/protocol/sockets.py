@@ -6,10 +6,23 @@ from typing import Any, cast
 
 import zmq
 
-__all__ = ["waiting"]
+__all__ = ["RECONNECT_MAX_MS", "RECONNECT_MS", "connect", "waiting"]
+
+# ZeroMQ retries a refused connection after 100 ms by default, which is most of
+# a cold start when a supervisor or client starts alongside Flow. Retry sooner,
+# backing off exponentially so that a peer that stays down is not hammered.
+RECONNECT_MS = 5
+RECONNECT_MAX_MS = 2000
 
 
 def waiting(sock: zmq.Socket[Any]) -> bool:
     """Whether a message waits to be received. Reading ``ZMQ_EVENTS`` is cheaper
     than a NOBLOCK receive that raises ``Again`` at the end of every drain."""
     return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+
+def connect(sock: zmq.Socket[Any], address: str) -> None:
+    """Connect ``sock``, retrying a refused connection quickly and then less often."""
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    sock.connect(address)

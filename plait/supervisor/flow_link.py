@@ -24,6 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from plait.protocol import codec
 from plait.protocol.messages import Heartbeat, Hello, Message, Propose, Wait
+from plait.protocol.sockets import connect
 
 if TYPE_CHECKING:
     from plait.supervisor.daemon import SupervisorSettings
@@ -70,7 +71,7 @@ class FlowLink:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a peer not (yet) there
         self.monitor = sock.get_monitor_socket(_CONNECTED | zmq.EVENT_DISCONNECTED)
-        sock.connect(self._address)
+        connect(sock, self._address)
         self.sock = sock
         self.greeting = False
         self._heard = now

@@ -59,7 +59,7 @@ from plait.protocol.messages import (
     Wait,
     WorkerReady,
 )
-from plait.protocol.sockets import waiting
+from plait.protocol.sockets import connect, waiting
 from plait.replay import Evicted
 from plait.task import (
     DEFAULT_RETRY,
@@ -175,7 +175,7 @@ class WorkerLink:
         sock = zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._ident)
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(self._endpoint)
+        connect(sock, self._endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
