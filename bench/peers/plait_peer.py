@@ -6,6 +6,11 @@ dev --workers 2 --import bench.workloads...`` on free loopback ports and a
 temporary SQLite database; its memory is the ``plait dev`` process tree (Flow
 runs in that process; the supervisor and its workers below it). The workloads are the task
 modules in ``bench/workloads/``.
+
+The driver starts ``plait dev`` before it imports plait's client, as a user who
+starts ``plait dev`` and then runs a script does: the client's import overlaps
+the cluster's start instead of delaying it (the cold start is timed from
+spawning this driver, so both still count).
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench.workloads, plait
 
 from benchlib import REPO, Engine, log, main
 
 from bench.workloads import MODULES
-from plait.client import Client, FlowError
+
+if TYPE_CHECKING:
+    from plait.client import Client
 
 RESULT_TIMEOUT = 600.0
 
@@ -77,6 +84,8 @@ class Plait(Engine):
         self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
+        from plait.client import Client  # now: its import overlaps plait dev's start
+
         # Poll the port (not a fixed sleep) so the first request goes out as soon as
         # Flow listens; the supervisor joins while the workflow waits in Flow's queue.
         deadline = time.monotonic() + 120
@@ -115,6 +124,8 @@ class Plait(Engine):
         return [self.proc.pid] if self.proc is not None else []
 
     def _run(self, target: str, *args: Any) -> Any:
+        from plait.client import FlowError
+
         assert self.client is not None
         wid = f"{target.rsplit(':', 1)[1]}-{os.urandom(4).hex()}"
         try:
