@@ -6,6 +6,11 @@ change of this list (and of the README), never a side effect.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 import plait
 
 PUBLIC = [
@@ -39,3 +44,20 @@ def test_run_offers_every_operator_control() -> None:
         assert callable(getattr(plait.Run, method)), method
     for method in ("submit", "runs", "watch", "schedules", "add_schedule", "remove_schedule"):
         assert callable(getattr(plait.Client, method)), method
+
+
+def test_importing_the_client_does_not_import_the_task_runtime() -> None:
+    # The facade resolves its names on first use: a script, the CLI and Flow
+    # start faster for not importing asyncio and the task runtime.
+    code = ("import sys, plait.client, plait.cli; "
+            "print(sorted(m for m in ('asyncio', 'plait.context') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Workflow'"):
+        plait.Workflow  # noqa: B018
+    assert set(plait.__all__) <= set(dir(plait))
