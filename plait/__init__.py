@@ -102,14 +102,17 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> typing.Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'plait' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups do not come here
-    return value
+# Not seen by type checkers, for which a module __getattr__ would make every
+# misspelt name valid.
+if not typing.TYPE_CHECKING:
 
+    def __getattr__(name: str) -> typing.Any:
+        module = _WHERE.get(name)
+        if module is None:
+            raise AttributeError(f"module 'plait' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups do not come here
+        return value
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(__all__))

@@ -22,11 +22,13 @@ returned instead of computed, and a call of another kind is a divergence
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import sys
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -88,6 +90,9 @@ def _is_pair(value: Any) -> bool:
     return isinstance(value, list | tuple) and len(value) == 2
 
 
+_NO_HISTORY = History()  # a first execution's: built once, not per task (it is frozen)
+
+
 class Recorder:
     """The record seq of one execution, replaying the attempt's history.
 
@@ -98,7 +103,7 @@ class Recorder:
     """
 
     def __init__(self, history: History | None = None, node: str = "?") -> None:
-        h = history or History()
+        h = history or _NO_HISTORY
         self._node = node
         self._past: dict[int, Recorded] = {r.seq: r for r in h.recorded}
         self._timers = set(h.timers)
@@ -251,29 +256,33 @@ class ChildIds:
 def value_adapter(fn: Callable[..., Any], returns: Any = None) -> TypeAdapter[Any]:
     """How a side effect's value is recorded and read back: as ``returns``, else as
     ``fn``'s return annotation, else as plain data."""
-    hint = returns
-    if hint is None:
-        try:
-            hint = _return_hint(fn)
-        except TypeError:  # an unhashable callable
-            hint = _read_return_hint(fn)
+    hint = _return_hint(fn) if returns is None else returns
     try:
         return _adapter(hint)
     except TypeError:  # an unhashable hint: built every time
         return _build_adapter(hint)
 
 
-@functools.lru_cache(maxsize=1024)
+# get_type_hints evaluates every annotation, which a durable step paid per value.
+# Weak keys: a lambda or closure passed per call must not be kept alive here.
+_HINTS: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+
+
 def _return_hint(fn: Callable[..., Any]) -> Any:
-    # get_type_hints evaluates every annotation, which a durable step paid per value.
-    return _read_return_hint(fn)
-
-
-def _read_return_hint(fn: Callable[..., Any]) -> Any:
+    target = getattr(fn, "__func__", fn)  # a bound method: its function's hints
+    if "return" not in getattr(target, "__annotations__", {}):
+        return Any  # a lambda, a builtin, or no annotation
     try:
-        return typing.get_type_hints(fn).get("return", Any)
-    except (NameError, TypeError, AttributeError):  # a builtin, or an unresolvable hint
-        return Any
+        return _HINTS[target]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable
+        pass
+    try:
+        hint = typing.get_type_hints(target).get("return", Any)
+    except (NameError, TypeError, AttributeError):  # an unresolvable hint
+        return Any  # not cached: it may resolve later
+    with contextlib.suppress(TypeError):
+        _HINTS[target] = hint
+    return hint
 
 
 @functools.lru_cache(maxsize=256)

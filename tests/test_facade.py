@@ -60,4 +60,16 @@ def test_importing_the_client_does_not_import_the_task_runtime() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Workflow'"):
         plait.Workflow  # noqa: B018
-    assert set(plait.__all__) <= set(dir(plait))
+
+
+def test_every_public_name_is_imported_at_once_or_on_first_use() -> None:
+    assert set(plait._WHERE) | {"Retry", "task"} == set(plait.__all__)
+    assert not set(plait._WHERE) & {"Retry", "task"}
+
+
+def test_task_stays_the_decorator_once_the_module_is_imported() -> None:
+    # Importing a submodule sets the package's attribute of that name.
+    code = "import plait.task, plait; print(callable(plait.task), type(plait.task).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["True", "function"]

@@ -4,9 +4,11 @@ versions, child ids across attempts, durable waits and eviction."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import itertools
 import time
+import weakref
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +30,7 @@ from plait.protocol.messages import (
     TaskHeartbeat,
     Wait,
 )
-from plait.replay import ChildIds, Evicted
+from plait.replay import ChildIds, Evicted, value_adapter
 
 
 def make(transport: FakeTransport, history: History | None = None, attempt: int = 1) -> Context:
@@ -546,3 +548,20 @@ def test_a_retry_that_takes_another_path_runs_every_later_step_anew() -> None:
 
 def other_path(x: int) -> int:
     return x
+
+
+def test_a_step_value_follows_the_return_hint_without_keeping_the_function_alive() -> None:
+    def make() -> Any:
+        def stamp() -> datetime:
+            return datetime.now(UTC)
+        return stamp
+
+    stamp = make()
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    assert value_adapter(stamp).validate_python(when.isoformat()) == when
+    assert value_adapter(stamp).validate_python(when.isoformat()) == when  # the cached hint
+    assert value_adapter(lambda: 1).validate_python("x") == "x"  # no hint: plain data
+    gone = weakref.ref(stamp)
+    del stamp
+    gc.collect()
+    assert gone() is None

@@ -8,8 +8,9 @@ its stdout (progress goes to stderr).
 
 Measurement protocol, the same for every engine:
 
-- cold start: a fresh interpreter (``driver --cold``) imports the engine,
-  starts its local cluster, runs one trivial workflow and prints the wall-clock
+- cold start: a fresh interpreter (``driver --cold``) imports the engine and
+  starts its local cluster (in either order: see bench/README.md), runs one
+  trivial workflow and prints the wall-clock
   time of the result; the figure is that time minus the moment the parent
   spawned it, so interpreter start and imports count for everyone;
 - then, per repetition: start the cluster, run every workload once at a tiny

@@ -7,10 +7,8 @@ temporary SQLite database; its memory is the ``plait dev`` process tree (Flow
 runs in that process; the supervisor and its workers below it). The workloads are the task
 modules in ``bench/workloads/``.
 
-The driver starts ``plait dev`` before it imports plait's client, as a user who
-starts ``plait dev`` and then runs a script does: the client's import overlaps
-the cluster's start instead of delaying it (the cold start is timed from
-spawning this driver, so both still count).
+It starts ``plait dev`` before importing plait's client (see "How the figures
+are taken" in bench/README.md).
 """
 
 from __future__ import annotations
@@ -84,7 +82,7 @@ class Plait(Engine):
         self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log_file.close()
-        from plait.client import Client  # now: its import overlaps plait dev's start
+        from plait.client import Client
 
         # Poll the port (not a fixed sleep) so the first request goes out as soon as
         # Flow listens; the supervisor joins while the workflow waits in Flow's queue.

@@ -85,9 +85,11 @@ class Store(DatabaseActor):
                 self._on_fatal(exc)
                 return
             self.commits += 1
-            if events:
-                self._publisher.tell(Publish(events))
+        # Replies first: a waiting task (a chain's next hop, a durable step) goes on
+        # while the Publisher's thread, woken next, packs the feed.
         self.outbox.send_frames([pair for w in batch for pair in w.out])
+        if events:
+            self._publisher.tell(Publish(events))
         for w in batch:
             if w.then is not None:
                 w.then()

@@ -318,7 +318,7 @@ class Supervisor:
         elif isinstance(msg, CancelTask):
             self._on_cancel(msg)
         elif isinstance(msg, Proposed | Resolved | Error | Ack):
-            self._on_reply(msg)
+            self._on_reply(msg, frame)
         elif not isinstance(msg, Heartbeat):
             self.errors += 1
             log.error("unexpected %s from Flow", type(msg).__name__)
@@ -360,7 +360,7 @@ class Supervisor:
             self._to_worker(worker.ident, msg)
             self._tell(Cancel(worker.ident))
 
-    def _on_reply(self, msg: Proposed | Resolved | Error | Ack) -> None:
+    def _on_reply(self, msg: Proposed | Resolved | Error | Ack, frame: bytes) -> None:
         request, ident = self.link.answered(msg.id)
         if isinstance(msg, Ack):
             return
@@ -384,7 +384,7 @@ class Supervisor:
             return
         if isinstance(msg, Resolved) or isinstance(request, Wait):
             worker.waiting = False  # resolved, or refused: the task goes on
-        self._to_worker(worker.ident, msg)
+        self._to_worker(worker.ident, msg, frame)
 
     def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
         return next((w for w in self.workers.values()
@@ -469,8 +469,9 @@ class Supervisor:
             None, False, False, False)
         worker.idle_since = time.monotonic()
 
-    def _to_worker(self, ident: bytes, msg: Message) -> None:
-        self.workers_sock.send_multipart([ident, codec.encode(msg)])
+    def _to_worker(self, ident: bytes, msg: Message, frame: bytes | None = None) -> None:
+        """Send ``msg``; as ``frame`` when it came from Flow as is (not encoded again)."""
+        self.workers_sock.send_multipart([ident, frame or codec.encode(msg)])
 
     def _dispatch(self) -> None:
         while self.queue:
