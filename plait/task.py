@@ -213,6 +213,12 @@ class Task(Generic[P, R]):
             raise PlaitError(f"task {self.name}: the first parameter must be the Context")
         self.params = params[1:]
         self._adapters: dict[str, TypeAdapter[Any]] | None = None
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        # The parameters a call may fill by position alone, if there are no others.
+        self._positional = (tuple(p.name for p in self.params)
+                            if all(p.kind in positional for p in self.params) else None)
+        self._keywords = frozenset(p.name for p in self.params if p.kind not in (
+            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD))
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -261,9 +267,23 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise InvalidArguments(f"{self.name}(): {exc}") from exc
 
+    def _apply(self, args: Sequence[Any], kwargs: Mapping[str, Any],
+               one: Callable[[str, TypeAdapter[Any], Any], Any]
+               ) -> tuple[list[Any], dict[str, Any]]:
+        """Bind a call, apply ``one(param, adapter, value)`` to every argument but
+        the Context, and return the positional and keyword arguments converted."""
+        names = self._positional
+        if names is not None and not kwargs and len(args) == len(names):
+            # Every parameter passed by position, the common case (a map over items):
+            # nothing for inspect's bind to check, and it was a third of a spawn.
+            adapters = self.adapters()
+            return [one(n, adapters[n], v) for n, v in zip(names, args, strict=True)], {}
+        bound = self._bind(args, kwargs)
+        self._convert(bound, one)
+        return list(bound.args[1:]), dict(bound.kwargs)
+
     def _convert(self, bound: inspect.BoundArguments,
                  one: Callable[[str, TypeAdapter[Any], Any], Any]) -> None:
-        """Apply ``one(param, adapter, value)`` to every argument but the Context."""
         adapters = self.adapters()
         kinds = {p.name: p.kind for p in self.params}
         for pname, value in list(bound.arguments.items())[1:]:
@@ -279,8 +299,9 @@ class Task(Generic[P, R]):
     def split_keywords(self, keywords: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split ``spawn``/``add`` keywords into the task's keyword arguments (those
         naming one of its parameters) and node attributes (everything else)."""
-        names = {p.name for p in self.params if p.kind not in (
-            inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+        if not keywords:
+            return {}, {}
+        names = self._keywords
         kwargs = {k: v for k, v in keywords.items() if k in names}
         return kwargs, {k: v for k, v in keywords.items() if k not in names}
 
@@ -293,7 +314,6 @@ class Task(Generic[P, R]):
         argument holding a handle is checked when the node runs, not now: its
         value does not exist yet.
         """
-        bound = self._bind(args, kwargs)
         refs: dict[str, None] = {}
 
         def one(pname: str, adapter: TypeAdapter[Any], value: Any) -> Any:
@@ -308,15 +328,14 @@ class Task(Generic[P, R]):
                 raise InvalidArguments(
                     f"{self.name}(): argument {pname} is not JSON-able data: {exc}") from exc
 
-        self._convert(bound, one)
-        return {"args": list(bound.args[1:]), "kwargs": dict(bound.kwargs)}, list(refs)
+        positional, keywords = self._apply(args, kwargs, one)
+        return {"args": positional, "kwargs": keywords}, list(refs)
 
     def decode_inputs(self, inputs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """Node inputs (refs already resolved by Flow) to validated Python arguments."""
         args, kwargs = inputs.get("args", []), inputs.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InvalidArguments(f"{self.name}(): inputs must be {{'args': [], 'kwargs': {{}}}}")
-        bound = self._bind(args, kwargs)
 
         def one(pname: str, adapter: TypeAdapter[Any], value: Any) -> Any:
             try:
@@ -325,8 +344,7 @@ class Task(Generic[P, R]):
                 raise InvalidArguments(
                     f"{self.name}(): argument {pname}={value!r}: {_first_error(exc)}") from exc
 
-        self._convert(bound, one)
-        return list(bound.args[1:]), dict(bound.kwargs)
+        return self._apply(args, kwargs, one)
 
     def encode_output(self, value: Any) -> Any:
         """A result, checked against the return annotation, as JSON-able data."""

@@ -2,7 +2,7 @@
 
 Chains (static, data edges), dynamic chains and trees of awaiting parents,
 maps of a hundred, and branches run on two supervisors while a killer thread
-SIGKILLs a busy worker every few hundred milliseconds, one supervisor is
+SIGKILLs a busy worker every 100-300 milliseconds, one supervisor is
 killed with all its workers (a replacement joins), and Flow is SIGKILLed twice
 and restarted on the same database. Then:
 
@@ -63,7 +63,7 @@ def progress(log: str) -> int:
 
 
 class Killer:
-    """A thread that SIGKILLs a busy worker every few hundred milliseconds."""
+    """A thread that SIGKILLs a busy worker every 100-300 milliseconds."""
 
     def __init__(self, cluster: Cluster, log: str, seed: int = 4) -> None:
         self.cluster = cluster
@@ -82,7 +82,7 @@ class Killer:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.rng.uniform(0.2, 0.5)):
+        while not self._stop.wait(self.rng.uniform(0.1, 0.3)):
             victim = self._busy_worker()
             if victim is not None:
                 try:
@@ -92,12 +92,18 @@ class Killer:
                     pass  # it finished and exited first
 
     def _busy_worker(self) -> int | None:
-        """A live worker that started a task lately (so it was ready: killing one
-        that is still starting would look like a crash loop to its supervisor)."""
+        """A live worker in the middle of a task body if there is one, else one that
+        started a task lately (so it was ready: killing one that is still starting
+        would look like a crash loop to its supervisor). Tasks take milliseconds: a
+        worker picked only for a recent start is often between two of them."""
         workers = set(self.cluster.worker_pids())
-        recent = {int(r[4]) for r in rows(self.log)[-40:] if r[0] == "start"}
-        busy = sorted(workers & recent)
-        return self.rng.choice(busy) if busy else None
+        last: dict[int, str] = {}
+        for r in rows(self.log)[-200:]:
+            last[int(r[4])] = r[0]
+        mid_task = sorted(workers & {pid for pid, kind in last.items() if kind == "start"})
+        recent = sorted(workers & set(last))
+        candidates = mid_task or recent
+        return self.rng.choice(candidates) if candidates else None
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import tasks_sample
+from hypothesis import given
+from hypothesis import strategies as st
 from tasks_sample import Point, add, cached_square, double, fan_out, leaf, move, stamp
 
 from plait.errors import PlaitError
@@ -148,6 +150,23 @@ def test_wrong_arguments_are_a_clear_type_error(args: tuple[Any, ...], kwargs: d
     assert isinstance(info.value, TypeError)
     assert isinstance(info.value, PlaitError)
     assert "add()" in str(info.value)
+
+
+@given(a=st.integers(), b=st.integers() | st.text("xyz", min_size=1, max_size=3),
+       by_keyword=st.booleans())
+def test_a_call_by_position_converts_as_a_bound_call_does(a: int, b: Any,
+                                                          by_keyword: bool) -> None:
+    # (a, b) by position skips inspect's bind; (a,) with b= goes through it.
+    args, kwargs = ((a,), {"b": b}) if by_keyword else ((a, b), {})
+    if isinstance(b, str):
+        with pytest.raises(InvalidArguments, match="argument b="):
+            add.encode_inputs(args, kwargs)
+        return
+    inputs, _ = add.encode_inputs(args, kwargs)
+    assert inputs == {"args": [a, b], "kwargs": {}}
+    assert add.decode_inputs(inputs) == ([a, b], {})
+    assert move.encode_inputs((Point(x=a, y=1), 2), {}) == move.encode_inputs(
+        (Point(x=a, y=1),), {"dx": 2})
 
 
 def test_handles_become_refs_anywhere_in_the_arguments() -> None:
