@@ -8,35 +8,33 @@ from __future__ import annotations
 import importlib
 import typing
 
+from plait.errors import (
+    NonDeterminismError,
+    PlaitError,
+    PlanError,
+    PromiseViolation,
+    ProtocolError,
+    TaskFailed,
+    WorkflowCancelled,
+)
+from plait.graph import Graph
+from plait.protocol.promises import (
+    MaxNodes,
+    MaxParallel,
+    NoEdgesFrom,
+    NoEdgesTo,
+    NoNewEdges,
+    NoNewNodes,
+    OnlyEdges,
+    OnlyNodes,
+    Shape,
+)
+from plait.protocol.shape import Any, Loop, OneOf, Par, Repeat, Seq
+from plait.task import Retry, task
+
 if typing.TYPE_CHECKING:
     from plait.client import Client, Run
     from plait.context import Context
-    from plait.errors import (
-        NonDeterminismError,
-        PlaitError,
-        PlanError,
-        PromiseViolation,
-        ProtocolError,
-        TaskFailed,
-        WorkflowCancelled,
-    )
-    from plait.graph import Graph
-    from plait.protocol.promises import (
-        MaxNodes,
-        MaxParallel,
-        NoEdgesFrom,
-        NoEdgesTo,
-        NoNewEdges,
-        NoNewNodes,
-        OnlyEdges,
-        OnlyNodes,
-        Shape,
-    )
-    from plait.protocol.shape import Any, Loop, OneOf, Par, Repeat, Seq
-
-# Imported now, not on first use: importing the module plait.task (as the worker
-# does) sets the package's attribute ``task``, which must stay the decorator.
-from plait.task import Retry, task
 
 __all__ = [
     "Any",
@@ -69,45 +67,17 @@ __all__ = [
     "task",
 ]
 
-# Where each public name lives. They are imported on first use, so that a program
-# importing only ``plait.client`` (a script, the CLI, Flow) does not also pay for
-# the task runtime and asyncio: a fifth of the import time of a cold start.
-_WHERE = {
-    "Any": "plait.protocol.shape",
-    "Client": "plait.client",
-    "Context": "plait.context",
-    "Graph": "plait.graph",
-    "Loop": "plait.protocol.shape",
-    "MaxNodes": "plait.protocol.promises",
-    "MaxParallel": "plait.protocol.promises",
-    "NoEdgesFrom": "plait.protocol.promises",
-    "NoEdgesTo": "plait.protocol.promises",
-    "NoNewEdges": "plait.protocol.promises",
-    "NoNewNodes": "plait.protocol.promises",
-    "NonDeterminismError": "plait.errors",
-    "OneOf": "plait.protocol.shape",
-    "OnlyEdges": "plait.protocol.promises",
-    "OnlyNodes": "plait.protocol.promises",
-    "Par": "plait.protocol.shape",
-    "PlaitError": "plait.errors",
-    "PlanError": "plait.errors",
-    "PromiseViolation": "plait.errors",
-    "ProtocolError": "plait.errors",
-    "Repeat": "plait.protocol.shape",
-    "Run": "plait.client",
-    "Seq": "plait.protocol.shape",
-    "Shape": "plait.protocol.promises",
-    "TaskFailed": "plait.errors",
-    "WorkflowCancelled": "plait.errors",
-}
-
+# Imported on first use, so that a program importing only ``plait.client`` (a
+# script, the CLI, Flow) does not also import asyncio and the task context, and
+# one that only defines tasks does not import the client.
+_LAZY = {"Client": "plait.client", "Run": "plait.client", "Context": "plait.context"}
 
 # Not seen by type checkers, for which a module __getattr__ would make every
 # misspelt name valid.
 if not typing.TYPE_CHECKING:
 
     def __getattr__(name: str) -> typing.Any:
-        module = _WHERE.get(name)
+        module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'plait' has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)

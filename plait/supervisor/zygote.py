@@ -204,10 +204,7 @@ def serve(sock: socket.socket) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
-    # Imported once here, shared by every fork: the worker, and what task modules
-    # import through the facade (plait.graph is the one the worker does not need).
-    import plait.graph
-    import plait.supervisor.worker  # noqa: F401
+    import plait.supervisor.worker  # noqa: F401  (imported once here, shared by every fork)
     children: set[int] = set()
     try:
         while True:
