@@ -235,3 +235,27 @@ def test_a_line_left_behind_is_still_bound_by_its_attempts_budget() -> None:
     assert out.rejection is not None
     assert (out.rejection.kind, out.rejection.promise, out.rejection.owner) == (
         "violation", "MaxNodes(1)", "A")
+
+
+def test_a_line_left_by_an_earlier_attempt_is_judged_by_the_attempt_that_made_it() -> None:
+    # Shape(Seq(b, c)) on A; A spawns A.1 (b) and fails; the retry fails before it
+    # re-proposes anything; meanwhile A.1 runs and spawns A.1.1 (c). Expected: A.1's
+    # line is judged by the promises as the first attempt left them (b seen, c next),
+    # then the third attempt reclaims A.1 and the region matches. Actual: rejected
+    # "node A.1.1 (task c) does not fit Seq(b, c): expected b" (judged by the second
+    # attempt's matcher, which never saw A.1).
+    plan = _started(Plan("w"), ("A", Shape(Seq("b", "c"))))
+    assert plan.apply(_spawn(plan, "A", "A.1", "b")).ok
+    for _ in range(2):
+        plan.set_state("A", S.READY)
+        plan.set_state("A", S.RUNNING)
+    plan.set_state("A.1", S.RUNNING)
+    out = plan.apply(_spawn(plan, "A.1", "A.1.1", "c"))
+    assert out.rejection is None, out.rejection
+    plan.set_state("A.1", S.SUCCEEDED)
+    assert plan.apply(_spawn(plan, "A", "A.1", "b")).ok
+    plan.set_state("A", S.SUCCEEDED)
+    plan.set_state("A.1.1", S.RUNNING)
+    assert plan.set_state("A.1.1", S.SUCCEEDED).violations == []
+    assert plan.violations == []
+    assert plan.is_settled()

@@ -74,7 +74,9 @@ class Node:
         self.succs: list[str] = []
         self.children: list[str] = []
         self.trackers: list[Tracker] = []
-        self.retired: list[Tracker] = []  # counting promises as the last attempt left them
+        # The creator's counting promises as the attempt that made (or last re-proposed)
+        # this node left them: they judge what this line creates while it is history.
+        self.retired: list[Tracker] = []
         self.waiting = 0
         # Regions this node lies inside (Shape placeholders of its ancestors), and its own.
         self.regions: tuple[Region, ...] = ()
@@ -359,29 +361,30 @@ class Plan:
 
     def _for_history(self, proposer: Node, trackers: list[Tracker]) -> list[Tracker]:
         """What a line left behind by an owner's new attempt still creates belongs to
-        the earlier attempt: the owner's counting promises judge it as that attempt
-        left them (the renewed ones will count the line if it is reclaimed)."""
-        past = self._history_owners(proposer)
+        the attempt that made the line: the owner's counting promises judge it as that
+        attempt left them (the renewed ones will count the line if it is reclaimed)."""
+        past = self._history_lines(proposer)
         if not past:
             return trackers
         chosen: list[Tracker] = []
         for tracker in trackers:
-            if tracker.counts_nodes and tracker.owner in past:
-                retired = self.nodes[tracker.owner].retired
-                chosen.extend(t for t in retired if t.promise == tracker.promise)
+            line = past.get(tracker.owner) if tracker.counts_nodes else None
+            if line is not None:
+                chosen.extend(t for t in line.retired if t.promise == tracker.promise)
             else:
                 chosen.append(tracker)
         return chosen
 
-    def _history_owners(self, node: Node) -> set[str]:
-        """Owners whose new attempt left ``node``'s line behind as history."""
-        owners = set()
+    def _history_lines(self, node: Node) -> dict[str, Node]:
+        """Owners whose new attempt left ``node``'s line behind as history, each with
+        its child on the line (the node that attempt's promises were counting)."""
+        lines: dict[str, Node] = {}
         current: Node | None = node
         while current is not None and current.creator is not None:
             if current.unclaimed or current.superseded:
-                owners.add(current.creator.id)
+                lines[current.creator.id] = current
             current = current.creator
-        return owners
+        return lines
 
     def new_attempt(self, node: Node) -> None:
         """``node`` runs again as a new attempt, which may take another path: what the
@@ -389,9 +392,14 @@ class Plan:
         count what the node creates start counting afresh."""
         node.attempt += 1
         self.has_history = self.has_history or bool(node.children)
-        for child in node.children:
-            self.nodes[child].unclaimed = True
-        node.retired = [t for t in node.trackers if t.counts_nodes]
+        retired = [t for t in node.trackers if t.counts_nodes]
+        for child_id in node.children:
+            child = self.nodes[child_id]
+            # A child already unclaimed belongs to an earlier attempt, which keeps
+            # judging its line: the attempt ending now never counted it.
+            if not child.unclaimed:
+                child.unclaimed = True
+                child.retired = retired
         node.trackers = [t.renew() for t in node.trackers]
         if node.region is not None:
             node.region.trackers = [t for t in node.trackers if isinstance(t, ShapeTracker)]
