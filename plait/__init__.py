@@ -14,6 +14,7 @@ from plait.errors import (
     PlanError,
     PromiseViolation,
     ProtocolError,
+    StepFailed,
     TaskFailed,
     WorkflowCancelled,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Run",
     "Seq",
     "Shape",
+    "StepFailed",
     "TaskFailed",
     "WorkflowCancelled",
     "task",

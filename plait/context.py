@@ -55,6 +55,7 @@ from plait.replay import (
     ChildIds,
     Evicted,
     Recorder,
+    StepFailure,
     call_site,
     sdk_file,
     spawn_divergence,
@@ -312,13 +313,17 @@ class Context:
 
     def _step(self, s: Step[Any]) -> Any:
         if s.done:
-            return s.value
+            return self._kept(s)
         if inspect.iscoroutinefunction(s.fn):
             raise PlaitError(f"{s.name} is async: `await ctx.step(...)` it")
         seq, index, done, value = self._begin_step(s)
         if not done:
-            with self._inside(s):
-                out = s.fn(*s.args, **s.kwargs)
+            try:
+                with self._inside(s):
+                    out = s.fn(*s.args, **s.kwargs)
+            except Exception as exc:  # recorded, then raised to the body
+                s.done, s.value = True, self._step_failed(s, seq, index, exc)
+                raise
             if inspect.isawaitable(out):
                 if inspect.iscoroutine(out):
                     out.close()
@@ -329,13 +334,17 @@ class Context:
 
     async def _await_step(self, s: Step[Any]) -> Any:
         if s.done:
-            return s.value
+            return self._kept(s)
         seq, index, done, value = self._begin_step(s)
         if not done:
-            with self._inside(s):
-                out = s.fn(*s.args, **s.kwargs)
-                if inspect.isawaitable(out):
-                    out = await out
+            try:
+                with self._inside(s):
+                    out = s.fn(*s.args, **s.kwargs)
+                    if inspect.isawaitable(out):
+                        out = await out
+            except Exception as exc:
+                s.done, s.value = True, self._step_failed(s, seq, index, exc)
+                raise
             value = self._step_done(s, seq, index, out)
             await self._adrive(self._propose_steps(always=True))
         return self._end_step(s, value)
@@ -344,10 +353,19 @@ class Context:
         self._check()
         return self.recorder.step(s.name, s.site)
 
+    @classmethod
+    def _end_step(cls, s: Step[Any], value: Any) -> Any:
+        """The recorded value read back as ``fn`` returns it, kept on the Step (or
+        the recorded failure, raised)."""
+        s.done = True
+        s.value = value if isinstance(value, StepFailure) else (
+            value_adapter(s.fn).validate_python(value))
+        return cls._kept(s)
+
     @staticmethod
-    def _end_step(s: Step[Any], value: Any) -> Any:
-        """The recorded value read back as ``fn`` returns it, kept on the Step."""
-        s.done, s.value = True, value_adapter(s.fn).validate_python(value)
+    def _kept(s: Step[Any]) -> Any:
+        if isinstance(s.value, StepFailure):
+            raise s.value.exception()
         return s.value
 
     @staticmethod
@@ -362,6 +380,14 @@ class Context:
             yield
         finally:
             _IN_STEP.reset(token)
+
+    def _step_failed(self, s: Step[Any], seq: int, index: int, exc: Exception) -> StepFailure:
+        # No commit of its own: nothing replays this attempt before its next message
+        # (which carries the record) reaches Flow, and a retry runs the step anew.
+        failure = StepFailure.of(exc)
+        self.recorder.step_failed(seq, index, s.name, failure, s.site)
+        failure.raised = exc  # this run raises the exception itself, traceback and all
+        return failure
 
     def _step_done(self, s: Step[Any], seq: int, index: int, out: Any) -> Any:
         try:

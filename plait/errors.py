@@ -70,6 +70,19 @@ class TaskFailed(PlaitError):
         self.cause = cause
 
 
+class StepFailed(PlaitError):
+    """A replayed durable step raises what its function raised when it ran, but that
+    exception's type could not be rebuilt here (not imported, or a constructor that
+    takes other arguments): ``type`` names it and ``message`` is its text."""
+
+    code = "step_failed"
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type = type_name
+        self.message = message
+
+
 class WorkflowCancelled(PlaitError):
     """The workflow was cancelled before it finished."""
 

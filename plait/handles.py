@@ -156,7 +156,8 @@ class Step(Generic[T]):
     its value once Flow has durably recorded it. When the task runs again
     (replayed after its worker dropped it, or a retry after its worker died) a
     completed step returns the recorded value without running ``fn``. A step
-    that raises records nothing: the task sees the exception, and a retry runs
+    that raises records its failure: the task sees the exception, a replay of
+    the same attempt raises it again without running ``fn``, and a retry runs
     the step again.
     """
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import PydanticSchemaGenerationError, TypeAdapter
 
-from plait.errors import NonDeterminismError
+from plait.errors import NonDeterminismError, StepFailed
 from plait.protocol.diff import child_id
 from plait.protocol.messages import History, PreviousChild, Recorded
 
@@ -88,6 +88,48 @@ def _describe(rec: Recorded) -> str:
 
 def _is_pair(value: Any) -> bool:
     return isinstance(value, list | tuple) and len(value) == 2
+
+
+class StepFailure:
+    """What a durable step's function raised, as recorded: its type (``module.Name``),
+    message and arguments (when they are plain scalars)."""
+
+    __slots__ = ("error", "raised")
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+        self.raised: BaseException | None = None  # the exception itself, in the run that raised it
+
+    @classmethod
+    def of(cls, exc: BaseException) -> StepFailure:
+        kind = type(exc)
+        args = list(exc.args)
+        plain = all(a is None or isinstance(a, str | int | float | bool) for a in args)
+        return cls({"type": f"{kind.__module__}.{kind.__qualname__}", "message": str(exc),
+                    "args": args if plain else None})
+
+    def exception(self) -> BaseException:
+        """The exception again, of its own type when that type is already imported and
+        takes the recorded arguments; else :class:`~plait.errors.StepFailed`. Nothing
+        is imported on the history's word."""
+        if self.raised is not None:
+            return self.raised
+        name = str(self.error.get("type", ""))
+        message = str(self.error.get("message", ""))
+        args = self.error.get("args")
+        module, _, qualname = name.rpartition(".")
+        found: Any = sys.modules.get(module)
+        for part in qualname.split(".") if found is not None and qualname else ():
+            found = getattr(found, part, None)
+        if isinstance(found, type) and issubclass(found, Exception) \
+                and isinstance(args, list):
+            try:
+                rebuilt = found(*args)
+            except (TypeError, ValueError):  # a constructor that wants other arguments
+                rebuilt = None
+            if rebuilt is not None and str(rebuilt) == message:
+                return rebuilt
+        return StepFailed(name, message)
 
 
 _NO_HISTORY = History()  # a first execution's: built once, not per task (it is frozen)
@@ -156,7 +198,11 @@ class Recorder:
         past = self._past.get(seq)
         if past is not None and past.kind == "step" and isinstance(past.value, dict) \
                 and past.value.get("fn") == name:
-            return seq, index, True, self._consume(past).get("v")
+            recorded = self._consume(past)
+            failed = recorded.get("e")
+            if isinstance(failed, dict):
+                return seq, index, True, StepFailure(failed)
+            return seq, index, True, recorded.get("v")
         self._check_free(seq, f"step({name})", site)
         self.seq += 1
         earlier = self._steps.get(index)
@@ -170,6 +216,16 @@ class Recorder:
         """Record a step's value at the seq :meth:`step` took (the function ran in
         between; it may not use ``ctx``, so it took no seq of its own)."""
         rec = Recorded(seq=seq, kind="step", value={"i": index, "fn": name, "v": value},
+                       site=site)
+        self.values.append(rec)
+        self._outbox.append(rec)
+
+    def step_failed(self, seq: int, index: int, name: str, failure: StepFailure,
+                    site: str) -> None:
+        """Record that a step's function raised, so that a replay of this attempt
+        raises it again instead of running the function: the body caught it and took
+        a path that depends on it. A retry (a new attempt) runs the step anew."""
+        rec = Recorded(seq=seq, kind="step", value={"i": index, "fn": name, "e": failure.error},
                        site=site)
         self.values.append(rec)
         self._outbox.append(rec)

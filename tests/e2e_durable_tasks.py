@@ -85,6 +85,25 @@ async def sequential(ctx: Context, log: str, n: int) -> list[str]:
     return out
 
 
+def _declined(log: str) -> int:
+    note(log, "run", "declined", "-", 0)
+    raise LookupError("card declined")
+
+
+@task
+async def pays_or_notes(ctx: Context, log: str) -> str:
+    """A step that fails and is caught, then an await that may evict this task: the
+    replay takes the same path without running the step again."""
+    note(log, "run", "pays_or_notes", ctx.node_id, ctx.attempt)
+    try:
+        await ctx.step(_declined, log)
+        paid = "paid"
+    except LookupError as exc:
+        paid = f"not paid ({exc})"
+    receipt = await ctx.spawn(stamp, log, "receipt")
+    return f"{paid}, {receipt}"
+
+
 @task
 async def napper(ctx: Context, log: str, seconds: float) -> float:
     """Sleeps durably; returns how long Flow's clock says it slept."""

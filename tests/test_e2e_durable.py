@@ -250,6 +250,10 @@ def test_evicted_parents_replay_without_rerunning_finished_children(
         assert ran(log, "sequential", "done") == 1
         assert len(events(run, "sequential", "suspended")) == 3
         assert set(attempts(run, "sequential", "running")) == {1}  # resumptions, not retries
+        # A step that failed and was caught fails again on the replay, without running.
+        run = c.client.submit("e2e_durable_tasks:pays_or_notes", log)
+        assert run.result(timeout=T) == "not paid (card declined), receipt"
+        assert (ran(log, "pays_or_notes"), ran(log, "declined")) == (2, 1)
         # A task waiting for a signal holds no worker: the only one runs other work.
         waiting = c.client.submit("examples.approval:publish", "x")
         wait_for(lambda: in_state(waiting, "publish", "suspended")

@@ -18,7 +18,8 @@ PUBLIC = [
     "Any", "Client", "Context", "Graph", "Loop", "MaxNodes", "MaxParallel", "NoEdgesFrom",
     "NoEdgesTo", "NoNewEdges", "NoNewNodes", "NonDeterminismError", "OneOf", "OnlyEdges",
     "OnlyNodes", "Par", "PlaitError", "PlanError", "PromiseViolation", "ProtocolError",
-    "Repeat", "Retry", "Run", "Seq", "Shape", "TaskFailed", "WorkflowCancelled", "task",
+    "Repeat", "Retry", "Run", "Seq", "Shape", "StepFailed", "TaskFailed", "WorkflowCancelled",
+    "task",
 ]
 
 
@@ -35,7 +36,7 @@ def test_the_list_is_sorted_and_every_name_resolves() -> None:
 
 def test_the_errors_share_one_root() -> None:
     for name in ("NonDeterminismError", "PlanError", "PromiseViolation", "ProtocolError",
-                 "TaskFailed", "WorkflowCancelled"):
+                 "StepFailed", "TaskFailed", "WorkflowCancelled"):
         assert issubclass(getattr(plait, name), plait.PlaitError), name
 
 

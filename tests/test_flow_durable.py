@@ -310,6 +310,27 @@ def test_a_durable_step_is_committed_alone_and_a_retry_gets_it_back(
     assert third.history is None or third.history.steps == []
 
 
+def test_a_failed_step_is_replayed_within_its_attempt_and_run_anew_by_a_retry(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 2, "initial": 1}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    failed = recorded(0, "step", {"i": 0, "fn": "charge", "e": {
+        "type": "builtins.ValueError", "message": "declined", "args": ["declined"]}})
+    kept = recorded(1, "step", {"i": 1, "fn": "notify", "v": True})
+    assert sup.propose(first, diff(proposer="a"), [failed, kept]).ok
+    events = history(client, wf)
+    rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
+    assert rebuilt.steps == {"a": {1: ("notify", True, 1)}}  # the failure is no step
+    sup.finish(first, ok=False, error=BOOM)
+    clock.advance(1)
+    second = sup.assign()
+    assert second.history is not None
+    assert [(s.index, s.name) for s in second.history.steps] == [(1, "notify")]
+    sup.finish(second, "done")
+    rebuilt_equals_live(client, wf)
+
+
 def test_retry_backoff_survives_a_flow_restart(tmp_path: Any, clock: FakeClock) -> None:
     s = settings(tmp_path, clock=clock, retry_scale=1.0)
     info = TaskInfo(name="a", retry={"initial": 100, "maximum": 100})

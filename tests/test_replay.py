@@ -7,6 +7,7 @@ import asyncio
 import gc
 import inspect
 import itertools
+import sys
 import time
 import weakref
 from concurrent.futures import Future
@@ -19,7 +20,7 @@ from test_context import FakeTransport, ok
 
 from plait import replay
 from plait.context import Context, Handle
-from plait.errors import NonDeterminismError, PlaitError, WorkflowCancelled
+from plait.errors import NonDeterminismError, PlaitError, StepFailed, WorkflowCancelled
 from plait.protocol.diff import PlanDiff
 from plait.protocol.messages import (
     History,
@@ -484,22 +485,90 @@ def test_a_step_of_another_function_at_a_recorded_seq_diverges() -> None:
         ctx.step(reserve, 1).result()
 
 
-def test_an_async_step_is_awaited_and_a_failing_step_records_nothing() -> None:
+def test_an_async_step_is_awaited_and_a_failing_step_records_its_failure() -> None:
     transport = FakeTransport()
     ctx = make(transport)
+    declined = ValueError("card declined")
 
     def broken() -> int:
-        raise ValueError("card declined")
+        raise declined
 
     async def body() -> int:
-        with pytest.raises(ValueError, match="declined"):
+        with pytest.raises(ValueError, match="declined") as raised:
             await ctx.step(broken)
+        assert raised.value is declined  # this run sees the exception itself
         return await ctx.step(refund, 4)
 
     assert asyncio.run(body()) == -4
-    assert [r.value["fn"] for m in transport.sent for r in m.recorded] == ["refund"]
+    failed, refunded = (r for m in transport.sent for r in m.recorded)  # one message
+    assert (failed.seq, failed.value["fn"], failed.value["e"]) == (0, broken.__qualname__, {
+        "type": "builtins.ValueError", "message": "card declined", "args": ["card declined"]})
+    assert "v" not in failed.value
+    assert (refunded.seq, refunded.value["fn"]) == (1, "refund")
     with pytest.raises(PlaitError, match="is async"):
         ctx.step(refund, 1).result()
+
+
+class Declined(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+
+
+class Unbuildable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"no: {reason}")  # the message is not what the arguments rebuild
+
+
+def test_a_replay_raises_a_recorded_step_failure_again_without_running_the_step() -> None:
+    ran: list[str] = []
+
+    def pay() -> int:
+        ran.append("pay")
+        raise Declined(51, "insufficient funds")
+
+    def body(ctx: Context) -> str:
+        try:
+            ctx.step(pay).result()
+        except Declined as exc:
+            return f"declined {exc.args[0]}"
+        return "paid"
+
+    first = make(FakeTransport())
+    assert body(first) == "declined 51"
+    history = History(recorded=first.take_recorded())
+    assert [r.value["e"]["type"] for r in history.recorded] == [f"{__name__}.Declined"]
+    again = make(FakeTransport(), history)  # the same attempt, replayed after an eviction
+    assert body(again) == "declined 51"  # the same path, as its own type
+    assert ran == ["pay"]  # once
+    assert again.take_recorded() == []
+
+    step = again.step(pay)  # a second step at a fresh seq runs (nothing recorded there)
+    with pytest.raises(Declined):
+        step.result()
+    with pytest.raises(Declined):
+        step.result()  # waiting on a failed step twice runs it once
+    assert ran == ["pay", "pay"]
+
+
+@pytest.mark.parametrize(("error", "shown"), [
+    ({"type": "nowhere.Gone", "message": "lost", "args": ["lost"]}, "nowhere.Gone: lost"),
+    ({"type": f"{__name__}.Unbuildable", "message": "no: x", "args": ["no: x"]},
+     f"{__name__}.Unbuildable: no: x"),
+    ({"type": "builtins.ValueError", "message": "<object>", "args": None},
+     "builtins.ValueError: <object>"),
+    ({"type": "builtins.print", "message": "x", "args": ["x"]}, "builtins.print: x"),
+])
+def test_a_failure_that_cannot_be_rebuilt_replays_as_step_failed(
+        error: dict[str, Any], shown: str) -> None:
+    # Not imported (nothing is imported on the history's word), a constructor that
+    # does not give back the message, arguments that were not plain, not an exception.
+    history = History(recorded=[Recorded(seq=0, kind="step", value={
+        "i": 0, "fn": "charge", "e": error})])
+    with pytest.raises(StepFailed) as raised:
+        make(FakeTransport(), history).step(charge, 1).result()
+    assert str(raised.value) == shown
+    assert (raised.value.type, raised.value.message) == (error["type"], error["message"])
+    assert "nowhere" not in sys.modules
 
 
 def test_a_step_value_must_be_data() -> None:

@@ -239,7 +239,8 @@ class WorkflowState:
             for value in event["values"]:
                 log.recorded.setdefault(int(value["seq"]), dict(value))
                 step = value.get("value")
-                if value.get("kind") == "step" and isinstance(step, dict) \
+                # A failed step is replayed within its attempt only: a retry runs it anew.
+                if value.get("kind") == "step" and isinstance(step, dict) and "e" not in step \
                         and isinstance(step.get("i"), int) and isinstance(step.get("fn"), str):
                     self.steps.setdefault(str(event["node"]), {})[step["i"]] = (
                         step["fn"], step.get("v"), log.attempt)

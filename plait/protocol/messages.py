@@ -236,7 +236,8 @@ class Recorded(BaseModel):
 
     ``kind`` is ``random``, ``now``, ``uuid4``, ``side_effect``, ``version``
     (``value`` is then ``[change_id, bool]``) or ``step`` (``value`` is then
-    ``{"i": step index, "fn": function name, "v": its value}``); ``site`` is the
+    ``{"i": step index, "fn": function name, "v": its value}``, or ``"e"`` instead of
+    ``"v"`` for a step that raised: ``{"type", "message", "args"}``); ``site`` is the
     caller's ``file:line``, shown when a replay diverges.
     """
 
