@@ -109,7 +109,8 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     importable_cwd()
     sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers),
                                ("prefetch", args.prefetch)) if v is not None}
-    settings = SupervisorSettings(flow=args.flow, imports=args.imports, **sizes)
+    settings = SupervisorSettings(flow=args.flow, imports=args.imports, queues=args.queues,
+                                  **sizes)
     run_supervisor(settings, ready=_ReadyFile(args.ready_file))
     return Exit.OK
 
@@ -329,6 +330,9 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
                    metavar="ADDRESS", help="Flow's address (default: $PLAIT_FLOW or port 7100)")
     p.add_argument("--import", dest="imports", action="append", required=True,
                    metavar="MODULE", help="task module to import and serve (repeatable)")
+    p.add_argument("--queue", dest="queues", action="append", default=None, metavar="NAME",
+                   help="serve only the tasks on this queue, @task(queue=NAME) "
+                        "(repeatable; default: every queue)")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: one per CPU)")
     p.add_argument("--max-workers", type=int, default=None,

@@ -450,7 +450,8 @@ def task(fn: Callable[P, R] | None = None, /, *, name: str | None = None,
     ``ctx.heartbeat()`` calls) are seconds; a timed-out attempt fails, retryably.
     ``cache=True`` lets Flow reuse the recorded result of an identical call (same
     task, ``version`` and inputs), across workflows: change ``version`` when the
-    task's meaning changes.
+    task's meaning changes. ``queue`` names where it runs: a supervisor started with
+    ``--queue`` serves only the tasks on the queues it lists (without, every queue).
     """
 
     def wrap(f: Callable[P, R]) -> Task[P, R]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -254,6 +255,35 @@ def test_unknown_task_and_wrong_arguments_are_clear_errors(sup: FakeFlow) -> Non
     assert "argument a='two'" in wrong.error["message"]
     assert wrong.error["retryable"] is False
     assert run(sup, assign("add", 1, 1)).output == 2
+
+
+def test_a_supervisor_serves_only_the_queues_it_is_given(flow: FakeFlow) -> None:
+    with supervisor(flow.address, queues=["math"]) as errors:
+        hello = flow.expect(Hello)
+        assert [t.name for t in hello.tasks] == ["sample.double"]  # @task(queue="math")
+        assert run(flow, assign("sample.double", 4)).output == 8
+        other = run(flow, assign("add", 1, 1))  # on the default queue: not here
+        assert other.error is not None
+        assert other.error["type"] == "UnknownTask"
+    assert errors == []
+    with supervisor(flow.address, queues=["gpu"]) as errors:
+        wait_for(lambda: errors, TIMEOUT, message="the supervisor started with nothing to do")
+    assert "is on queues ['gpu'] (their queues: ['default', 'math'])" in str(errors[0])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="abstract Unix sockets are Linux's")
+def test_workers_connect_over_an_abstract_unix_socket(flow: FakeFlow) -> None:
+    def bound() -> set[str]:  # the abstract socket names in use, as Linux lists them
+        with open("/proc/net/unix", encoding="utf-8") as table:
+            return {line.split()[-1] for line in table if "@plait-sup-" in line}
+
+    before = bound()
+    with supervisor(flow.address):
+        flow.expect(Hello)
+        assert run(flow, assign("add", 2, 2)).output == 4
+        assert {name for name in bound() - before
+                if name.startswith(f"@plait-sup-{os.getpid()}-")}
+    wait_for(lambda: not (bound() - before), TIMEOUT, message="the socket outlived it")
 
 
 def test_finish_carries_unsent_proposals(sup: FakeFlow) -> None:
