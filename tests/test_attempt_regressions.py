@@ -6,7 +6,7 @@ from __future__ import annotations
 from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff
 from plait.protocol.plan import Plan
 from plait.protocol.promises import NoNewNodes, Shape
-from plait.protocol.shape import Seq, Task
+from plait.protocol.shape import Repeat, Seq, Task
 
 S = NodeState
 
@@ -259,3 +259,26 @@ def test_a_line_left_by_an_earlier_attempt_is_judged_by_the_attempt_that_made_it
     assert plan.set_state("A.1.1", S.SUCCEEDED).violations == []
     assert plan.violations == []
     assert plan.is_settled()
+
+
+def test_an_edge_added_between_history_nodes_is_judged_when_they_come_back() -> None:
+    # Shape(Repeat(c)) on A (disjoint copies); A spawns A.1 (c) and A.2 (c), then
+    # fails; while they are history an outsider X joins them, A.2 -> A.1 (nobody's
+    # promise counts them then); the retry reclaims A.1, then A.2. Expected: a
+    # violation when A.2 comes back (two copies are linked). Actual: none (a
+    # reclaimed node was shown with its edges from counted nodes only, not to them).
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("A", "a"), NodeSpec("X", "a")), (),
+                               (("A", Shape(Repeat("c"))),))).ok
+    plan.set_state("A", S.RUNNING)
+    copies = (NodeSpec("A.1", "c", creator="A"), NodeSpec("A.2", "c", creator="A"))
+    assert plan.apply(PlanDiff("A", copies)).ok
+    plan.set_state("A", S.READY)
+    plan.set_state("A", S.RUNNING)
+    plan.set_state("X", S.RUNNING)
+    assert plan.apply(PlanDiff("X", edges=(EdgeSpec("A.2", "A.1"),))).ok
+    assert plan.apply(PlanDiff("A", copies[:1])).ok
+    out = plan.apply(PlanDiff("A", copies[1:]))
+    assert out.rejection is not None
+    assert (out.rejection.kind, out.rejection.owner) == ("violation", "A")
+    assert "edge A.2 -> A.1 (c -> c) links two copies" in out.rejection.reason

@@ -165,7 +165,7 @@ class Staging:
             self._in.setdefault(edge.dst, []).append(edge.src)
             self.new_edge_specs.append(edge)
 
-    def _successors(self, node_id: str) -> Iterator[str]:
+    def successors(self, node_id: str) -> Iterator[str]:
         node = self.plan.nodes.get(node_id)
         if node is not None:
             yield from node.succs
@@ -177,7 +177,7 @@ class Staging:
         seen = {start}
         stack = [start]
         while stack:
-            for succ in self._successors(stack.pop()):
+            for succ in self.successors(stack.pop()):
                 if succ == goal:
                     return True
                 if succ not in seen:
@@ -291,9 +291,13 @@ class _Members:
         ids = {m[0] for m in members} | ({owner} if owner else set())
         self.new_nodes: Sequence[tuple[str, str]] = members
         # Edges from nodes the tracker already counted matter too (a replay reclaims
-        # a chain one diff at a time).
+        # a chain one diff at a time), and edges to them: a replay may reclaim in
+        # another order, and an outsider may have joined two nodes while they were
+        # history.
         self.new_edges: Sequence[tuple[str, str]] = edges if edges is not None else [
-            (p, m) for m, _ in members for p in staging.preds(m) if p in ids or known(p)
+            *((p, m) for m, _ in members for p in staging.preds(m) if p in ids or known(p)),
+            *((m, s) for m, _ in members for s in staging.successors(m)
+              if s not in ids and known(s)),
         ]
 
     def task_of(self, node_id: str) -> str:
