@@ -79,7 +79,7 @@ def call_site() -> str:
 def _describe(rec: Recorded) -> str:
     if rec.kind == "version" and _is_pair(rec.value):
         what = f"version({rec.value[0]!r})"
-    elif rec.kind == "step" and isinstance(rec.value, dict):
+    elif rec.kind in ("step", "step_error") and isinstance(rec.value, dict):
         what = f"step({rec.value.get('fn')})"
     else:
         what = f"{rec.kind}()"
@@ -90,9 +90,19 @@ def _is_pair(value: Any) -> bool:
     return isinstance(value, list | tuple) and len(value) == 2
 
 
+_MAX_MESSAGE = 4000  # characters of a failed step's message kept in its record
+_INT_RANGE = range(-(2**63), 2**64)  # what msgpack encodes
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in _INT_RANGE
+    return value is None or isinstance(value, str | float | bool)
+
+
 class StepFailure:
-    """What a durable step's function raised, as recorded: its type (``module.Name``),
-    message and arguments (when they are plain scalars)."""
+    """What a durable step's function raised, as recorded (a ``step_error`` record):
+    its type (``module.Name``), message, and arguments when they are plain scalars."""
 
     __slots__ = ("error", "raised")
 
@@ -103,15 +113,22 @@ class StepFailure:
     @classmethod
     def of(cls, exc: BaseException) -> StepFailure:
         kind = type(exc)
+        try:
+            message = str(exc)
+        except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure itself
+            message = kind.__name__
         args = list(exc.args)
-        plain = all(a is None or isinstance(a, str | int | float | bool) for a in args)
-        return cls({"type": f"{kind.__module__}.{kind.__qualname__}", "message": str(exc),
-                    "args": args if plain else None})
+        return cls({"type": f"{kind.__module__}.{kind.__qualname__}",
+                    "message": message[:_MAX_MESSAGE],
+                    "args": args if all(_plain(a) for a in args) else None})
 
     def exception(self) -> BaseException:
-        """The exception again, of its own type when that type is already imported and
-        takes the recorded arguments; else :class:`~plait.errors.StepFailed`. Nothing
-        is imported on the history's word."""
+        """The exception again, as an instance of its own type when that type is already
+        imported (nothing is imported on the history's word): built by its constructor
+        from the recorded arguments if that gives the recorded message back, else
+        without running any constructor, with the recorded message and arguments. An
+        ``except`` of its type catches it either way; :class:`~plait.errors.StepFailed`
+        when the type is not found."""
         if self.raised is not None:
             return self.raised
         name = str(self.error.get("type", ""))
@@ -121,15 +138,37 @@ class StepFailure:
         found: Any = sys.modules.get(module)
         for part in qualname.split(".") if found is not None and qualname else ():
             found = getattr(found, part, None)
-        if isinstance(found, type) and issubclass(found, Exception) \
-                and isinstance(args, list):
+        if not (isinstance(found, type) and issubclass(found, Exception)):
+            return StepFailed(name, message)
+        if isinstance(args, list):
             try:
                 rebuilt = found(*args)
-            except (TypeError, ValueError):  # a constructor that wants other arguments
-                rebuilt = None
-            if rebuilt is not None and str(rebuilt) == message:
-                return rebuilt
-        return StepFailed(name, message)
+                if str(rebuilt) == message:
+                    return rebuilt
+            except Exception:  # noqa: BLE001 - a constructor that wants other arguments
+                pass
+        try:
+            return _as_recorded(found, message, tuple(args) if isinstance(args, list)
+                                else (message,))
+        except Exception:  # noqa: BLE001 - a type that cannot be made without its __init__
+            return StepFailed(name, message)
+
+
+_REPLAYED: weakref.WeakKeyDictionary[type, type[Exception]] = weakref.WeakKeyDictionary()
+
+
+def _as_recorded(kind: type[Exception], message: str, args: tuple[Any, ...]) -> Exception:
+    """An instance of a subclass of ``kind`` (named like it) whose ``str`` is the
+    recorded message, made without running ``kind``'s ``__init__``."""
+    replayed = _REPLAYED.get(kind)
+    if replayed is None:
+        replayed = _REPLAYED[kind] = type(kind.__name__, (kind,), {
+            "__module__": kind.__module__, "__qualname__": kind.__qualname__,
+            "__str__": lambda self: self._plait_message})
+    exc = replayed.__new__(replayed, *args)
+    exc.args = args
+    exc._plait_message = message  # type: ignore[attr-defined]
+    return exc
 
 
 _NO_HISTORY = History()  # a first execution's: built once, not per task (it is frozen)
@@ -198,11 +237,10 @@ class Recorder:
         past = self._past.get(seq)
         if past is not None and past.kind == "step" and isinstance(past.value, dict) \
                 and past.value.get("fn") == name:
-            recorded = self._consume(past)
-            failed = recorded.get("e")
-            if isinstance(failed, dict):
-                return seq, index, True, StepFailure(failed)
-            return seq, index, True, recorded.get("v")
+            return seq, index, True, self._consume(past).get("v")
+        if past is not None and past.kind == "step_error" and isinstance(past.value, dict) \
+                and past.value.get("fn") == name and isinstance(past.value.get("e"), dict):
+            return seq, index, True, StepFailure(self._consume(past)["e"])
         self._check_free(seq, f"step({name})", site)
         self.seq += 1
         earlier = self._steps.get(index)
@@ -225,8 +263,8 @@ class Recorder:
         """Record that a step's function raised, so that a replay of this attempt
         raises it again instead of running the function: the body caught it and took
         a path that depends on it. A retry (a new attempt) runs the step anew."""
-        rec = Recorded(seq=seq, kind="step", value={"i": index, "fn": name, "e": failure.error},
-                       site=site)
+        rec = Recorded(seq=seq, kind="step_error",
+                       value={"i": index, "fn": name, "e": failure.error}, site=site)
         self.values.append(rec)
         self._outbox.append(rec)
 

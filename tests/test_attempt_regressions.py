@@ -282,3 +282,19 @@ def test_an_edge_added_between_history_nodes_is_judged_when_they_come_back() -> 
     assert out.rejection is not None
     assert (out.rejection.kind, out.rejection.owner) == ("violation", "A")
     assert "edge A.2 -> A.1 (c -> c) links two copies" in out.rejection.reason
+
+
+def test_a_diff_that_takes_history_back_shows_its_other_edges_to_the_shape_too() -> None:
+    # Shape(Repeat(c)) on A; A spawns A.1, A.2, A.3 (c) and fails; the retry takes back
+    # A.1 and A.2, then in one diff A.3 and a new edge A.1 -> A.2. Expected: a
+    # violation (two copies linked), as for that edge alone. Actual: accepted (the
+    # renewed Shape was shown the taken-back nodes and their edges only).
+    plan = _started(Plan("w"), ("A", Shape(Repeat("c"))))
+    copies = tuple(NodeSpec(f"A.{i}", "c", creator="A") for i in (1, 2, 3))
+    assert plan.apply(PlanDiff("A", copies)).ok
+    plan.set_state("A", S.READY)
+    plan.set_state("A", S.RUNNING)
+    assert plan.apply(PlanDiff("A", copies[:2])).ok
+    out = plan.apply(PlanDiff("A", copies[2:], (EdgeSpec("A.1", "A.2"),)))
+    assert out.rejection is not None
+    assert "edge A.1 -> A.2 (c -> c) links two copies" in out.rejection.reason

@@ -310,24 +310,37 @@ def test_a_durable_step_is_committed_alone_and_a_retry_gets_it_back(
     assert third.history is None or third.history.steps == []
 
 
-def test_a_failed_step_is_replayed_within_its_attempt_and_run_anew_by_a_retry(
+def test_a_failed_step_is_run_anew_by_a_retry_and_so_is_what_followed_it(
         client: Peer, supervisor: Factory, clock: FakeClock) -> None:
-    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 2, "initial": 1}))
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 3, "initial": 1}))
     wf = submit(client, diff(spec("a")))
+
+    def failed(seq: int, i: int, fn: str) -> dict[str, Any]:
+        return recorded(seq, "step_error", {"i": i, "fn": fn, "e": {
+            "type": "builtins.ValueError", "message": "declined", "args": ["declined"]}})
+
+    # Attempt 1: step 0 fails (the body catches it), step 1 sends a "backordered" mail.
     first = sup.assign()
-    failed = recorded(0, "step", {"i": 0, "fn": "charge", "e": {
-        "type": "builtins.ValueError", "message": "declined", "args": ["declined"]}})
-    kept = recorded(1, "step", {"i": 1, "fn": "notify", "v": True})
-    assert sup.propose(first, diff(proposer="a"), [failed, kept]).ok
-    events = history(client, wf)
-    rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
-    assert rebuilt.steps == {"a": {1: ("notify", True, 1)}}  # the failure is no step
+    assert sup.propose(first, diff(proposer="a"), [
+        failed(0, 0, "charge"), recorded(1, "step", {"i": 1, "fn": "mail", "v": "backordered"})
+    ]).ok
     sup.finish(first, ok=False, error=BOOM)
     clock.advance(1)
     second = sup.assign()
     assert second.history is not None
-    assert [(s.index, s.name) for s in second.history.steps] == [(1, "notify")]
-    sup.finish(second, "done")
+    assert [(s.index, s.name) for s in second.history.steps] == [(1, "mail")]  # not the failure
+    # Attempt 2: step 0 succeeds this time, then its worker dies: its path differs at 0.
+    assert sup.propose(second, diff(proposer="a"), [
+        recorded(0, "step", {"i": 0, "fn": "charge", "v": 5})]).ok
+    sup.finish(second, ok=False, error=BOOM)
+    clock.advance(2)
+    third = sup.assign()
+    assert third.history is not None
+    assert [(s.index, s.name, s.value) for s in third.history.steps] == [(0, "charge", 5)]
+    events = history(client, wf)  # what a restarted Flow would rebuild the steps from
+    rebuilt = WorkflowState.rebuild(wf, [(e["seq"], e["ts"], e) for e in events])
+    assert rebuilt.steps == {"a": {0: ("charge", 5, 2)}}  # attempt 1's mail is stale
+    sup.finish(third, "done")
     rebuilt_equals_live(client, wf)
 
 

@@ -32,7 +32,7 @@ from plait.protocol.messages import (
     TaskHeartbeat,
     Wait,
 )
-from plait.replay import ChildIds, Evicted, value_adapter
+from plait.replay import ChildIds, Evicted, StepFailure, value_adapter
 
 
 def make(transport: FakeTransport, history: History | None = None, attempt: int = 1) -> Context:
@@ -501,9 +501,9 @@ def test_an_async_step_is_awaited_and_a_failing_step_records_its_failure() -> No
 
     assert asyncio.run(body()) == -4
     failed, refunded = (r for m in transport.sent for r in m.recorded)  # one message
-    assert (failed.seq, failed.value["fn"], failed.value["e"]) == (0, broken.__qualname__, {
-        "type": "builtins.ValueError", "message": "card declined", "args": ["card declined"]})
-    assert "v" not in failed.value
+    assert (failed.seq, failed.kind, failed.value) == (0, "step_error", {
+        "i": 0, "fn": broken.__qualname__, "e": {
+            "type": "builtins.ValueError", "message": "card declined", "args": ["card declined"]}})
     assert (refunded.seq, refunded.value["fn"]) == (1, "refund")
     with pytest.raises(PlaitError, match="is async"):
         ctx.step(refund, 1).result()
@@ -512,11 +512,6 @@ def test_an_async_step_is_awaited_and_a_failing_step_records_its_failure() -> No
 class Declined(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(code, reason)
-
-
-class Unbuildable(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"no: {reason}")  # the message is not what the arguments rebuild
 
 
 def test_a_replay_raises_a_recorded_step_failure_again_without_running_the_step() -> None:
@@ -536,7 +531,8 @@ def test_a_replay_raises_a_recorded_step_failure_again_without_running_the_step(
     first = make(FakeTransport())
     assert body(first) == "declined 51"
     history = History(recorded=first.take_recorded())
-    assert [r.value["e"]["type"] for r in history.recorded] == [f"{__name__}.Declined"]
+    assert [(r.kind, r.value["e"]["type"]) for r in history.recorded] == [
+        ("step_error", f"{__name__}.Declined")]
     again = make(FakeTransport(), history)  # the same attempt, replayed after an eviction
     assert body(again) == "declined 51"  # the same path, as its own type
     assert ran == ["pay"]  # once
@@ -550,25 +546,63 @@ def test_a_replay_raises_a_recorded_step_failure_again_without_running_the_step(
     assert ran == ["pay", "pay"]
 
 
+class Status(Exception):
+    """Made from a response, not from its message: a replay cannot call it again."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__(f"HTTP {response.status}")
+        self.status = response.status
+
+
+def replay_failure(error: dict[str, Any]) -> BaseException:
+    history = History(recorded=[Recorded(seq=0, kind="step_error", value={
+        "i": 0, "fn": "charge", "e": error})])
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - each caller checks the type
+        make(FakeTransport(), history).step(charge, 1).result()
+    return raised.value
+
+
+def test_a_failure_is_rebuilt_as_its_own_type_without_its_constructor_if_need_be() -> None:
+    # The first run's exceptions, recorded as the worker records them:
+    missing = StepFailure.of(FileNotFoundError(2, "No such file or directory")).error
+    missing["message"] = "[Errno 2] No such file or directory: 'in.csv'"  # open() adds it
+    status = StepFailure.of(Status(type("R", (), {"status": 503})())).error
+    for error, kind, args in ((missing, FileNotFoundError, (2, "No such file or directory")),
+                              (status, Status, ("HTTP 503",))):
+        again = replay_failure(error)
+        assert isinstance(again, kind)  # so `except FileNotFoundError:` takes the same path
+        assert type(again).__name__ == kind.__name__
+        assert (str(again), again.args) == (error["message"], args)
+
+
 @pytest.mark.parametrize(("error", "shown"), [
     ({"type": "nowhere.Gone", "message": "lost", "args": ["lost"]}, "nowhere.Gone: lost"),
-    ({"type": f"{__name__}.Unbuildable", "message": "no: x", "args": ["no: x"]},
-     f"{__name__}.Unbuildable: no: x"),
-    ({"type": "builtins.ValueError", "message": "<object>", "args": None},
-     "builtins.ValueError: <object>"),
     ({"type": "builtins.print", "message": "x", "args": ["x"]}, "builtins.print: x"),
+    ({"type": "builtins.KeyboardInterrupt", "message": "", "args": []},
+     "builtins.KeyboardInterrupt: "),
 ])
-def test_a_failure_that_cannot_be_rebuilt_replays_as_step_failed(
+def test_a_failure_of_a_type_not_found_replays_as_step_failed(
         error: dict[str, Any], shown: str) -> None:
-    # Not imported (nothing is imported on the history's word), a constructor that
-    # does not give back the message, arguments that were not plain, not an exception.
-    history = History(recorded=[Recorded(seq=0, kind="step", value={
-        "i": 0, "fn": "charge", "e": error})])
-    with pytest.raises(StepFailed) as raised:
-        make(FakeTransport(), history).step(charge, 1).result()
-    assert str(raised.value) == shown
-    assert (raised.value.type, raised.value.message) == (error["type"], error["message"])
+    # Not imported (nothing is imported on the history's word), not an exception type,
+    # not an Exception (a replay never raises a BaseException the body did not).
+    again = replay_failure(error)
+    assert isinstance(again, StepFailed)
+    assert str(again) == shown
+    assert (again.type, again.message) == (error["type"], error["message"])
     assert "nowhere" not in sys.modules
+
+
+def test_a_failure_is_recorded_within_msgpack_s_reach() -> None:
+    class Loud(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    huge = StepFailure.of(ValueError(2**70, "x" * 10_000)).error
+    assert huge["args"] is None  # msgpack cannot carry an int that big
+    assert len(huge["message"]) == 4000
+    assert StepFailure.of(ValueError(2**63, -(2**63), 1.5, None)).error["args"] == [
+        2**63, -(2**63), 1.5, None]
+    assert StepFailure.of(Loud()).error["message"] == "Loud"  # a broken __str__
 
 
 def test_a_step_value_must_be_data() -> None:

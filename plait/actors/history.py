@@ -34,6 +34,16 @@ __all__ = ["ENDED", "AttemptLog", "WorkflowState", "error_text", "state_event"]
 ENDED = frozenset({"succeeded", "failed", "cancelled", "violated"})
 
 
+class _StepFailed:
+    """Marks a step index whose latest attempt failed there (see ``_fold_step``)."""
+
+    def __repr__(self) -> str:
+        return "STEP_FAILED"
+
+
+STEP_FAILED: Any = _StepFailed()
+
+
 def error_text(error: Mapping[str, Any] | None) -> str | None:
     """The one-line form of an error dict that the plan keeps on a failed node."""
     if not error:
@@ -90,8 +100,8 @@ class WorkflowState:
         self.supervisor: dict[str, str] = {}  # node -> supervisor of its attempt
         self.logs: dict[str, AttemptLog] = {}
         self.born: dict[str, int] = {}  # child -> the attempt of its creator that made it
-        # node -> step index -> (function, value, attempt): the durable steps its
-        # attempts completed, the latest attempt's at each index
+        # node -> step index -> (function, value or STEP_FAILED, attempt): the durable
+        # steps its attempts completed (or failed), the latest attempt's at each index
         self.steps: dict[str, dict[int, tuple[str, Any, int]]] = {}
         self.waits: dict[str, dict[str, Any]] = {}  # suspended node -> what it waits for
         self.last_wait: dict[str, dict[str, Any]] = {}  # node -> its wait that ended last
@@ -233,17 +243,31 @@ class WorkflowState:
         else:
             self._fold_replay(kind, event)
 
+    def _fold_step(self, node: str, value: Mapping[str, Any], attempt: int) -> None:
+        """Keep, per step index, the step a retry may take back: the latest attempt's
+        (a failure is kept as a marker, never handed back). An attempt that did
+        otherwise at an index than an earlier one took another path there: what the
+        earlier attempts did after that index is dropped, so that it runs anew."""
+        kind, step = value.get("kind"), value.get("value")
+        if kind not in ("step", "step_error") or not isinstance(step, dict) \
+                or not isinstance(step.get("i"), int) or not isinstance(step.get("fn"), str):
+            return
+        steps = self.steps.setdefault(node, {})
+        index = step["i"]
+        done = (step["fn"], step.get("v") if kind == "step" else STEP_FAILED, attempt)
+        known = steps.get(index)
+        if known is not None and known[2] < attempt and (
+                known[:2] != done[:2] or done[1] is STEP_FAILED):
+            for later in [i for i, (_, _, a) in steps.items() if i > index and a < attempt]:
+                del steps[later]
+        steps[index] = done
+
     def _fold_replay(self, kind: str, event: Mapping[str, Any]) -> None:
         log = self.log(str(event["node"]), int(event["attempt"]))
         if kind == "recorded":
             for value in event["values"]:
                 log.recorded.setdefault(int(value["seq"]), dict(value))
-                step = value.get("value")
-                # A failed step is replayed within its attempt only: a retry runs it anew.
-                if value.get("kind") == "step" and isinstance(step, dict) and "e" not in step \
-                        and isinstance(step.get("i"), int) and isinstance(step.get("fn"), str):
-                    self.steps.setdefault(str(event["node"]), {})[step["i"]] = (
-                        step["fn"], step.get("v"), log.attempt)
+                self._fold_step(str(event["node"]), value, log.attempt)
         elif kind == "timer":
             log.timers.add(int(event["seq"]))
         elif kind == "delivered":

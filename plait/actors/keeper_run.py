@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from plait.actors.history import state_event, violation_error
+from plait.actors.history import STEP_FAILED, state_event, violation_error
 from plait.actors.keeper_base import AttemptRec, KeeperBase
 from plait.actors.mail import CacheAnswer, CacheEntry, Expire, Refund, Start, Stopped
 from plait.protocol.diff import AttrChange, NodeState, PlanDiff, Rejection, child_id
@@ -114,7 +114,7 @@ class RunMixin(KeeperBase):
             previous=self._previous(node),
             steps=[PreviousStep(index=i, name=name, value=value)  # this attempt's are recorded
                    for i, (name, value, attempt) in sorted(self.st.steps.get(node.id, {}).items())
-                   if attempt < node.attempt],
+                   if attempt < node.attempt and value is not STEP_FAILED],
             heartbeat=self.st.heartbeat.get(node.id))
 
     def _previous(self, node: Node) -> list[PreviousChild]:

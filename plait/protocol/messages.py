@@ -235,10 +235,10 @@ class Recorded(BaseModel):
     """One value a task drew through a replay-safe helper, at ``seq`` of its attempt.
 
     ``kind`` is ``random``, ``now``, ``uuid4``, ``side_effect``, ``version``
-    (``value`` is then ``[change_id, bool]``) or ``step`` (``value`` is then
-    ``{"i": step index, "fn": function name, "v": its value}``, or ``"e"`` instead of
-    ``"v"`` for a step that raised: ``{"type", "message", "args"}``); ``site`` is the
-    caller's ``file:line``, shown when a replay diverges.
+    (``value`` is then ``[change_id, bool]``), ``step`` (``value`` is then
+    ``{"i": step index, "fn": function name, "v": its value}``) or ``step_error``
+    (a step that raised: ``"e"``, ``{"type", "message", "args"}``, instead of
+    ``"v"``); ``site`` is the caller's ``file:line``, shown when a replay diverges.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)

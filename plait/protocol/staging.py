@@ -294,11 +294,16 @@ class _Members:
         # a chain one diff at a time), and edges to them: a replay may reclaim in
         # another order, and an outsider may have joined two nodes while they were
         # history.
-        self.new_edges: Sequence[tuple[str, str]] = edges if edges is not None else [
-            *((p, m) for m, _ in members for p in staging.preds(m) if p in ids or known(p)),
-            *((m, s) for m, _ in members for s in staging.successors(m)
-              if s not in ids and known(s)),
-        ]
+        if edges is None:
+            seen = dict.fromkeys(
+                [*((p, m) for m, _ in members for p in staging.preds(m) if p in ids or known(p)),
+                 *((m, s) for m, _ in members for s in staging.successors(m)
+                   if s not in ids and known(s))])
+            # And the diff's own edges among those and the nodes counted before.
+            seen.update(dict.fromkeys(e for e in staging.new_edges
+                                      if all(end in ids or known(end) for end in e)))
+            edges = list(seen)
+        self.new_edges: Sequence[tuple[str, str]] = edges
 
     def task_of(self, node_id: str) -> str:
         return self._staging.task_of(node_id)
