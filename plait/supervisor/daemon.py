@@ -439,7 +439,7 @@ class Supervisor:
             if worker.evicting:
                 self._release(worker)
         elif isinstance(msg, Wait):
-            self._on_wait(worker, msg)
+            self._on_wait(worker, msg, frame)
         elif isinstance(msg, Propose | TaskHeartbeat | SetState):
             self.link.send(msg, ident, track=True, frame=frame)
         elif isinstance(msg, Finish):
@@ -452,9 +452,13 @@ class Supervisor:
             self.errors += 1
             log.error("unexpected %s from worker pid %d", type(msg).__name__, worker.pid)
 
-    def _on_wait(self, worker: Worker, msg: Wait) -> None:
+    def _on_wait(self, worker: Worker, msg: Wait, frame: bytes) -> None:
         resident = self._resident(msg)
-        self.link.send(msg.model_copy(update={"resident": resident}), worker.ident, track=True)
+        if resident == msg.resident:  # relayed as it came: a big map's Wait is megabytes
+            self.link.send(msg, worker.ident, track=True, frame=frame)
+        else:
+            self.link.send(msg.model_copy(update={"resident": resident}), worker.ident,
+                           track=True)
         if resident:
             worker.waiting = True
             return
