@@ -72,8 +72,9 @@ class TaskFailed(PlaitError):
 
 class StepFailed(PlaitError):
     """A replayed durable step raises what its function raised when it ran, but that
-    exception's type could not be rebuilt here (not imported, or a constructor that
-    takes other arguments): ``type`` names it and ``message`` is its text."""
+    exception's type could not be rebuilt here (not imported in this worker, not an
+    ``Exception``, or not makeable without its ``__init__``): ``type`` names it and
+    ``message`` is its text."""
 
     code = "step_failed"
 
