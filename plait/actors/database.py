@@ -28,10 +28,16 @@ from plait.protocol.messages import RunInfo
 
 __all__ = ["Database", "DatabaseActor"]
 
+# ``events`` is a rowid table, so every insert lands at the right edge of its B-tree;
+# the (wf, seq) key is a separate index. Keyed by (wf, seq) itself (WITHOUT ROWID),
+# a workflow whose id sorts before an earlier one's inserted each event in the middle
+# of the table, next to that workflow's rows (a big map's diff is megabytes): five
+# times the CPU per event, a third of Flow's per-task time on a 10,000-task map. A
+# database created with that layout keeps it, and works as before.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     wf TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, type TEXT NOT NULL,
-    body BLOB NOT NULL, PRIMARY KEY (wf, seq)) WITHOUT ROWID;
+    body BLOB NOT NULL, UNIQUE (wf, seq));
 CREATE TABLE IF NOT EXISTS workflows (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, root TEXT NOT NULL, status TEXT NOT NULL,
     created REAL NOT NULL, finished REAL, nodes INTEGER NOT NULL DEFAULT 0,
