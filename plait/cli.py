@@ -339,7 +339,7 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
                    help="workers allowed while tasks await others (default: 4 x workers)")
     p.add_argument("--prefetch", type=int, default=None,
                    help="assignments queued beyond the free workers, to hide the round "
-                        "trip to Flow (default: 16 x workers)")
+                        "trip to Flow (default: 48 x workers)")
 
 
 def _submit_options(p: argparse.ArgumentParser) -> None:
