@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS workflows (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, root TEXT NOT NULL, status TEXT NOT NULL,
     created REAL NOT NULL, finished REAL, nodes INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER NOT NULL DEFAULT 0, output BLOB, error BLOB);
+    output BLOB, error BLOB);
 CREATE TABLE IF NOT EXISTS nodes (
     wf TEXT NOT NULL, id TEXT NOT NULL, task TEXT NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL, PRIMARY KEY (wf, id)) WITHOUT ROWID;
@@ -81,7 +81,6 @@ class Database:
                 "INSERT INTO events (wf, seq, ts, type, body) VALUES (?, ?, ?, ?, ?)",
                 [(e.workflow_id, e.seq, e.ts, e.event["type"], pack(dict(e.event)))
                  for e in events])
-            last: dict[str, int] = {}
             states: list[tuple[Any, ...]] = []  # node state changes, written together
             for e in events:
                 if e.event["type"] == "state":
@@ -90,10 +89,7 @@ class Database:
                 else:
                     self._states(cur, states)  # in order: a diff inserts the rows they set
                     self._project(cur, e)
-                last[e.workflow_id] = e.seq
             self._states(cur, states)
-            cur.executemany("UPDATE workflows SET seq = ? WHERE id = ?",
-                            [(seq, wf) for wf, seq in last.items()])
             self._schedules(cur, schedules)
             if cache:  # each statement is a GIL round trip: skip the empty ones
                 cur.executemany(
