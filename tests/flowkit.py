@@ -175,8 +175,9 @@ class Peer:
         raise AssertionError(f"unexpected {got}")
 
     def request(self, msg: Message, timeout: float = 10.0) -> Any:
+        """Send ``msg``; its reply (an Ack may answer it in ``more``)."""
         self.send(msg)
-        return self.next(lambda m: m.id == msg.id, timeout)
+        return self.next(lambda m: m.id == msg.id or msg.id in getattr(m, "more", ()), timeout)
 
 
 class FakeSupervisor(Peer):

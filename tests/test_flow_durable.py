@@ -38,6 +38,7 @@ from plait.protocol.messages import (
     AttemptRef,
     CancelTask,
     Error,
+    Finish,
     GetGraph,
     Query,
     QueryReply,
@@ -47,6 +48,7 @@ from plait.protocol.messages import (
     SetState,
     TaskInfo,
 )
+from plait.testing import wait_for
 
 Factory = Callable[..., FakeSupervisor]
 BOOM = {"type": "IOError", "message": "flaky", "retryable": True}
@@ -231,6 +233,34 @@ def test_a_handler_that_raises_answers_internal_only(
     sup.finish(a, "ok")
     assert result(client, wf).output == "ok"
     rebuilt_equals_live(client, wf)
+
+
+def test_finishes_handled_together_are_acknowledged_in_one_frame(
+        client: Peer, supervisor: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Ack answers every Finish of a keeper's batch from one supervisor (``more``);
+    each Finish is acknowledged exactly once."""
+    handle = plan_keeper._HANDLERS[Finish]
+
+    def a_waits_for_b(keeper: PlanKeeper, identity: bytes, msg: Finish) -> None:
+        if msg.node == "a":  # b's Finish is then in the inbox: the keeper takes it too
+            wait_for(lambda: not keeper.actor_inbox.empty(), timeout=5)
+        handle(keeper, identity, msg)
+
+    monkeypatch.setitem(plan_keeper._HANDLERS, Finish, a_waits_for_b)
+    sup = supervisor("a", "b", "c")
+    wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "c"), ("b", "c")]),
+                root="c")
+    done = {a.node: a for a in (sup.assign(), sup.assign())}
+    first, second = (Finish(workflow_id=wf, node=n, attempt=1, ok=True, output=n)
+                     for n in ("a", "b"))
+    sup.send(first)
+    sup.send(second)
+    ack = sup.next(Ack)
+    assert (ack.id, ack.more) == (first.id, [second.id])
+    sup.none(Ack, within=0.2)
+    sup.finish(sup.assign(node="c"), "c")
+    assert result(client, wf).output == "c"
+    assert set(done) == {"a", "b"}
 
 
 def test_a_fold_that_fails_leaves_the_sequence_alone() -> None:

@@ -411,6 +411,30 @@ def test_reconnect_after_flow_restarts_resends_the_unacknowledged_finish() -> No
         first.close() if second is None else second.close()
 
 
+def test_one_ack_answers_several_finishes() -> None:
+    """Flow acknowledges a batch of Finishes with one Ack (``more``): none of them is
+    sent again after a reconnect, nor declared running."""
+    first = FakeFlow(ack=False)
+    second: FakeFlow | None = None
+    try:
+        with supervisor(first.address):
+            first.expect(Hello)
+            one, two, kept = (run(first, assign("add", i, 1)) for i in range(3))
+            first.send(Ack(id=one.id, more=[two.id]))
+            last = run(first, assign("add", 0, 0))  # after the Ack: it was handled
+            port = first.port
+            first.close()
+            second = FakeFlow(port)
+            hello = second.expect(Hello)
+            assert [ref.node for ref in hello.running] == [kept.node, last.node]
+            assert run(second, assign("add", 2, 2)).output == 4
+            resent = {f.id for f in second.all(Finish)}
+            assert {kept.id, last.id} <= resent
+            assert not {one.id, two.id} & resent
+    finally:
+        first.close() if second is None else second.close()
+
+
 def test_a_silent_flow_gets_a_new_connection_and_hello(sup: FakeFlow) -> None:
     sup.silent = True
     wait_for(lambda: len(sup.hellos) >= 2, TIMEOUT, message="no second Hello")

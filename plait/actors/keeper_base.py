@@ -25,7 +25,7 @@ from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_te
 from plait.actors.timers import Timers
 from plait.protocol.codec import encode
 from plait.protocol.diff import NodeState
-from plait.protocol.messages import Message, NodeResult, Recorded, Wait
+from plait.protocol.messages import Ack, Message, NodeResult, Recorded, Wait
 from plait.protocol.plan import TERMINAL, Outcome
 
 __all__ = ["ACTIVE", "AttemptRec", "KeeperBase", "KeeperContext", "WaitRec"]
@@ -115,6 +115,7 @@ class KeeperBase(pykka.ThreadingActor):
         self.gone = False  # left the Registry: whatever still arrives goes to the Reader
         self._events: list[StoredEvent] = []
         self._out: list[tuple[bytes, Message]] = []
+        self._finished: dict[bytes, list[str]] = {}  # supervisor -> Finishes to acknowledge
         self._cache: list[CacheEntry] = []
         self._then: Callable[[], None] | None = None
 
@@ -144,14 +145,31 @@ class KeeperBase(pykka.ThreadingActor):
     # --- writing ahead ------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._events or self._out or self._then or self._cache:
+        if self._events or self._out or self._then or self._cache or self._finished:
             out = [(identity, encode(message)) for identity, message in self._out]
+            out += [(identity, encode(Ack(id=ids[0], more=ids[1:])))
+                    for identity, ids in self._finished.items()]
             self.ctx.store.tell(Write(self._events, out, self._then, cache=self._cache))
             self._events, self._out, self._cache, self._then = [], [], [], None
+            self._finished = {}
 
     def _send(self, identity: bytes | None, message: Message) -> None:
         if identity:  # internal requests (a schedule's Submit) have nobody to answer
             self._out.append((identity, message))
+
+    def _ack_finish(self, identity: bytes, correlation: str) -> None:
+        """Acknowledge a Finish with the others of this batch from that supervisor:
+        one Ack frame for all (``Ack.more``), a message less per task for both."""
+        self._finished.setdefault(identity, []).append(correlation)
+
+    def _unsend(self, correlation: str) -> None:
+        """Take back the reply queued for request ``correlation``."""
+        self._out = [(identity, m) for identity, m in self._out if m.id != correlation]
+        for identity, ids in list(self._finished.items()):
+            if correlation in ids:
+                ids.remove(correlation)
+                if not ids:
+                    del self._finished[identity]
 
     def _record(self, event: dict[str, Any], *, applied: bool = False) -> Outcome:
         """Add an event to the stream; fold it unless the state already holds it."""

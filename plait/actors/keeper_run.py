@@ -178,7 +178,7 @@ class RunMixin(KeeperBase):
         return out
 
     def _finish(self, identity: bytes, msg: Finish) -> None:
-        self._send(identity, Ack(id=msg.id))
+        self._ack_finish(identity, msg.id)
         if not self._current(msg.node, msg.attempt):
             self.ctx.counters.add("dropped.finish")  # a duplicate, or a lost attempt's
             return

@@ -60,9 +60,14 @@ class Error(Message):
 
 
 class Ack(Message):
-    """Reply to a request that needs no data back."""
+    """Reply to a request that needs no data back. ``more`` lists further requests
+    of the same peer that it answers too: Flow acknowledges the Finishes a
+    supervisor sent together in one frame (only Finishes, so only supervisors,
+    ever get a non-empty ``more``)."""
 
     type: Literal["ack"] = "ack"
+    more: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list,
+                                                              max_length=100_000)
 
 
 class Heartbeat(Message):

@@ -375,6 +375,8 @@ class Supervisor:
     def _on_reply(self, msg: Proposed | Resolved | Error | Ack, frame: bytes) -> None:
         request, ident = self.link.answered(msg.id)
         if isinstance(msg, Ack):
+            for more in msg.more:  # the other Finishes of a batch
+                self.link.answered(more)
             return
         if isinstance(msg, Error) and msg.id == self.link.last_beat:
             log.warning("Flow does not know this supervisor (%s): saying Hello again", msg.code)
