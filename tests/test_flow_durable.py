@@ -263,6 +263,40 @@ def test_finishes_handled_together_are_acknowledged_in_one_frame(
     assert set(done) == {"a", "b"}
 
 
+def test_a_finish_whose_handler_raises_is_left_out_of_its_batch_s_ack(
+        client: Peer, supervisor: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor must send that Finish again: the shared Ack does not name it."""
+    handle = plan_keeper._HANDLERS[Finish]
+    raised: list[str] = []
+
+    def b_fails_once(keeper: PlanKeeper, identity: bytes, msg: Finish) -> None:
+        if msg.node == "a":
+            wait_for(lambda: not keeper.actor_inbox.empty(), timeout=5)
+        handle(keeper, identity, msg)
+        if msg.node == "b" and not raised:
+            raised.append(msg.id)
+            raise RuntimeError("b's handler broke")
+
+    monkeypatch.setitem(plan_keeper._HANDLERS, Finish, b_fails_once)
+    sup = supervisor("a", "b", "c")
+    wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "c"), ("b", "c")]),
+                root="c")
+    sup.assign()
+    sup.assign()
+    first, second = (Finish(workflow_id=wf, node=n, attempt=1, ok=True, output=n)
+                     for n in ("a", "b"))
+    sup.send(first)
+    sup.send(second)
+    refused = sup.next(lambda m: m.id == second.id)
+    assert isinstance(refused, Error), refused
+    assert refused.code == "internal"
+    ack = sup.next(Ack)
+    assert (ack.id, ack.more) == (first.id, [])
+    assert isinstance(sup.request(second), Ack)  # sent again: a duplicate, acknowledged
+    sup.finish(sup.assign(node="c"), "c")
+    assert result(client, wf).output == "c"
+
+
 def test_a_fold_that_fails_leaves_the_sequence_alone() -> None:
     state = WorkflowState("w")
     state.fold({"type": "submitted", "name": "r", "root": "r"})

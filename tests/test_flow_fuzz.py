@@ -24,6 +24,7 @@ from plait.actors.flow import Flow, FlowSettings
 from plait.errors import ProtocolError
 from plait.protocol.codec import correlation_of, decode, encode, pack
 from plait.protocol.messages import (
+    PROTOCOL_VERSION,
     Ack,
     AddSchedule,
     Assign,
@@ -142,7 +143,8 @@ def mutate(rng: random.Random) -> list[bytes]:
     if kind == 6:
         return [pack({**base, "surprise": 1})]
     if kind == 7:
-        return [pack({**base, "v": rng.choice([0, 2, "1", None])})]
+        v = PROTOCOL_VERSION
+        return [pack({**base, "v": rng.choice([0, v - 1, v + 1, str(v), None])})]
     if kind == 8:
         return [pack({**base, "type": rng.choice(["nope", "", "Submit", 3])})]
     if kind == 9:

@@ -426,7 +426,7 @@ def test_one_ack_answers_several_finishes() -> None:
             first.close()
             second = FakeFlow(port)
             hello = second.expect(Hello)
-            assert [ref.node for ref in hello.running] == [kept.node, last.node]
+            assert {ref.node for ref in hello.running} == {kept.node, last.node}
             assert run(second, assign("add", 2, 2)).output == 4
             resent = {f.id for f in second.all(Finish)}
             assert {kept.id, last.id} <= resent

@@ -160,16 +160,18 @@ class KeeperBase(pykka.ThreadingActor):
     def _ack_finish(self, identity: bytes, correlation: str) -> None:
         """Acknowledge a Finish with the others of this batch from that supervisor:
         one Ack frame for all (``Ack.more``), a message less per task for both."""
-        self._finished.setdefault(identity, []).append(correlation)
+        if identity:
+            self._finished.setdefault(identity, []).append(correlation)
 
-    def _unsend(self, correlation: str) -> None:
-        """Take back the reply queued for request ``correlation``."""
-        self._out = [(identity, m) for identity, m in self._out if m.id != correlation]
-        for identity, ids in list(self._finished.items()):
-            if correlation in ids:
-                ids.remove(correlation)
-                if not ids:
-                    del self._finished[identity]
+    def _unsend(self, identity: bytes, correlation: str) -> None:
+        """Take back every reply queued for that peer's request ``correlation``."""
+        self._out = [(peer, m) for peer, m in self._out
+                     if (peer, m.id) != (identity, correlation)]
+        ids = [i for i in self._finished.get(identity, ()) if i != correlation]
+        if ids:
+            self._finished[identity] = ids
+        else:
+            self._finished.pop(identity, None)
 
     def _record(self, event: dict[str, Any], *, applied: bool = False) -> Outcome:
         """Add an event to the stream; fold it unless the state already holds it."""

@@ -126,7 +126,7 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
         the failure are folded already, so they are written: the stream must say
         what this state holds, or a rebuild would disagree with it."""
         correlation = request.message.id
-        self._unsend(correlation)
+        self._unsend(request.identity, correlation)
         self._send(request.identity, Error(id=correlation, code="internal", reason=repr(exc)))
 
     def _handle(self, message: Any) -> None:

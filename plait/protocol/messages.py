@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 1
+# 2: Ack.more (one Ack for a batch of Finishes), which a version-1 peer would refuse.
+PROTOCOL_VERSION = 2
 
 _ids = itertools.count(1)
 _prefix = f"{os.getpid():x}-"
