@@ -110,8 +110,8 @@ _TICK = 0.05  # seconds between reconciliations when nothing arrives
 _UPKEEP = 0.005  # seconds between rescales and heartbeat checks in a busy loop
 # Per worker. Enough to cover Flow's round trip (a group commit included) many
 # times over, so that Flow gets results and sends assignments in batches (bench/,
-# 2 workers, 10,000-task map: 8 per worker gave ~70% of the throughput of 48, 16
-# ~88%; 96 was no better than 48).
+# 2 workers, 10,000-task map: 16 per worker gave ~90% of the throughput of 48, and
+# 96 was no better than 48).
 PREFETCH = 48
 
 
