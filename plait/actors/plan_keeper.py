@@ -25,6 +25,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from plait import memory
+from plait.actors.history import WorkflowState
 from plait.actors.keeper_base import ACTIVE, AttemptRec, KeeperContext
 from plait.actors.keeper_control import CANCELLED, ControlMixin
 from plait.actors.keeper_faults import FaultMixin
@@ -74,6 +76,9 @@ log = logging.getLogger(__name__)
 MAIL = (Request, Start, RetryDue, TimerDue, Expire, CacheAnswer, Welcomed, Lost,
         OrphanCheck, Retire)
 MAX_BATCH = 256  # messages handled before one Write
+# A keeper whose plan had this many nodes gives memory back when it stops (~2 ms
+# for a 10,000-node map, which took seconds to run).
+RELEASE_NODES = 1_000
 
 
 class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
@@ -85,6 +90,13 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
         if self._restored:
             self._restore()
             self._flush()
+
+    def on_stop(self) -> None:
+        if len(self.st.plan.nodes) >= RELEASE_NODES:
+            # The big plan becomes garbage here rather than with the actor: its pages
+            # go back to the OS instead of staying Flow's high-water mark.
+            self.st = WorkflowState(self.wf)
+            memory.release()
 
     def on_receive(self, message: Any) -> Any:
         try:
