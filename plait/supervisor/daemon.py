@@ -451,6 +451,7 @@ class Supervisor:
             else:
                 self.link.send(msg, ident, track=True, frame=frame)
             self._release(worker)
+            self._dispatch()  # its next attempt at once, not after the rest of the drain
         else:
             self.errors += 1
             log.error("unexpected %s from worker pid %d", type(msg).__name__, worker.pid)
