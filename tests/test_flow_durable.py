@@ -235,58 +235,58 @@ def test_a_handler_that_raises_answers_internal_only(
     rebuilt_equals_live(client, wf)
 
 
-def test_finishes_handled_together_are_acknowledged_in_one_frame(
-        client: Peer, supervisor: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One Ack answers every Finish of a keeper's batch from one supervisor (``more``);
-    each Finish is acknowledged exactly once."""
+def finish_a_and_b_together(client: Peer, supervisor: Factory,
+                            monkeypatch: pytest.MonkeyPatch,
+                            after: Callable[[Finish], None] | None = None
+                            ) -> tuple[str, FakeSupervisor, Finish, Finish]:
+    """A workflow a, b -> c whose a and b Finishes are sent back to back; a's handler
+    waits until b's Finish is in the keeper's inbox, so one batch takes both.
+    ``after`` runs after each Finish's handler (it may raise)."""
     handle = plan_keeper._HANDLERS[Finish]
 
-    def a_waits_for_b(keeper: PlanKeeper, identity: bytes, msg: Finish) -> None:
-        if msg.node == "a":  # b's Finish is then in the inbox: the keeper takes it too
+    def together(keeper: PlanKeeper, identity: bytes, msg: Finish) -> None:
+        if msg.node == "a":
             wait_for(lambda: not keeper.actor_inbox.empty(), timeout=5)
         handle(keeper, identity, msg)
+        if after is not None:
+            after(msg)
 
-    monkeypatch.setitem(plan_keeper._HANDLERS, Finish, a_waits_for_b)
+    monkeypatch.setitem(plan_keeper._HANDLERS, Finish, together)
     sup = supervisor("a", "b", "c")
     wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "c"), ("b", "c")]),
                 root="c")
-    done = {a.node: a for a in (sup.assign(), sup.assign())}
+    assert {sup.assign().node, sup.assign().node} == {"a", "b"}
     first, second = (Finish(workflow_id=wf, node=n, attempt=1, ok=True, output=n)
                      for n in ("a", "b"))
     sup.send(first)
     sup.send(second)
+    return wf, sup, first, second
+
+
+def test_finishes_handled_together_are_acknowledged_in_one_frame(
+        client: Peer, supervisor: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Ack answers every Finish of a keeper's batch from one supervisor (``more``);
+    each Finish is acknowledged exactly once."""
+    wf, sup, first, second = finish_a_and_b_together(client, supervisor, monkeypatch)
     ack = sup.next(Ack)
     assert (ack.id, ack.more) == (first.id, [second.id])
     sup.none(Ack, within=0.2)
     sup.finish(sup.assign(node="c"), "c")
     assert result(client, wf).output == "c"
-    assert set(done) == {"a", "b"}
 
 
 def test_a_finish_whose_handler_raises_is_left_out_of_its_batch_s_ack(
         client: Peer, supervisor: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The supervisor must send that Finish again: the shared Ack does not name it."""
-    handle = plan_keeper._HANDLERS[Finish]
     raised: list[str] = []
 
-    def b_fails_once(keeper: PlanKeeper, identity: bytes, msg: Finish) -> None:
-        if msg.node == "a":
-            wait_for(lambda: not keeper.actor_inbox.empty(), timeout=5)
-        handle(keeper, identity, msg)
+    def b_fails_once(msg: Finish) -> None:
         if msg.node == "b" and not raised:
             raised.append(msg.id)
             raise RuntimeError("b's handler broke")
 
-    monkeypatch.setitem(plan_keeper._HANDLERS, Finish, b_fails_once)
-    sup = supervisor("a", "b", "c")
-    wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "c"), ("b", "c")]),
-                root="c")
-    sup.assign()
-    sup.assign()
-    first, second = (Finish(workflow_id=wf, node=n, attempt=1, ok=True, output=n)
-                     for n in ("a", "b"))
-    sup.send(first)
-    sup.send(second)
+    wf, sup, first, second = finish_a_and_b_together(client, supervisor, monkeypatch,
+                                                     after=b_fails_once)
     refused = sup.next(lambda m: m.id == second.id)
     assert isinstance(refused, Error), refused
     assert refused.code == "internal"
