@@ -82,6 +82,27 @@ def stubborn(ctx: Context, path: str) -> None:
         time.sleep(0.05)  # wait-ok: the task itself runs until killed
 
 
+def _hold(path: str, gate: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    while not Path(gate).exists():
+        time.sleep(0.01)  # wait-ok: the task itself holds until the test opens the gate
+
+
+@task
+def gated(ctx: Context, path: str, gate: str) -> int:
+    """Write this worker's pid to ``path``, then run until the file ``gate`` exists."""
+    _hold(path, gate)
+    return os.getpid()
+
+
+@task
+def gated_fan_out(ctx: Context, path: str, gate: str, n: int) -> int:
+    """``gated``, then spawn ``n`` children and await them (a parent that starts waiting
+    while its worker may hold the next attempt)."""
+    _hold(path, gate)
+    return sum(ctx.gather(ctx.map(double, range(n))))
+
+
 @task
 def boom(ctx: Context) -> int:
     return 1 // 0

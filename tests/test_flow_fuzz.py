@@ -51,6 +51,8 @@ from plait.protocol.messages import (
     Resolved,
     RestartNode,
     ResumeWorkflow,
+    Retract,
+    Retracted,
     ScheduleInfo,
     ScheduleList,
     SendSignal,
@@ -106,7 +108,8 @@ SEEDS: list[Message] = [
            history=History(results={"n.1": NodeResult(state="succeeded", output=1)},
                            timers=[1], signals=[(2, "x")])),
     Evict(workflow_id="w", node="n", attempt=1), QueryReply(workflow_id="w"),
-    ScheduleList(schedules=[]),
+    ScheduleList(schedules=[]), Retract(workflow_id="w", node="n", attempt=1),
+    Retracted(workflow_id="w", node="n", attempt=1, ok=True),
 ]
 
 WRONG = [None, 7, -1, 2.5, "s", b"bytes", [1, "x"], {"k": "v"}, True, "x" * 300]

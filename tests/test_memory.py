@@ -54,9 +54,9 @@ def test_a_worker_releases_memory_after_a_long_task_once_it_has_reported(
             assert message.output == 1000, message
 
     monkeypatch.setattr(link, "send", send)
-    link.assignments.put(Assign(workflow_id="wf", node="n", attempt=1, task=build.name,
-                                inputs={"args": [1000], "kwargs": {}}, idempotency_key="k"))
-    link.assignments.put(None)
+    link.hand(Assign(workflow_id="wf", node="n", attempt=1, task=build.name,
+                     inputs={"args": [1000], "kwargs": {}}, idempotency_key="k"))
+    link.hand(None)
     worker.serve(link, {build.name: build})
     assert seen == (["Finish", "release"] if released else ["Finish"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -35,13 +36,17 @@ from plait.protocol.messages import (
     Proposed,
     Recorded,
     Resolved,
+    Retract,
+    Retracted,
     SetState,
     TaskHeartbeat,
     Wait,
     Welcome,
 )
+from plait.supervisor import daemon
 from plait.supervisor.daemon import SupervisorSettings, run_supervisor
 from plait.supervisor.pool import CrashLoop
+from plait.supervisor.worker import WorkerLink
 from plait.testing import descendants, proc_stat, wait_for
 
 M = TypeVar("M", bound=Message)
@@ -341,6 +346,115 @@ def test_prefetched_assignments_wait_their_turn_and_say_when_they_start(
         assert run(flow, plain).output == 3
         started = [m for m in flow.all(TaskHeartbeat) if m.started]
         assert [(m.node, m.attempt) for m in started] == [(timed.node, 1)]
+    assert errors == []
+
+
+def ahead_to(caplog: pytest.LogCaptureFixture, a: Assign) -> int | None:
+    """The pid of the worker that ``a`` was sent ahead to, once the supervisor says so."""
+    said = f"sent wf/{a.node} ahead to worker pid "
+    return next((int(m[len(said):]) for m in (r.getMessage() for r in list(caplog.records))
+                 if m.startswith(said)), None)
+
+
+def taken_back(caplog: pytest.LogCaptureFixture, a: Assign) -> bool:
+    return any(r.getMessage().startswith(f"took back wf/{a.node} ")
+               for r in list(caplog.records))
+
+
+def test_an_attempt_sent_ahead_is_taken_back_when_the_task_waits(
+        flow: FakeFlow, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.DEBUG, logger="plait.supervisor")
+    monkeypatch.setattr(daemon, "STEAL_AFTER", 3600.0)  # the Wait alone must take x back
+    path, gate = tmp_path / "pid", tmp_path / "gate"
+    with supervisor(flow.address, prefetch=2, max_workers=2) as errors:
+        flow.expect(Hello)
+        flow.send(assign("gated_fan_out", str(path), str(gate), 1, node="p"))
+        pid = pid_file(path)
+        x = assign("pid")
+        flow.send(x)  # the only worker is busy: x goes ahead to it
+        assert wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead") == pid
+        gate.touch()
+        wait = flow.expect(Wait, lambda m: m.node == "p")
+        # Left in the waiting task's worker, x would wait for the parent, which (here)
+        # is answered only after x: x runs in the stand-in worker instead.
+        done = flow.expect(Finish, lambda f: f.node == x.node)
+        assert done.ok
+        assert done.output != pid
+        assert taken_back(caplog, x)
+        child = run(flow, assign("sample.double", 0, node="p.1"))
+        flow.send(Resolved(id=wait.id, workflow_id="wf", node="p", results={
+            "p.1": NodeResult(state="succeeded", output=child.output)}))
+        assert flow.expect(Finish, lambda f: f.node == "p").ok
+    assert errors == []
+
+
+def test_an_idle_worker_takes_back_an_attempt_sent_ahead_to_a_busy_one(
+        flow: FakeFlow, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plait.supervisor")
+    with supervisor(flow.address, workers=2, max_workers=2, prefetch=2) as errors:
+        flow.expect(Hello)
+        gated = {}
+        for name in ("a", "b"):
+            flow.send(assign("gated", str(tmp_path / name), str(tmp_path / f"{name}.gate")))
+            gated[pid_file(tmp_path / name)] = tmp_path / f"{name}.gate"
+        x = assign("pid")
+        flow.send(x)
+        holder = wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+        assert holder in gated
+        other = next(p for p in gated if p != holder)
+        gated[other].touch()
+        # The other worker is idle with nothing queued, while the holder's task runs on.
+        assert flow.expect(Finish, lambda f: f.node == x.node).output == other
+        assert taken_back(caplog, x)
+        gated[holder].touch()
+        wait_for(lambda: len([f for f in flow.all(Finish) if f.ok]) == 3, TIMEOUT,
+                 message="the gated tasks did not finish")
+    assert errors == []
+
+
+def test_an_attempt_sent_ahead_can_be_cancelled_before_it_starts(
+        flow: FakeFlow, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plait.supervisor")
+    path, gate = tmp_path / "pid", tmp_path / "gate"
+    with supervisor(flow.address, prefetch=2, max_workers=1) as errors:
+        flow.expect(Hello)
+        holder = assign("gated", str(path), str(gate))
+        flow.send(holder)
+        pid = pid_file(path)
+        x = assign("pid")
+        flow.send(x)
+        wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+        flow.send(CancelTask(workflow_id="wf", node=x.node, attempt=1))
+        done = flow.expect(Finish, lambda f: f.node == x.node)  # the holder still runs
+        assert done.error is not None
+        assert done.error["type"] == "WorkflowCancelled"
+        assert not [f for f in flow.all(Finish) if f.node == holder.node]
+        gate.touch()
+        assert flow.expect(Finish, lambda f: f.node == holder.node).output == pid
+        assert run(flow, assign("pid")).output == pid  # no escalation touched the worker
+    assert errors == []
+
+
+def test_an_attempt_sent_ahead_to_a_worker_that_dies_runs_elsewhere(
+        flow: FakeFlow, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="plait.supervisor")
+    path = tmp_path / "pid"
+    with supervisor(flow.address, prefetch=2, max_workers=1) as errors:
+        flow.expect(Hello)
+        holder = assign("block", str(path))
+        flow.send(holder)
+        pid = pid_file(path)
+        x = assign("pid")
+        flow.send(x)
+        wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+        os.kill(pid, signal.SIGKILL)
+        lost = flow.expect(Finish, lambda f: f.node == holder.node)
+        assert lost.error is not None
+        assert lost.error["type"] == "WorkerLost"
+        done = flow.expect(Finish, lambda f: f.node == x.node)  # it never started: not lost
+        assert done.ok
+        assert done.output != pid
     assert errors == []
 
 
@@ -645,3 +759,33 @@ def _is_zygote(pid: int) -> bool:
     except OSError:
         return False
     return stat is not None and stat[1] == os.getpid() and b"plait.supervisor.zygote" in cmdline
+
+
+def test_a_worker_gives_back_only_an_attempt_it_has_not_started() -> None:
+    link = WorkerLink("ipc://@plait-test-unused", "w")  # its thread never starts
+    first, second = assign("pid"), assign("pid")
+    link.hand(first)
+    link.hand(second)
+    assert link.take() == first  # started
+    for a in (first, second, second):
+        link._retract(Retract(workflow_id="wf", node=a.node, attempt=a.attempt))
+    answers = [link._outbox.get() for _ in range(3)]
+    assert [(m.node, m.ok) for m in answers if isinstance(m, Retracted)] == [
+        (first.node, False), (second.node, True), (second.node, False)]
+    link.hand(None)
+    assert link.take() is None  # second is gone from the queue
+
+
+def test_a_worker_ends_a_cancelled_attempt_it_has_not_started() -> None:
+    link = WorkerLink("ipc://@plait-test-unused", "w")
+    queued = assign("pid")
+    link.hand(queued)
+    link._cancel(CancelTask(workflow_id="wf", node=queued.node, attempt=1))
+    done = link._outbox.get()
+    assert isinstance(done, Finish)
+    assert (done.node, done.ok) == (queued.node, False)
+    assert done.error is not None
+    assert done.error["type"] == "WorkflowCancelled"
+    assert link._outbox.empty()
+    link.hand(None)
+    assert link.take() is None

@@ -453,6 +453,28 @@ class WorkerReady(Message):
     pid: int
 
 
+class Retract(Message):
+    """Supervisor -> worker: give back this attempt if it has not started. It was
+    sent ahead, to start as soon as the worker's current attempt ends, and its
+    current task now waits (or another worker is idle). Reply: :class:`Retracted`."""
+
+    type: Literal["retract"] = "retract"
+    workflow_id: str
+    node: str
+    attempt: int
+
+
+class Retracted(Message):
+    """Worker -> supervisor: ``ok`` if the attempt was given back unstarted; if not,
+    it had started (or ended) already, and the messages before this one said so."""
+
+    type: Literal["retracted"] = "retracted"
+    workflow_id: str
+    node: str
+    attempt: int
+    ok: bool
+
+
 # --- operator controls: client -> Flow ---------------------------------------------
 
 
@@ -573,7 +595,7 @@ AnyMessage = Annotated[
     | Hello | Welcome | Credit | Assign | CancelTask | Propose | Proposed | Wait | Resolved
     | Finish | WorkerReady | FeedEvent | TaskHeartbeat | SetState | Evict | PauseWorkflow
     | ResumeWorkflow | RestartNode | SetAttrs | SendSignal | Query | QueryReply | AddSchedule
-    | RemoveSchedule | ListSchedules | ScheduleList,
+    | RemoveSchedule | ListSchedules | ScheduleList | Retract | Retracted,
     Field(discriminator="type"),
 ]
 

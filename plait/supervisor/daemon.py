@@ -22,7 +22,12 @@ What the Relay does:
 - Credit: Flow may assign as many attempts as the supervisor has free slots,
   plus ``prefetch`` more that wait here in a queue. The queue hides the round
   trip to Flow: a worker that finishes starts the next attempt at once instead
-  of idling until Flow hears of it and answers. A worker whose task awaits
+  of idling until Flow hears of it and answers. When every worker is busy, the
+  next queued attempt goes *ahead* to one of them (one each), to start as soon
+  as its current attempt ends, without waiting for this loop to hear of the end
+  and answer. It is taken back (``Retract``) when that worker's task starts to
+  wait, since the attempt may be a child it waits for, and when another worker
+  is idle with nothing queued while the current attempt runs on. A worker whose task awaits
   other nodes counts as free (an extra process stands in for it, up to
   ``max_workers``). An attempt of a task with a timeout or a heartbeat timeout
   tells Flow when a worker starts it (``TaskHeartbeat(started=True)``): Flow
@@ -80,6 +85,8 @@ from plait.protocol.messages import (
     Propose,
     Proposed,
     Resolved,
+    Retract,
+    Retracted,
     SetState,
     TaskHeartbeat,
     Wait,
@@ -113,6 +120,9 @@ _UPKEEP = 0.005  # seconds between rescales and heartbeat checks in a busy loop
 # 2 workers, 10,000-task map: 16 per worker gave ~90% of the throughput of 48, and
 # 96 was no better than 48).
 PREFETCH = 48
+# A worker's current attempt has run this long (seconds) before an idle worker takes
+# back the attempt sent ahead to it: a task that ran for a while may run for hours.
+STEAL_AFTER = 0.01
 
 
 def _default_flow() -> str:
@@ -210,8 +220,9 @@ class Supervisor:
     # --- credit ------------------------------------------------------------------------
 
     def free(self) -> int:
-        busy = sum(1 for w in self.workers.values() if w.assign is not None)
-        return max(self.workers.target() + self.prefetch - busy - len(self.queue), 0)
+        held = sum((w.assign is not None) + (w.ahead is not None)
+                   for w in self.workers.values())
+        return max(self.workers.target() + self.prefetch - held - len(self.queue), 0)
 
     def _hello(self) -> Hello:
         self.credit = self.free()
@@ -349,10 +360,11 @@ class Supervisor:
         self.queue.append((msg, frame))
 
     def _held(self) -> list[Assign]:
-        """Attempts the workers hold (an evicted one is Flow's again, though its
-        worker may still be unwinding it)."""
-        return [w.assign for w in self.workers.values()
+        """Attempts the workers hold, running or sent ahead (an evicted one is Flow's
+        again, though its worker may still be unwinding it)."""
+        held = [w.assign for w in self.workers.values()
                 if w.assign is not None and not w.evicting]
+        return held + [w.ahead[0] for w in self.workers.values() if w.ahead is not None]
 
     def _finish(self, assign: Assign, error: dict[str, Any]) -> None:
         self.link.send(Finish(workflow_id=assign.workflow_id, node=assign.node,
@@ -365,6 +377,12 @@ class Supervisor:
                 self.queue.remove(entry)
                 self.queued.discard(_attempt(a))
                 self._finish(a, _cancelled(a))
+        for w in self.workers.values():
+            if w.ahead is not None and _attempt(w.ahead[0]) == _attempt(msg):
+                # The worker ends it unstarted (a cancelled Finish) or, if it has just
+                # started it, cancels it; it is escalated once this loop sees it start.
+                w.ahead_cancelled = True
+                self._to_worker(w.ident, msg)
         worker = self._worker_of(msg.workflow_id, msg.node)
         if worker is not None and worker.assign is not None \
                 and worker.assign.attempt == msg.attempt:
@@ -446,17 +464,28 @@ class Supervisor:
         elif isinstance(msg, Propose | TaskHeartbeat | SetState):
             self.link.send(msg, ident, track=True, frame=frame)
         elif isinstance(msg, Finish):
+            if worker.ahead is not None and _attempt(worker.ahead[0]) == _attempt(msg):
+                # Sent ahead and cancelled before it started; the current attempt runs on.
+                self.link.send(msg, ident, track=True, frame=frame)
+                worker.ahead, worker.retracting, worker.ahead_cancelled = None, False, False
+                return
             if worker.evicting:  # raced its eviction: the attempt is Flow's to resume
                 log.warning("dropped the Finish of evicted %s/%s", msg.workflow_id, msg.node)
             else:
                 self.link.send(msg, ident, track=True, frame=frame)
             self._release(worker)
+            self._promote(worker, now)
             self._dispatch()  # its next attempt at once, not after the rest of the drain
+        elif isinstance(msg, Retracted):
+            self._on_retracted(worker, msg)
         else:
             self.errors += 1
             log.error("unexpected %s from worker pid %d", type(msg).__name__, worker.pid)
 
     def _on_wait(self, worker: Worker, msg: Wait, frame: bytes) -> None:
+        # First: the attempt sent ahead may be a child this task waits for. The worker
+        # reads the Retract before any answer to the Wait, so it has not started it.
+        self._take_back(worker)
         resident = self._resident(msg)
         if resident == msg.resident:  # relayed as it came: a big map's Wait is megabytes
             self.link.send(msg, worker.ident, track=True, frame=frame)
@@ -480,6 +509,50 @@ class Supervisor:
         busy = sum(1 for w in self.workers.values() if w.assign and not w.evicting)
         return busy < self.workers.max_size
 
+    def _promote(self, worker: Worker, now: float) -> None:
+        """The worker ended its attempt and started the one sent ahead to it."""
+        if worker.ahead is None:
+            return
+        worker.assign, worker.since = worker.ahead[0], now
+        worker.ahead, worker.retracting = None, False
+        if worker.ahead_cancelled:  # it started before it read the CancelTask
+            worker.ahead_cancelled, worker.cancelling = False, True
+            self._tell(Cancel(worker.ident))
+
+    def _take_back(self, worker: Worker) -> None:
+        if worker.ahead is None or worker.retracting:
+            return
+        worker.retracting = True
+        a = worker.ahead[0]
+        log.debug("taking back %s/%s from worker pid %d", a.workflow_id, a.node, worker.pid)
+        self._to_worker(worker.ident, Retract(workflow_id=a.workflow_id, node=a.node,
+                                              attempt=a.attempt))
+
+    def _on_retracted(self, worker: Worker, msg: Retracted) -> None:
+        ahead = worker.ahead
+        if ahead is None or _attempt(ahead[0]) != _attempt(msg):
+            return  # it started (its predecessor's Finish came first) or was cancelled
+        worker.retracting = False
+        if not msg.ok:
+            log.warning("worker pid %d had started %s/%s, yet no Finish came before",
+                        worker.pid, msg.workflow_id, msg.node)
+            return
+        worker.ahead = None
+        self._requeue(ahead, worker.ahead_cancelled)
+        worker.ahead_cancelled = False
+        log.debug("took back %s/%s from worker pid %d", msg.workflow_id, msg.node, worker.pid)
+        self._dispatch()
+
+    def _requeue(self, entry: tuple[Assign, bytes], cancelled: bool) -> None:
+        """An attempt given back unstarted: first in line again, or ended if Flow
+        cancelled it meanwhile."""
+        assign = entry[0]
+        if cancelled:
+            self._finish(assign, _cancelled(assign))
+        else:
+            self.queued.add(_attempt(assign))
+            self.queue.appendleft(entry)
+
     def _release(self, worker: Worker) -> None:
         """The worker is done with its attempt (finished, or unwound after eviction)."""
         if worker.cancelling:
@@ -496,20 +569,57 @@ class Supervisor:
         while self.queue:
             worker = self.workers.idle()
             if worker is None:
+                self._send_ahead()
                 return
             assign, frame = self.queue.popleft()
             self.queued.discard(_attempt(assign))
-            worker.assign = assign
+            worker.assign, worker.since = assign, time.monotonic()
             self.workers_sock.send_multipart([worker.ident, frame])
             if assign.task in self.timed:
                 self.link.send(TaskHeartbeat(workflow_id=assign.workflow_id, node=assign.node,
                                              attempt=assign.attempt, started=True),
                                worker.ident, track=True)
+        self._steal()
+
+    def _send_ahead(self) -> None:
+        """Every worker is busy: send each the next queued attempt, to start the moment
+        its current one ends. A task with a timeout is never sent ahead: Flow counts
+        its time from when this loop starts it (``TaskHeartbeat(started=True)``)."""
+        for worker in self.workers.values():
+            if not self.queue or self.queue[0][0].task in self.timed:
+                return
+            if worker.ahead is None and worker.assign is not None and worker.ready and not (
+                    worker.waiting or worker.evicting or worker.cancelling or worker.retiring):
+                entry = self.queue.popleft()
+                self.queued.discard(_attempt(entry[0]))
+                worker.ahead = entry
+                self.workers_sock.send_multipart([worker.ident, entry[1]])
+                log.debug("sent %s/%s ahead to worker pid %d", entry[0].workflow_id,
+                          entry[0].node, worker.pid)
+
+    def _steal(self) -> None:
+        """Nothing queued and a worker idle: take back an attempt sent ahead to a worker
+        whose current attempt has run for a while, for the idle one to run."""
+        holders = [w for w in self.workers.values() if w.ahead is not None]
+        if not holders:
+            return
+        idle = sum(1 for w in self.workers.values() if w.idle)
+        taking = sum(1 for w in holders if w.retracting)
+        now = time.monotonic()
+        for worker in holders:
+            if taking >= idle:
+                return
+            if not worker.retracting and now - worker.since >= STEAL_AFTER:
+                self._take_back(worker)
+                taking += 1
 
     def _on_death(self, ident: bytes, pid: int, returncode: int) -> None:
         """The pool reaped a worker (and dropped its cancel escalation)."""
         worker = self.workers.by_ident.pop(ident, None)
         self.link.forget(ident)
+        if worker is not None and worker.ahead is not None:  # it may not have started it
+            self._requeue(worker.ahead, worker.ahead_cancelled)
+            worker.ahead = None
         if worker is None or worker.assign is None or worker.evicting:
             return
         death = describe_death(pid, returncode)
@@ -532,7 +642,7 @@ def _worker_endpoint() -> str:
     return "tcp://127.0.0.1:*"
 
 
-def _attempt(msg: Assign | Finish | CancelTask) -> tuple[str, str, int]:
+def _attempt(msg: Assign | Finish | CancelTask | Retracted) -> tuple[str, str, int]:
     """Which attempt a message is about."""
     return msg.workflow_id, msg.node, msg.attempt
 

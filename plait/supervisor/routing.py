@@ -21,6 +21,11 @@ class Worker:
     pid: int
     ready: bool = False
     assign: Assign | None = None
+    since: float = 0.0  # when it was handed ``assign``
+    # The attempt sent ahead (with its frame): it starts when ``assign`` ends.
+    ahead: tuple[Assign, bytes] | None = None
+    retracting: bool = False  # a Retract of ``ahead`` is not answered yet
+    ahead_cancelled: bool = False  # Flow cancelled ``ahead``; the worker was told
     waiting: bool = False  # its task awaits other nodes (Wait sent, no Resolved yet)
     cancelling: bool = False
     evicting: bool = False  # told to drop its waiting task; WorkerReady says it has

@@ -14,6 +14,11 @@ waits on a timer or a signal) makes the task's pending wait raise the private
 :class:`~plait.replay.Evicted`: the task unwinds (its ``finally`` blocks run),
 nothing more is reported for the attempt, and the worker says ``WorkerReady``
 again. Flow re-assigns the attempt with its history when the wait is over.
+
+The supervisor may send a busy worker its next attempt ahead of time: it waits
+in the link's queue and starts the moment the current one ends. A ``Retract``
+takes it back if it has not started (answered ``Retracted``), and a
+``CancelTask`` for it ends it unstarted, with a cancelled ``Finish``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -56,6 +62,8 @@ from plait.protocol.messages import (
     Propose,
     Proposed,
     Resolved,
+    Retract,
+    Retracted,
     TaskHeartbeat,
     Wait,
     WorkerReady,
@@ -100,9 +108,12 @@ class WorkerLink:
         self._endpoint = endpoint
         self._ident = ident.encode()
         self._outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.assignments: queue.SimpleQueue[Assign | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._lock = threading.Lock()
+        # Attempts handed to the task thread, not started yet: the supervisor sends the
+        # next one ahead while this one runs, and may take it back (Retract).
+        self._queued: deque[Assign | None] = deque()
+        self._handed = threading.Condition(self._lock)
         self._pending: dict[str, tuple[Propose | Wait, Future[Message]]] = {}
         self._current: tuple[str, str, int] | None = None
         self._cancelled = False
@@ -144,6 +155,18 @@ class WorkerLink:
             self._pending[message.id] = (message, future)
         self.send(message)
         return future
+
+    def hand(self, assign: Assign | None) -> None:
+        """Queue an attempt for the task thread (None: stop serving)."""
+        with self._lock:
+            self._queued.append(assign)
+            self._handed.notify()
+
+    def take(self) -> Assign | None:
+        """The next attempt, once there is one (None: stop serving)."""
+        with self._lock:
+            self._handed.wait_for(lambda: bool(self._queued))
+            return self._queued.popleft()
 
     @property
     def cancelled(self) -> bool:
@@ -188,11 +211,11 @@ class WorkerLink:
                 events = dict(poller.poll(self._poll_ms()))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
+                if sock in events:
+                    self._receive(sock)  # may queue answers (Retracted): sent just below
                 self._release_beat()
                 while not self._outbox.empty():
                     sock.send(codec.encode(self._outbox.get()))
-                if sock in events:
-                    self._receive(sock)
             log.warning("worker %d: supervisor is gone; exiting", os.getpid())
         except Exception:  # the process edge: without its link a worker is useless
             log.exception("worker %d: link failed; exiting", os.getpid())
@@ -225,7 +248,9 @@ class WorkerLink:
 
     def _dispatch(self, msg: Message) -> None:
         if isinstance(msg, Assign):
-            self.assignments.put(msg)
+            self.hand(msg)
+        elif isinstance(msg, Retract):
+            self._retract(msg)
         elif isinstance(msg, CancelTask):
             self._cancel(msg)
         elif isinstance(msg, Evict):
@@ -248,9 +273,31 @@ class WorkerLink:
         elif not future.done():
             future.set_result(msg)
 
+    def _unqueue(self, key: tuple[str, str, int]) -> Assign | None:
+        """Remove a queued attempt (the lock held); None if it is not queued (any more)."""
+        found = next((a for a in self._queued
+                      if a is not None and (a.workflow_id, a.node, a.attempt) == key), None)
+        if found is not None:
+            self._queued.remove(found)
+        return found
+
+    def _retract(self, msg: Retract) -> None:
+        # Through the outbox, under the lock that the task thread's sends take too:
+        # the answer follows whatever the task thread sent before taking the attempt.
+        with self._lock:
+            found = self._unqueue((msg.workflow_id, msg.node, msg.attempt))
+            self._outbox.put(Retracted(workflow_id=msg.workflow_id, node=msg.node,
+                                       attempt=msg.attempt, ok=found is not None))
+
     def _cancel(self, msg: CancelTask) -> None:
         with self._lock:
-            if self._current != (msg.workflow_id, msg.node, msg.attempt):
+            key = (msg.workflow_id, msg.node, msg.attempt)
+            if self._current != key:
+                queued = self._unqueue(key)
+                if queued is not None:  # never started: it ends here, cancelled
+                    exc = WorkflowCancelled(f"workflow {msg.workflow_id} was cancelled "
+                                            f"(node {msg.node})")
+                    self._outbox.put(_finish(queued, ok=False, error=error_dict(exc)))
                 return
             self._cancelled = True
             pending = [future for _, future in self._pending.values()]
@@ -382,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(link: WorkerLink, served: Mapping[str, Task[Any, Any]]) -> None:
     """Run the attempts the link hands over, one at a time, until it hands None."""
-    while (assign := link.assignments.get()) is not None:
+    while (assign := link.take()) is not None:
         started = time.monotonic()
         finish = run_attempt(assign, served, link)
         # An evicted attempt reports nothing; the supervisor learns the worker is free.
