@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import tasks_sample
@@ -42,10 +42,17 @@ from plait.protocol.messages import (
     TaskHeartbeat,
     Wait,
     Welcome,
+    WorkerReady,
 )
 from plait.supervisor import daemon
-from plait.supervisor.daemon import SupervisorSettings, run_supervisor
+from plait.supervisor.daemon import (
+    Supervisor,
+    SupervisorSettings,
+    import_tasks,
+    run_supervisor,
+)
 from plait.supervisor.pool import CrashLoop
+from plait.supervisor.routing import Worker
 from plait.supervisor.worker import WorkerLink
 from plait.testing import descendants, proc_stat, wait_for
 
@@ -789,3 +796,69 @@ def test_a_worker_ends_a_cancelled_attempt_it_has_not_started() -> None:
     assert link._outbox.empty()
     link.hand(None)
     assert link.take() is None
+
+
+class _NoZygote:
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def relay_with_a_worker() -> Iterator[tuple[Supervisor, Worker, zmq.Socket[bytes]]]:
+    """The Relay's routing alone (no loop, pool or Flow), with one worker record whose
+    socket the test holds: what the Relay sends that worker arrives there."""
+    settings = SupervisorSettings(flow="tcp://127.0.0.1:9", imports=[tasks_sample.__name__],
+                                  workers=1, max_workers=1, prefetch=2)
+    relay = Supervisor(settings, import_tasks(settings.imports), cast(Any, _NoZygote()))
+    sock = relay.zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"w1")
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(relay.workers_sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    worker = Worker(b"w1", 1234, ready=True)
+    relay.workers.by_ident[b"w1"] = worker
+    try:
+        yield relay, worker, sock
+    finally:
+        sock.close(linger=0)
+        relay.close()
+
+
+def waiting_frames(relay: Supervisor) -> bool:
+    return bool(relay.workers_sock.poll(0))
+
+
+def received(sock: zmq.Socket[bytes]) -> Message:
+    assert sock.poll(int(TIMEOUT * 1000)), "nothing sent to the worker"
+    return codec.decode(sock.recv())
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_retract_answered_after_the_previous_finish_decides_who_runs_the_next(
+        started: bool) -> None:
+    with relay_with_a_worker() as (relay, worker, sock):
+        # The worker's previous attempt x and y sent ahead (the handshake, re-enacted:
+        # the ROUTER needs a first frame from the worker to route to it).
+        sock.send(codec.encode(WorkerReady(pid=1234)))
+        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+        relay._poll_once()
+        x, y = assign("pid"), assign("pid")
+        for a in (x, y):
+            relay._on_assign(a, codec.encode(a))
+        relay._dispatch()
+        assert (worker.assign, worker.ahead and worker.ahead[0]) == (x, y)
+        assert [received(sock), received(sock)] == [x, y]
+        worker.since -= 1.0
+        relay._take_back(worker)  # as for an idle worker elsewhere
+        assert isinstance(received(sock), Retract)
+        # The worker sent x's Finish, then read the Retract: before or after taking y.
+        relay._from_worker(b"w1", codec.encode(Finish(workflow_id="wf", node=x.node,
+                                                      attempt=1, ok=True, output=1)), 0.0)
+        assert worker.assign is None  # not promoted: the answer decides
+        relay._from_worker(b"w1", codec.encode(Retracted(
+            workflow_id="wf", node=y.node, attempt=1, ok=not started)), 0.0)
+        assert worker.assign == y
+        assert worker.ahead is None
+        if not started:  # given back, then handed to the idle worker again
+            assert received(sock) == y
+        assert not sock.poll(0)
+        assert relay.free() == 1 + 2 - 1

@@ -38,14 +38,16 @@ What the Relay does:
   worker gets ``Evict``: the task unwinds, reports nothing more, and the worker
   says ``WorkerReady`` when it is free again. Flow re-assigns the attempt, with
   its history, when the wait is over.
-- Routing: Assign goes to an idle worker; Proposed/Resolved go back to the
+- Routing: Assign goes to an idle worker, or ahead to a busy one (see
+  Credit); Proposed/Resolved go back to the
   worker that asked; CancelTask goes to the worker running that attempt (and
   the pool escalates to signals if the task does not stop). TaskHeartbeat and
   SetState go to Flow and, like every request, are re-sent until Flow
   acknowledges them.
 - A worker's death (a ``died`` event) with an attempt in hand becomes a
   ``Finish`` with a retryable ``WorkerLost`` (``WorkflowCancelled`` if it was
-  being cancelled); a ``crash_loop`` event stops the supervisor with
+  being cancelled); an attempt sent ahead to it goes back to the queue; a
+  ``crash_loop`` event stops the supervisor with
   :class:`~plait.supervisor.pool.CrashLoop`.
 """
 
@@ -296,18 +298,27 @@ class Supervisor:
     def _poll_once(self) -> None:
         events = dict(self._poller().poll(int(_TICK * 1000)))
         now = time.monotonic()
+        deaths = []
         if self.events in events:  # first: a worker's "started" before its WorkerReady
             for frame in _drain(self.events):
-                self._from_pool(codec.unpack(frame), now)
+                event = codec.unpack(frame)
+                if event.get("event") == "died":
+                    deaths.append(event)
+                else:
+                    self._from_pool(event, now)
         if self.link.monitor is not None and self.link.monitor in events:
             self.link.on_monitor(now)
         if self.link.sock is not None and self.link.sock in events:
             for frame in _drain(self.link.sock):
                 self.link.heard(now)
                 self._from_flow(frame)
-        if self.workers_sock in events:
+        # A dead worker's last frames (its Finish, say) before its death: what it
+        # reported is not lost, and what it started is not taken for unstarted.
+        if self.workers_sock in events or deaths:
             for ident, frame in _drain_router(self.workers_sock):
                 self._from_worker(ident, frame, now)
+        for event in deaths:
+            self._from_pool(event, now)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -474,7 +485,8 @@ class Supervisor:
             else:
                 self.link.send(msg, ident, track=True, frame=frame)
             self._release(worker)
-            self._promote(worker, now)
+            if not worker.retracting:  # else Retracted says whether it started the next
+                self._promote(worker, now)
             self._dispatch()  # its next attempt at once, not after the rest of the drain
         elif isinstance(msg, Retracted):
             self._on_retracted(worker, msg)
@@ -529,18 +541,25 @@ class Supervisor:
                                               attempt=a.attempt))
 
     def _on_retracted(self, worker: Worker, msg: Retracted) -> None:
+        """The answer to a Retract. The worker may have ended its current attempt
+        just before (its Finish came first, and it was not promoted) or just after."""
         ahead = worker.ahead
         if ahead is None or _attempt(ahead[0]) != _attempt(msg):
-            return  # it started (its predecessor's Finish came first) or was cancelled
+            return  # cancelled before it started: its Finish came first
         worker.retracting = False
-        if not msg.ok:
-            log.warning("worker pid %d had started %s/%s, yet no Finish came before",
-                        worker.pid, msg.workflow_id, msg.node)
-            return
-        worker.ahead = None
-        self._requeue(ahead, worker.ahead_cancelled)
-        worker.ahead_cancelled = False
-        log.debug("took back %s/%s from worker pid %d", msg.workflow_id, msg.node, worker.pid)
+        if msg.ok:
+            worker.ahead = None
+            self._requeue(ahead, worker.ahead_cancelled)
+            worker.ahead_cancelled = False
+            log.debug("took back %s/%s from worker pid %d", msg.workflow_id, msg.node,
+                      worker.pid)
+        elif worker.assign is None:
+            self._promote(worker, time.monotonic())  # it started after its predecessor
+        else:  # the worker sends its Finish before it takes the next attempt: never
+            self.errors += 1
+            log.error("worker pid %d started %s/%s before ending %s", worker.pid,
+                      msg.workflow_id, msg.node, worker.assign.node)
+            worker.retracting = True  # not taken back again and again
         self._dispatch()
 
     def _requeue(self, entry: tuple[Assign, bytes], cancelled: bool) -> None:

@@ -34,7 +34,9 @@ class Worker:
 
     @property
     def idle(self) -> bool:
-        return self.ready and self.assign is None and not self.retiring
+        # An attempt still sent ahead: a Retract is out, and its answer says whether
+        # the worker started it.
+        return self.ready and self.assign is None and self.ahead is None and not self.retiring
 
     def key(self) -> tuple[str, str] | None:
         return (self.assign.workflow_id, self.assign.node) if self.assign else None

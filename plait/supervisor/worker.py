@@ -166,7 +166,11 @@ class WorkerLink:
         """The next attempt, once there is one (None: stop serving)."""
         with self._lock:
             self._handed.wait_for(lambda: bool(self._queued))
-            return self._queued.popleft()
+            assign = self._queued.popleft()
+            if assign is not None:  # current from now: a CancelTask from now on is its
+                self._current = (assign.workflow_id, assign.node, assign.attempt)
+                self._cancelled = self._evicted = False
+            return assign
 
     @property
     def cancelled(self) -> bool:
@@ -177,9 +181,10 @@ class WorkerLink:
         return self._evicted
 
     def begin(self, assign: Assign, on_cancel: Callable[[], None] | None = None) -> None:
+        key = (assign.workflow_id, assign.node, assign.attempt)
         with self._lock:
-            self._current = (assign.workflow_id, assign.node, assign.attempt)
-            self._cancelled = self._evicted = False
+            if self._current != key:  # not taken through take(): a fresh start
+                self._current, self._cancelled, self._evicted = key, False, False
             self._on_cancel = on_cancel
 
     def set_on_cancel(self, on_cancel: Callable[[], None] | None) -> None:
