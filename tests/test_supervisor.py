@@ -832,33 +832,60 @@ def received(sock: zmq.Socket[bytes]) -> Message:
     return codec.decode(sock.recv())
 
 
+def finished_while_taking_back(relay: Supervisor, worker: Worker,
+                               sock: zmq.Socket[bytes]) -> tuple[Assign, Assign]:
+    """The worker runs x with y sent ahead; a Retract of y goes out, and x's Finish
+    arrives before the answer. Returns x and y."""
+    sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
+    wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+    relay._poll_once()
+    x, y = assign("pid"), assign("pid")
+    for a in (x, y):
+        relay._on_assign(a, codec.encode(a))
+    relay._dispatch()
+    assert (worker.assign, worker.ahead and worker.ahead[0]) == (x, y)
+    assert [received(sock), received(sock)] == [x, y]
+    worker.since -= 1.0
+    relay._take_back(worker)  # as for an idle worker elsewhere
+    assert isinstance(received(sock), Retract)
+    relay._from_worker(b"w1", codec.encode(Finish(workflow_id="wf", node=x.node, attempt=1,
+                                                  ok=True, output=1)), 0.0)
+    assert worker.assign is None  # not moved on to y: the answer says whether it started
+    return x, y
+
+
 @pytest.mark.parametrize("started", [False, True])
 def test_a_retract_answered_after_the_previous_finish_decides_who_runs_the_next(
         started: bool) -> None:
     with relay_with_a_worker() as (relay, worker, sock):
-        # The worker's previous attempt x and y sent ahead (the handshake, re-enacted:
-        # the ROUTER needs a first frame from the worker to route to it).
-        sock.send(codec.encode(WorkerReady(pid=1234)))
-        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
-        relay._poll_once()
-        x, y = assign("pid"), assign("pid")
-        for a in (x, y):
-            relay._on_assign(a, codec.encode(a))
-        relay._dispatch()
-        assert (worker.assign, worker.ahead and worker.ahead[0]) == (x, y)
-        assert [received(sock), received(sock)] == [x, y]
-        worker.since -= 1.0
-        relay._take_back(worker)  # as for an idle worker elsewhere
-        assert isinstance(received(sock), Retract)
-        # The worker sent x's Finish, then read the Retract: before or after taking y.
-        relay._from_worker(b"w1", codec.encode(Finish(workflow_id="wf", node=x.node,
-                                                      attempt=1, ok=True, output=1)), 0.0)
-        assert worker.assign is None  # not promoted: the answer decides
+        _, y = finished_while_taking_back(relay, worker, sock)
         relay._from_worker(b"w1", codec.encode(Retracted(
             workflow_id="wf", node=y.node, attempt=1, ok=not started)), 0.0)
         assert worker.assign == y
         assert worker.ahead is None
         if not started:  # given back, then handed to the idle worker again
             assert received(sock) == y
-        assert not sock.poll(0)
+        assert not sock.poll(50)
         assert relay.free() == 1 + 2 - 1
+
+
+def test_a_worker_that_dies_before_answering_a_retract_had_started_the_next() -> None:
+    with relay_with_a_worker() as (relay, worker, sock):
+        _, y = finished_while_taking_back(relay, worker, sock)
+        relay._on_death(b"w1", 1234, -9)
+        lost = [m for m, _, _ in relay.link.outstanding.values()
+                if isinstance(m, Finish) and not m.ok]
+        assert [(m.node, m.error and m.error["type"]) for m in lost] == [(y.node, "WorkerLost")]
+        assert not relay.queue  # not run again as if it had never started
+
+
+def test_what_a_worker_says_of_the_attempt_sent_ahead_shows_it_started() -> None:
+    with relay_with_a_worker() as (relay, worker, sock):
+        _, y = finished_while_taking_back(relay, worker, sock)
+        relay._from_worker(b"w1", codec.encode(Wait(workflow_id="wf", node=y.node, attempt=1,
+                                                    handles=["c"])), 0.0)
+        assert worker.assign == y
+        assert worker.evicting  # handled as its current task's Wait (no room: evicted)
+        relay._from_worker(b"w1", codec.encode(Retracted(workflow_id="wf", node=y.node,
+                                                         attempt=1, ok=False)), 0.0)
+        assert (worker.assign, worker.ahead) == (y, None)

@@ -302,10 +302,13 @@ class Supervisor:
         if self.events in events:  # first: a worker's "started" before its WorkerReady
             for frame in _drain(self.events):
                 event = codec.unpack(frame)
-                if event.get("event") == "died":
-                    deaths.append(event)
-                else:
+                if event.get("event") != "died":
                     self._from_pool(event, now)
+                    continue
+                deaths.append(event)
+                dead = self.workers.get(event["ident"])
+                if dead is not None:
+                    dead.retiring = True  # gone: nothing more is sent to it
         if self.link.monitor is not None and self.link.monitor in events:
             self.link.on_monitor(now)
         if self.link.sock is not None and self.link.sock in events:
@@ -466,6 +469,15 @@ class Supervisor:
             if isinstance(msg, WorkerReady):
                 self._early.add(ident)
             return
+        if worker.ahead is not None and isinstance(msg, _ABOUT_AN_ATTEMPT) \
+                and _attempt(msg) == _attempt(worker.ahead[0]):
+            if worker.assign is None:  # a Retract is out, and its answer is behind this
+                self._promote(worker, now)  # it speaks of the attempt: it started it
+            elif isinstance(msg, Finish):
+                # Cancelled before it started; the current attempt runs on.
+                self.link.send(msg, ident, track=True, frame=frame)
+                worker.ahead, worker.retracting, worker.ahead_cancelled = None, False, False
+                return
         if isinstance(msg, WorkerReady):
             self._on_ready(worker, now)
             if worker.evicting:
@@ -475,11 +487,6 @@ class Supervisor:
         elif isinstance(msg, Propose | TaskHeartbeat | SetState):
             self.link.send(msg, ident, track=True, frame=frame)
         elif isinstance(msg, Finish):
-            if worker.ahead is not None and _attempt(worker.ahead[0]) == _attempt(msg):
-                # Sent ahead and cancelled before it started; the current attempt runs on.
-                self.link.send(msg, ident, track=True, frame=frame)
-                worker.ahead, worker.retracting, worker.ahead_cancelled = None, False, False
-                return
             if worker.evicting:  # raced its eviction: the attempt is Flow's to resume
                 log.warning("dropped the Finish of evicted %s/%s", msg.workflow_id, msg.node)
             else:
@@ -545,7 +552,7 @@ class Supervisor:
         just before (its Finish came first, and it was not promoted) or just after."""
         ahead = worker.ahead
         if ahead is None or _attempt(ahead[0]) != _attempt(msg):
-            return  # cancelled before it started: its Finish came first
+            return  # it spoke (so it had started), or was cancelled unstarted
         worker.retracting = False
         if msg.ok:
             worker.ahead = None
@@ -636,8 +643,13 @@ class Supervisor:
         """The pool reaped a worker (and dropped its cancel escalation)."""
         worker = self.workers.by_ident.pop(ident, None)
         self.link.forget(ident)
-        if worker is not None and worker.ahead is not None:  # it may not have started it
-            self._requeue(worker.ahead, worker.ahead_cancelled)
+        if worker is not None and worker.ahead is not None:
+            if worker.assign is None and worker.retracting:
+                # Its predecessor's Finish came and the answer did not: the worker
+                # takes the next attempt right after a Finish, so it had started it.
+                worker.assign, worker.cancelling = worker.ahead[0], worker.ahead_cancelled
+            else:
+                self._requeue(worker.ahead, worker.ahead_cancelled)
             worker.ahead = None
         if worker is None or worker.assign is None or worker.evicting:
             return
@@ -661,7 +673,12 @@ def _worker_endpoint() -> str:
     return "tcp://127.0.0.1:*"
 
 
-def _attempt(msg: Assign | Finish | CancelTask | Retracted) -> tuple[str, str, int]:
+# What a worker sends about its attempt (a Retracted speaks of one it may not run).
+_ABOUT_AN_ATTEMPT = (Wait, Propose, TaskHeartbeat, SetState, Finish)
+
+
+def _attempt(msg: Assign | Finish | CancelTask | Retracted | Wait | Propose | TaskHeartbeat
+             | SetState) -> tuple[str, str, int]:
     """Which attempt a message is about."""
     return msg.workflow_id, msg.node, msg.attempt
 
