@@ -27,8 +27,8 @@ What the Relay does:
   as its current attempt ends, without waiting for this loop to hear of the end
   and answer. It is taken back (``Retract``) when that worker's task starts to
   wait, since the attempt may be a child it waits for, and when another worker
-  is idle with nothing queued while the current attempt runs on. A worker whose task awaits
-  other nodes counts as free (an extra process stands in for it, up to
+  is idle with nothing queued while the current attempt runs on. A worker whose
+  task awaits other nodes counts as free (an extra process stands in for it, up to
   ``max_workers``). An attempt of a task with a timeout or a heartbeat timeout
   tells Flow when a worker starts it (``TaskHeartbeat(started=True)``): Flow
   counts those timeouts from then, so time in the queue is not the task's.
@@ -46,7 +46,8 @@ What the Relay does:
   acknowledges them.
 - A worker's death (a ``died`` event) with an attempt in hand becomes a
   ``Finish`` with a retryable ``WorkerLost`` (``WorkflowCancelled`` if it was
-  being cancelled); an attempt sent ahead to it goes back to the queue; a
+  being cancelled); an attempt sent ahead to it goes back to the queue unless
+  it had started; a
   ``crash_loop`` event stops the supervisor with
   :class:`~plait.supervisor.pool.CrashLoop`.
 """
