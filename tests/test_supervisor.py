@@ -363,6 +363,15 @@ def ahead_to(caplog: pytest.LogCaptureFixture, a: Assign) -> int | None:
                  if m.startswith(said)), None)
 
 
+def send_ahead(flow: FakeFlow, caplog: pytest.LogCaptureFixture) -> tuple[Assign, int]:
+    """Send an attempt while every worker is busy; it and the pid it went ahead to."""
+    x = assign("pid")
+    flow.send(x)
+    pid = wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+    assert pid is not None
+    return x, pid
+
+
 def taken_back(caplog: pytest.LogCaptureFixture, a: Assign) -> bool:
     return any(r.getMessage().startswith(f"took back wf/{a.node} ")
                for r in list(caplog.records))
@@ -378,9 +387,8 @@ def test_an_attempt_sent_ahead_is_taken_back_when_the_task_waits(
         flow.expect(Hello)
         flow.send(assign("gated_fan_out", str(path), str(gate), 1, node="p"))
         pid = pid_file(path)
-        x = assign("pid")
-        flow.send(x)  # the only worker is busy: x goes ahead to it
-        assert wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead") == pid
+        x, holder = send_ahead(flow, caplog)  # the only worker is busy
+        assert holder == pid
         gate.touch()
         wait = flow.expect(Wait, lambda m: m.node == "p")
         # Left in the waiting task's worker, x would wait for the parent, which (here)
@@ -405,9 +413,7 @@ def test_an_idle_worker_takes_back_an_attempt_sent_ahead_to_a_busy_one(
         for name in ("a", "b"):
             flow.send(assign("gated", str(tmp_path / name), str(tmp_path / f"{name}.gate")))
             gated[pid_file(tmp_path / name)] = tmp_path / f"{name}.gate"
-        x = assign("pid")
-        flow.send(x)
-        holder = wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+        x, holder = send_ahead(flow, caplog)
         assert holder in gated
         other = next(p for p in gated if p != holder)
         gated[other].touch()
@@ -429,9 +435,7 @@ def test_an_attempt_sent_ahead_can_be_cancelled_before_it_starts(
         holder = assign("gated", str(path), str(gate))
         flow.send(holder)
         pid = pid_file(path)
-        x = assign("pid")
-        flow.send(x)
-        wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+        x, _ = send_ahead(flow, caplog)
         flow.send(CancelTask(workflow_id="wf", node=x.node, attempt=1))
         done = flow.expect(Finish, lambda f: f.node == x.node)  # the holder still runs
         assert done.error is not None
@@ -452,9 +456,7 @@ def test_an_attempt_sent_ahead_to_a_worker_that_dies_runs_elsewhere(
         holder = assign("block", str(path))
         flow.send(holder)
         pid = pid_file(path)
-        x = assign("pid")
-        flow.send(x)
-        wait_for(lambda: ahead_to(caplog, x), TIMEOUT, message="not sent ahead")
+        x, _ = send_ahead(flow, caplog)
         os.kill(pid, signal.SIGKILL)
         lost = flow.expect(Finish, lambda f: f.node == holder.node)
         assert lost.error is not None

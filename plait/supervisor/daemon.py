@@ -109,7 +109,7 @@ from plait.supervisor.pool import (
     Settle,
     WorkerPool,
 )
-from plait.supervisor.routing import Worker, Workers, describe_death
+from plait.supervisor.routing import Worker, Workers, attempt_of, describe_death
 from plait.supervisor.worker import error_dict
 from plait.supervisor.zygote import Zygote
 from plait.task import Task, UnknownTask, registered
@@ -234,8 +234,8 @@ class Supervisor:
 
     def _running(self) -> list[AttemptRef]:
         assigns = self._held() + [a for a, _ in self.queue]
-        refs = {_attempt(a) for a in assigns}
-        refs |= {_attempt(m) for m, _, _ in self.link.outstanding.values()
+        refs = {attempt_of(a) for a in assigns}
+        refs |= {attempt_of(m) for m, _, _ in self.link.outstanding.values()
                  if isinstance(m, Finish)}
         return [AttemptRef(workflow_id=w, node=n, attempt=a) for w, n, a in sorted(refs)]
 
@@ -367,8 +367,8 @@ class Supervisor:
                               f"(serves {sorted(self.tasks)})")
             self._finish(msg, error_dict(exc))
             return
-        key = _attempt(msg)
-        if key in self.queued or any(_attempt(a) == key
+        key = attempt_of(msg)
+        if key in self.queued or any(attempt_of(a) == key
                                      for a in self._held()):
             return  # re-sent by a restarted Flow: already running here
         self.queued.add(key)
@@ -388,12 +388,12 @@ class Supervisor:
     def _on_cancel(self, msg: CancelTask) -> None:
         for entry in list(self.queue):
             a = entry[0]
-            if _attempt(a) == _attempt(msg):
+            if attempt_of(a) == attempt_of(msg):
                 self.queue.remove(entry)
-                self.queued.discard(_attempt(a))
+                self.queued.discard(attempt_of(a))
                 self._finish(a, _cancelled(a))
         for w in self.workers.values():
-            if w.ahead is not None and _attempt(w.ahead[0]) == _attempt(msg):
+            if w.ahead is not None and attempt_of(w.ahead[0]) == attempt_of(msg):
                 # The worker ends it unstarted (a cancelled Finish) or, if it has just
                 # started it, cancels it; it is escalated once this loop sees it start.
                 w.ahead_cancelled = True
@@ -471,7 +471,7 @@ class Supervisor:
                 self._early.add(ident)
             return
         if worker.ahead is not None and isinstance(msg, _ABOUT_AN_ATTEMPT) \
-                and _attempt(msg) == _attempt(worker.ahead[0]):
+                and attempt_of(msg) == attempt_of(worker.ahead[0]):
             if worker.assign is None:  # a Retract is out, and its answer is behind this
                 self._promote(worker, now)  # it speaks of the attempt: it started it
             elif isinstance(msg, Finish):
@@ -552,7 +552,7 @@ class Supervisor:
         """The answer to a Retract. The worker may have ended its current attempt
         just before (its Finish came first, and it was not promoted) or just after."""
         ahead = worker.ahead
-        if ahead is None or _attempt(ahead[0]) != _attempt(msg):
+        if ahead is None or attempt_of(ahead[0]) != attempt_of(msg):
             return  # it spoke (so it had started), or was cancelled unstarted
         worker.retracting = False
         if msg.ok:
@@ -577,7 +577,7 @@ class Supervisor:
         if cancelled:
             self._finish(assign, _cancelled(assign))
         else:
-            self.queued.add(_attempt(assign))
+            self.queued.add(attempt_of(assign))
             self.queue.appendleft(entry)
 
     def _release(self, worker: Worker) -> None:
@@ -599,7 +599,7 @@ class Supervisor:
                 self._send_ahead()
                 return
             assign, frame = self.queue.popleft()
-            self.queued.discard(_attempt(assign))
+            self.queued.discard(attempt_of(assign))
             worker.assign, worker.since = assign, time.monotonic()
             self.workers_sock.send_multipart([worker.ident, frame])
             if assign.task in self.timed:
@@ -618,7 +618,7 @@ class Supervisor:
             if worker.ahead is None and worker.assign is not None and worker.ready and not (
                     worker.waiting or worker.evicting or worker.cancelling or worker.retiring):
                 entry = self.queue.popleft()
-                self.queued.discard(_attempt(entry[0]))
+                self.queued.discard(attempt_of(entry[0]))
                 worker.ahead = entry
                 self.workers_sock.send_multipart([worker.ident, entry[1]])
                 log.debug("sent %s/%s ahead to worker pid %d", entry[0].workflow_id,
@@ -676,12 +676,6 @@ def _worker_endpoint() -> str:
 
 # What a worker sends about its attempt (a Retracted speaks of one it may not run).
 _ABOUT_AN_ATTEMPT = (Wait, Propose, TaskHeartbeat, SetState, Finish)
-
-
-def _attempt(msg: Assign | Finish | CancelTask | Retracted | Wait | Propose | TaskHeartbeat
-             | SetState) -> tuple[str, str, int]:
-    """Which attempt a message is about."""
-    return msg.workflow_id, msg.node, msg.attempt
 
 
 def _cancelled(assign: Assign) -> dict[str, Any]:

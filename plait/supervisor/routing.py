@@ -9,6 +9,7 @@ and ``died`` events and of readiness from the workers' ``WorkerReady``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from plait.protocol.messages import Assign
 
@@ -76,6 +77,20 @@ class Workers:
             return []
         spare = [w for w in live if w.idle and now - w.idle_since >= self.linger]
         return spare[:excess]
+
+
+class _OfAnAttempt(Protocol):
+    @property
+    def workflow_id(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+def attempt_of(msg: _OfAnAttempt) -> tuple[str, str, int]:
+    """Which attempt a message is about."""
+    return msg.workflow_id, msg.node, msg.attempt
 
 
 def describe_death(pid: int, returncode: int) -> str:

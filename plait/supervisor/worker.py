@@ -70,6 +70,7 @@ from plait.protocol.messages import (
 )
 from plait.protocol.sockets import connect, waiting
 from plait.replay import Evicted
+from plait.supervisor.routing import attempt_of
 from plait.task import (
     DEFAULT_RETRY,
     InvalidArguments,
@@ -168,7 +169,7 @@ class WorkerLink:
             self._handed.wait_for(lambda: bool(self._queued))
             assign = self._queued.popleft()
             if assign is not None:  # current from now: a CancelTask from now on is its
-                self._current = (assign.workflow_id, assign.node, assign.attempt)
+                self._current = attempt_of(assign)
                 self._cancelled = self._evicted = False
             return assign
 
@@ -181,7 +182,7 @@ class WorkerLink:
         return self._evicted
 
     def begin(self, assign: Assign, on_cancel: Callable[[], None] | None = None) -> None:
-        key = (assign.workflow_id, assign.node, assign.attempt)
+        key = attempt_of(assign)
         with self._lock:
             if self._current != key:  # not taken through take(): a fresh start
                 self._current, self._cancelled, self._evicted = key, False, False
@@ -196,8 +197,8 @@ class WorkerLink:
             self._current, self._on_cancel = None, None
             self._pending.clear()
 
-    def _cancel_error(self) -> WorkflowCancelled:
-        wf, node, _ = self._current or ("?", "?", 0)
+    def _cancel_error(self, attempt: tuple[str, str, int] | None = None) -> WorkflowCancelled:
+        wf, node, _ = attempt or self._current or ("?", "?", 0)
         return WorkflowCancelled(f"workflow {wf} was cancelled (node {node})")
 
     # --- the socket thread ----------------------------------------------------------------
@@ -281,7 +282,7 @@ class WorkerLink:
     def _unqueue(self, key: tuple[str, str, int]) -> Assign | None:
         """Remove a queued attempt (the lock held); None if it is not queued (any more)."""
         found = next((a for a in self._queued
-                      if a is not None and (a.workflow_id, a.node, a.attempt) == key), None)
+                      if a is not None and attempt_of(a) == key), None)
         if found is not None:
             self._queued.remove(found)
         return found
@@ -290,19 +291,18 @@ class WorkerLink:
         # Through the outbox, under the lock that the task thread's sends take too:
         # the answer follows whatever the task thread sent before taking the attempt.
         with self._lock:
-            found = self._unqueue((msg.workflow_id, msg.node, msg.attempt))
+            found = self._unqueue(attempt_of(msg))
             self._outbox.put(Retracted(workflow_id=msg.workflow_id, node=msg.node,
                                        attempt=msg.attempt, ok=found is not None))
 
     def _cancel(self, msg: CancelTask) -> None:
         with self._lock:
-            key = (msg.workflow_id, msg.node, msg.attempt)
+            key = attempt_of(msg)
             if self._current != key:
                 queued = self._unqueue(key)
                 if queued is not None:  # never started: it ends here, cancelled
-                    exc = WorkflowCancelled(f"workflow {msg.workflow_id} was cancelled "
-                                            f"(node {msg.node})")
-                    self._outbox.put(_finish(queued, ok=False, error=error_dict(exc)))
+                    self._outbox.put(_finish(queued, ok=False,
+                                             error=error_dict(self._cancel_error(key))))
                 return
             self._cancelled = True
             pending = [future for _, future in self._pending.values()]
@@ -317,7 +317,7 @@ class WorkerLink:
 
     def _evict(self, msg: Evict) -> None:
         with self._lock:
-            if self._current != (msg.workflow_id, msg.node, msg.attempt):
+            if self._current != attempt_of(msg):
                 return
             self._evicted = True
             pending = [future for _, future in self._pending.values()]
