@@ -15,6 +15,7 @@ from flowkit import diff, spec
 
 from plait.actors.history import WorkflowState, state_event
 from plait.actors.mail import CacheEntry, Publish, ScheduleChange, StoredEvent, Write
+from plait.actors.publisher import Publisher
 from plait.actors.store import Database, Store, load
 from plait.protocol.diff import NodeState
 from plait.testing import wait_for
@@ -98,14 +99,16 @@ class Recorder(pykka.ThreadingActor):
         return len(self.published)
 
 
-def test_group_commit_sends_only_what_is_committed(tmp_path: Any) -> None:
+@pytest.mark.parametrize("subscribed", [True, False])
+def test_group_commit_sends_only_what_is_committed(tmp_path: Any, subscribed: bool) -> None:
     path = str(tmp_path / "flow.db")
     zctx: zmq.Context[Any] = zmq.Context()
     pull = zctx.socket(zmq.PULL)
     pull.bind("inproc://store-test")
     publisher = Recorder.start()
     fatal: list[BaseException] = []
-    store = Store.start(path, zctx, "inproc://store-test", publisher, fatal.append)
+    store = Store.start(path, zctx, "inproc://store-test", publisher, lambda: subscribed,
+                        fatal.append)
     reader = sqlite3.connect(path)
     gate = threading.Event()
     try:
@@ -130,7 +133,11 @@ def test_group_commit_sends_only_what_is_committed(tmp_path: Any) -> None:
         assert frames[0] == [b"peer", b"submitted"]
         assert [int(f[1]) for f in frames[1:]] == list(range(2, 302))
         assert store.proxy().commits.get(timeout=10) == 1  # 301 writes, one transaction
-        wait_for(lambda: publisher.proxy().seen().get() == 301)
+        done = threading.Event()
+        store.tell(Write(then=done.set))  # runs after the Store told the Publisher, if it did
+        assert done.wait(10)
+        # Told only if somebody subscribes to the feed: else its thread is not even woken.
+        assert publisher.proxy().seen().get(timeout=10) == (301 if subscribed else 0)
         assert not fatal
     finally:
         gate.set()
@@ -148,7 +155,8 @@ def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None
     pull.bind("inproc://store-fail")
     publisher = Recorder.start()
     fatal: list[BaseException] = []
-    store = Store.start(path, zctx, "inproc://store-fail", publisher, fatal.append)
+    store = Store.start(path, zctx, "inproc://store-fail", publisher, lambda: True,
+                        fatal.append)
     try:
         event = stream(end=False)[0]
         store.tell(Write([event], [(b"p", b"one")]))
@@ -163,6 +171,40 @@ def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None
         store.stop(block=True, timeout=10)
         publisher.stop(block=True, timeout=10)
         pull.close(linger=0)
+        zctx.term()
+
+
+def test_the_audience_tells_the_store_when_the_feed_may_have_a_subscriber() -> None:
+    zctx: zmq.Context[Any] = zmq.Context()
+    publisher = Publisher.start(zctx, "tcp://127.0.0.1:*")
+    endpoint = publisher.proxy().bound().get(timeout=10)
+    audience = publisher.proxy().audience.get(timeout=10)
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        assert not audience.maybe()  # nobody yet: the Store tells the Publisher nothing
+        sub.setsockopt(zmq.SUBSCRIBE, WF.encode())
+        sub.connect(endpoint)
+        # The subscription reached the socket; the Publisher, told nothing, has not
+        # read it, but the Store knows to tell it.
+        wait_for(audience.maybe, message="news on the feed's socket")
+        assert not audience.listening.is_set()
+        event = stream(end=False)[0]
+        publisher.tell(Publish([event]))
+        assert sub.poll(10_000)  # read the subscription first: the event went out
+        topic, _ = sub.recv_multipart()
+        assert topic == WF.encode()
+        assert audience.listening.is_set()
+        sub.close(linger=0)
+        wait_for(lambda: publisher.tell(Publish([event])) or not audience.listening.is_set(),
+                 message="the subscriber leaving")
+        assert publisher.proxy().sent.get(timeout=10) >= 1
+        # Once the Publisher has read what the socket had (the leaving included).
+        wait_for(lambda: publisher.tell(Publish([])) or not audience.maybe(),
+                 message="the socket's news read")
+    finally:
+        sub.close(linger=0)
+        publisher.stop(block=True, timeout=10)
         zctx.term()
 
 

@@ -127,7 +127,9 @@ class Flow:
         s, z = self.settings, self.zctx
         self.publisher = publisher = self._add(Publisher.start(z, s.endpoint(s.feed())))
         self.feed_endpoint = publisher.proxy().bound().get(timeout=STOP_TIMEOUT)
-        self.store = self._add(Store.start(s.db, z, outbox, publisher, self._fatal))
+        audience = publisher.proxy().audience.get(timeout=STOP_TIMEOUT)
+        self.store = self._add(Store.start(s.db, z, outbox, publisher, audience.maybe,
+                                           self._fatal))
         reader = self._add(Reader.start(s.db, z, outbox, self._revive))
         cache = self._add(Cache.start(s.db))
         self.dispatcher = Dispatcher(self.registry, self.counters)

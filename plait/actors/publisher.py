@@ -11,11 +11,22 @@ first subscriber, its last one leaving), so that an event nobody subscribed to
 is not even packed. The subscriptions are read before each batch; ZeroMQ
 registers a subscription in its filter when it makes it readable, so this
 skips exactly what a PUB would have dropped.
+
+While nobody subscribes at all, the Store does not even tell the Publisher
+(waking its thread cost every commit tens of microseconds). It asks the
+:class:`Audience` first: somebody subscribes, or the socket has news the
+Publisher has not read (a subscription, say): ZeroMQ makes the socket's
+``ZMQ_FD`` readable whenever its state changes, until the owning thread next
+uses the socket. The Store only polls that descriptor, never the socket
+(which belongs to the Publisher's thread), and a first subscription is
+published to from the first commit after it reached the socket, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import threading
 from typing import Any
 
 import pykka
@@ -26,11 +37,28 @@ from plait.protocol.codec import pack
 from plait.protocol.messages import PROTOCOL_VERSION, FeedEvent, new_id
 from plait.protocol.sockets import waiting
 
-__all__ = ["Publisher"]
+__all__ = ["Audience", "Publisher"]
 
 log = logging.getLogger(__name__)
 
 FEED_EVENT: str = FeedEvent.model_fields["type"].default
+
+
+class Audience:
+    """Whether the feed may have a subscriber: the Store asks before telling the
+    Publisher. The Publisher's thread sets ``listening``; :meth:`maybe` runs on
+    the Store's thread only (a poll object is not for two threads)."""
+
+    def __init__(self) -> None:
+        self.listening = threading.Event()  # some topic is subscribed
+        self._news = select.poll()
+
+    def watch(self, fd: int) -> None:
+        """The socket's ZMQ_FD (before any other thread calls :meth:`maybe`)."""
+        self._news.register(fd, select.POLLIN)
+
+    def maybe(self) -> bool:
+        return self.listening.is_set() or bool(self._news.poll(0))
 
 
 class Publisher(pykka.ThreadingActor):
@@ -42,6 +70,7 @@ class Publisher(pykka.ThreadingActor):
         self._endpoint = endpoint
         self.endpoint = ""
         self.sent = 0
+        self.audience = Audience()
 
     def on_start(self) -> None:
         self.topics: set[bytes] = set()  # subscribed prefixes of workflow ids
@@ -50,6 +79,8 @@ class Publisher(pykka.ThreadingActor):
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(self._endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.audience.watch(self.sock.getsockopt(zmq.FD))
+        self._subscriptions()  # none yet: this only resets ZMQ_FD
 
     def on_stop(self) -> None:
         self.sock.close()
@@ -84,3 +115,7 @@ class Publisher(pykka.ThreadingActor):
                 self.topics.add(note[1:])
             elif note[:1] == b"\x00":
                 self.topics.discard(note[1:])
+        if self.topics:
+            self.audience.listening.set()
+        else:
+            self.audience.listening.clear()

@@ -38,10 +38,11 @@ class Store(DatabaseActor):
     MAX_BATCH = 4096  # events per transaction: bounds the latency of one commit
 
     def __init__(self, path: str, zctx: zmq.Context[Any], outbox_address: str,
-                 publisher: pykka.ActorRef[Any], on_fatal: Callable[[BaseException], None]
-                 ) -> None:
+                 publisher: pykka.ActorRef[Any], listened: Callable[[], bool],
+                 on_fatal: Callable[[BaseException], None]) -> None:
         super().__init__(path, zctx, outbox_address)
         self._publisher = publisher
+        self._listened = listened  # whether the feed may have a subscriber (Audience)
         self._on_fatal = on_fatal
         self._failed = False
         self.commits = 0
@@ -88,7 +89,7 @@ class Store(DatabaseActor):
         # Replies first: a waiting task (a chain's next hop, a durable step) goes on
         # while the Publisher's thread, woken next, packs the feed.
         self.outbox.send_frames([pair for w in batch for pair in w.out])
-        if events:
+        if events and self._listened():
             self._publisher.tell(Publish(events))
         for w in batch:
             if w.then is not None:
