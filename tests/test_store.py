@@ -13,9 +13,10 @@ import pytest
 import zmq
 from flowkit import diff, spec
 
+from plait.actors import publisher as publisher_module
 from plait.actors.history import WorkflowState, state_event
 from plait.actors.mail import CacheEntry, Publish, ScheduleChange, StoredEvent, Write
-from plait.actors.publisher import Publisher
+from plait.actors.publisher import Audience, Publisher
 from plait.actors.store import Database, Store, load
 from plait.protocol.diff import NodeState
 from plait.testing import wait_for
@@ -179,31 +180,68 @@ def test_the_audience_tells_the_store_when_the_feed_may_have_a_subscriber() -> N
     publisher = Publisher.start(zctx, "tcp://127.0.0.1:*")
     endpoint = publisher.proxy().bound().get(timeout=10)
     audience = publisher.proxy().audience.get(timeout=10)
-    sub = zctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    try:
-        assert not audience.maybe()  # nobody yet: the Store tells the Publisher nothing
+    event = stream(end=False)[0]
+
+    def subscribe() -> zmq.Socket[bytes]:
+        sub = zctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, WF.encode())
         sub.connect(endpoint)
-        # The subscription reached the socket; the Publisher, told nothing, has not
-        # read it, but the Store knows to tell it.
+        # The connection, then the subscription, reached the socket; the Publisher,
+        # told nothing, has not read them, but the Store knows to tell it.
         wait_for(audience.maybe, message="news on the feed's socket")
-        assert not audience.listening.is_set()
-        event = stream(end=False)[0]
-        publisher.tell(Publish([event]))
-        assert sub.poll(10_000)  # read the subscription first: the event went out
+        # Told (as the Store would be, of each commit) until the subscription is read.
+        wait_for(lambda: publisher.tell(Publish([event])) or sub.poll(50),
+                 message="the event, once the subscription was read")
         topic, _ = sub.recv_multipart()
         assert topic == WF.encode()
         assert audience.listening.is_set()
+        return sub
+
+    def unsubscribe(sub: zmq.Socket[bytes]) -> None:
         sub.close(linger=0)
-        wait_for(lambda: publisher.tell(Publish([event])) or not audience.listening.is_set(),
+        wait_for(lambda: publisher.tell(Publish([])) or not audience.listening.is_set(),
                  message="the subscriber leaving")
-        assert publisher.proxy().sent.get(timeout=10) >= 1
         # Once the Publisher has read what the socket had (the leaving included).
         wait_for(lambda: publisher.tell(Publish([])) or not audience.maybe(),
                  message="the socket's news read")
+
+    try:
+        assert not audience.maybe()  # nobody yet: the Store tells the Publisher nothing
+        unsubscribe(subscribe())
+        # The descriptor, quiet again, shows the next subscriber's news too.
+        unsubscribe(subscribe())
     finally:
-        sub.close(linger=0)
+        publisher.stop(block=True, timeout=10)
+        zctx.term()
+
+
+def test_the_publisher_says_it_listens_before_it_reads_the_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Store asks the Event, then the descriptor, then the Event again: the
+    Publisher must set the Event before its first call on the socket resets the
+    descriptor, or a commit between the two sees neither."""
+    zctx: zmq.Context[Any] = zmq.Context()
+    seen: list[bool] = []
+    audiences: list[Audience] = []  # the Publisher's, once started
+    real = publisher_module.waiting
+
+    def waiting(sock: zmq.Socket[Any]) -> bool:
+        if audiences:  # not the drain at start, before the Audience could be asked
+            seen.append(audiences[0].listening.is_set())
+        return real(sock)
+
+    monkeypatch.setattr(publisher_module, "waiting", waiting)
+    publisher = Publisher.start(zctx, "tcp://127.0.0.1:*")
+    audience = publisher.proxy().audience.get(timeout=10)
+    audiences.append(audience)
+    try:
+        publisher.tell(Publish([]))
+        assert publisher.proxy().sent.get(timeout=10) == 0  # the tell was handled
+        assert seen
+        assert all(seen)
+        assert not audience.listening.is_set()  # nobody subscribed: cleared after the drain
+    finally:
         publisher.stop(block=True, timeout=10)
         zctx.term()
 

@@ -17,9 +17,11 @@ While nobody subscribes at all, the Store does not even tell the Publisher
 :class:`Audience` first: somebody subscribes, or the socket has news the
 Publisher has not read (a subscription, say): ZeroMQ makes the socket's
 ``ZMQ_FD`` readable whenever its state changes, until the owning thread next
-uses the socket. The Store only polls that descriptor, never the socket
-(which belongs to the Publisher's thread), and a first subscription is
-published to from the first commit after it reached the socket, as before.
+processes the socket's commands (any call on it). The Store only polls that
+descriptor, never the socket (which belongs to the Publisher's thread), so a
+first subscription is published to from the first commit after it reached
+the socket; the decision is taken when the Store polls, a moment before a
+PUB would have filtered, and a subscriber fills any gap from the history.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class Audience:
         self._news.register(fd, select.POLLIN)
 
     def maybe(self) -> bool:
-        return self.listening.is_set() or bool(self._news.poll(0))
+        # The Event again after the descriptor: the Publisher sets it before its
+        # drain resets the descriptor, so a reset seen here comes with the Event set.
+        return self.listening.is_set() or bool(self._news.poll(0)) or self.listening.is_set()
 
 
 class Publisher(pykka.ThreadingActor):
@@ -109,13 +113,17 @@ class Publisher(pykka.ThreadingActor):
         return None
 
     def _subscriptions(self) -> None:
+        # The socket is touched only here (which ends having read everything, so
+        # ZMQ_FD is quiet until the next news) or to send while ``listening`` is
+        # set: any other use would reset ZMQ_FD behind the Audience's back. And
+        # ``listening`` is set before the first call on the socket resets ZMQ_FD,
+        # or a commit in between would see neither and skip what it should publish.
+        self.audience.listening.set()
         while waiting(self.sock):
             note = self.sock.recv()
             if note[:1] == b"\x01":
                 self.topics.add(note[1:])
             elif note[:1] == b"\x00":
                 self.topics.discard(note[1:])
-        if self.topics:
-            self.audience.listening.set()
-        else:
+        if not self.topics:
             self.audience.listening.clear()
