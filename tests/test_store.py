@@ -246,6 +246,55 @@ def test_the_publisher_says_it_listens_before_it_reads_the_socket(
         zctx.term()
 
 
+def test_a_store_whose_publisher_has_stopped_commits_and_answers_on(tmp_path: Any) -> None:
+    path = str(tmp_path / "flow.db")
+    zctx: zmq.Context[Any] = zmq.Context()
+    pull = zctx.socket(zmq.PULL)
+    pull.bind("inproc://store-no-feed")
+    publisher = Recorder.start()
+    publisher.stop(block=True, timeout=10)
+    fatal: list[BaseException] = []
+    store = Store.start(path, zctx, "inproc://store-no-feed", publisher, lambda: True,
+                        fatal.append)
+    try:
+        for i, event in enumerate(stream(end=False)[:2]):
+            done = threading.Event()
+            store.tell(Write([event], [(b"p", str(i).encode())], then=done.set))
+            assert pull.poll(10_000)
+            assert pull.recv_multipart() == [b"p", str(i).encode()]
+            assert done.wait(10)  # the callbacks after the feed still run
+        assert store.proxy().commits.get(timeout=10) == 2
+        assert not fatal
+    finally:
+        store.stop(block=True, timeout=10)
+        pull.close(linger=0)
+        zctx.term()
+
+
+def test_a_failed_publisher_closes_its_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    zctx: zmq.Context[Any] = zmq.Context()
+    publisher = Publisher.start(zctx, "tcp://127.0.0.1:*")
+    endpoint = publisher.proxy().bound().get(timeout=10)
+    sub = zctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, WF.encode())
+    sub.connect(endpoint)
+
+    def broken(*_: Any, **__: Any) -> bytes:
+        raise RuntimeError("cannot pack")
+
+    monkeypatch.setattr(publisher_module, "pack", broken)
+    event = stream(end=False)[0]
+    wait_for(lambda: not publisher.is_alive() or publisher.tell(Publish([event])),
+             message="the Publisher failing once it packs")
+    sub.close(linger=0)
+    # Its socket closed, the context terminates; an open one would block term().
+    ended = threading.Thread(target=zctx.term, daemon=True)
+    ended.start()
+    ended.join(10)
+    assert not ended.is_alive()
+
+
 def test_schedules_and_cache_entries_commit_with_events(db: Database) -> None:
     entry = CacheEntry("k1", "square", "1", {"out": 9}, WF, "a", 5.0)
     db.append(stream(end=False), [ScheduleChange("nightly", {"info": {"name": "nightly"}})],

@@ -89,6 +89,12 @@ class Publisher(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self.sock.close()
 
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # pykka skips on_stop for a failed actor: an open socket would hang Flow's
+        # context at stop. Flow itself goes on; only its feed falls silent.
+        log.error("the feed's Publisher failed (%s): the feed is silent", exception_value)
+        self.sock.close(linger=0)
+
     def bound(self) -> str:
         """The endpoint the feed is bound to (asked once, at start, by Flow)."""
         return self.endpoint

@@ -22,6 +22,7 @@ import zmq
 
 from plait.actors.database import Database, DatabaseActor
 from plait.actors.mail import Publish, Write
+from plait.actors.registry import safe_tell
 
 __all__ = ["Database", "Loaded", "Store", "load"]
 
@@ -45,6 +46,7 @@ class Store(DatabaseActor):
         self._listened = listened  # whether the feed may have a subscriber (Audience)
         self._on_fatal = on_fatal
         self._failed = False
+        self._feed_gone = False
         self.commits = 0
 
     def on_receive(self, message: Any) -> Any:
@@ -71,6 +73,12 @@ class Store(DatabaseActor):
                 break  # keep order: whatever came after it waits for its turn
         return batch, others
 
+    def _feed_stopped(self) -> None:
+        """The Publisher failed: commits go on, and this is said once."""
+        if not self._feed_gone:
+            self._feed_gone = True
+            log.error("store: the feed's Publisher has stopped; nothing is published")
+
     def _commit(self, batch: list[Write]) -> None:
         if self._failed:
             return  # Flow is going down: nothing more is recorded, nothing is sent
@@ -89,8 +97,8 @@ class Store(DatabaseActor):
         # Replies first: a waiting task (a chain's next hop, a durable step) goes on
         # while the Publisher's thread, woken next, packs the feed.
         self.outbox.send_frames([pair for w in batch for pair in w.out])
-        if events and self._listened():
-            self._publisher.tell(Publish(events))
+        if events and self._listened() and not safe_tell(self._publisher, Publish(events)):
+            self._feed_stopped()
         for w in batch:
             if w.then is not None:
                 w.then()
