@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import pykka
 import pytest
@@ -100,65 +101,74 @@ class Recorder(pykka.ThreadingActor):
         return len(self.published)
 
 
-@pytest.mark.parametrize("subscribed", [True, False])
-def test_group_commit_sends_only_what_is_committed(tmp_path: Any, subscribed: bool) -> None:
-    path = str(tmp_path / "flow.db")
+class Running(NamedTuple):
+    store: pykka.ActorRef[Any]
+    pull: zmq.Socket[bytes]  # where the Gateway would get the Store's frames
+    publisher: pykka.ActorRef[Any]  # a Recorder
+    fatal: list[BaseException]
+
+
+@contextmanager
+def running_store(tmp_path: Any, subscribed: bool = True) -> Iterator[Running]:
+    """A Store on its own database with a Recorder for its Publisher; stops both."""
     zctx: zmq.Context[Any] = zmq.Context()
     pull = zctx.socket(zmq.PULL)
     pull.bind("inproc://store-test")
     publisher = Recorder.start()
     fatal: list[BaseException] = []
-    store = Store.start(path, zctx, "inproc://store-test", publisher, lambda: subscribed,
-                        fatal.append)
-    reader = sqlite3.connect(path)
-    gate = threading.Event()
+    store = Store.start(str(tmp_path / "flow.db"), zctx, "inproc://store-test", publisher,
+                        lambda: subscribed, fatal.append)
     try:
-        def hold() -> None:  # keeps the Store's thread busy while writes pile up
-            gate.wait(10)
-
-        store.tell(Write(then=hold))
-        first = stream(end=False)[0]
-        store.tell(Write([first], [(b"peer", b"submitted")]))
-        for i in range(2, 302):
-            event = {"type": "rejected", "rejection": {}, "n": i}
-            store.tell(Write([StoredEvent(WF, i, 0.0, event)], [(b"peer", str(i).encode())]))
-        gate.set()
-        frames: list[list[bytes]] = []
-        while len(frames) < 301:  # (identity, frame) pairs, a commit's in one message
-            assert pull.poll(10_000)
-            parts = pull.recv_multipart()
-            frames += [parts[i:i + 2] for i in range(0, len(parts), 2)]
-            count = reader.execute("SELECT count(*) FROM events").fetchone()[0]
-            assert count == 301  # every frame left after the one commit that holds it
-        assert len(frames) == 301
-        assert frames[0] == [b"peer", b"submitted"]
-        assert [int(f[1]) for f in frames[1:]] == list(range(2, 302))
-        assert store.proxy().commits.get(timeout=10) == 1  # 301 writes, one transaction
-        done = threading.Event()
-        store.tell(Write(then=done.set))  # runs after the Store told the Publisher, if it did
-        assert done.wait(10)
-        # Told only if somebody subscribes to the feed: else its thread is not even woken.
-        assert publisher.proxy().seen().get(timeout=10) == (301 if subscribed else 0)
-        assert not fatal
+        yield Running(store, pull, publisher, fatal)
     finally:
-        gate.set()
         store.stop(block=True, timeout=10)
         publisher.stop(block=True, timeout=10)
-        reader.close()
         pull.close(linger=0)
         zctx.term()
 
 
+@pytest.mark.parametrize("subscribed", [True, False])
+def test_group_commit_sends_only_what_is_committed(tmp_path: Any, subscribed: bool) -> None:
+    gate = threading.Event()
+    with running_store(tmp_path, subscribed) as (store, pull, publisher, fatal):
+        reader = sqlite3.connect(str(tmp_path / "flow.db"))
+        try:
+            def hold() -> None:  # keeps the Store's thread busy while writes pile up
+                gate.wait(10)
+
+            store.tell(Write(then=hold))
+            first = stream(end=False)[0]
+            store.tell(Write([first], [(b"peer", b"submitted")]))
+            for i in range(2, 302):
+                event = {"type": "rejected", "rejection": {}, "n": i}
+                store.tell(Write([StoredEvent(WF, i, 0.0, event)],
+                                 [(b"peer", str(i).encode())]))
+            gate.set()
+            frames: list[list[bytes]] = []
+            while len(frames) < 301:  # (identity, frame) pairs, a commit's in one message
+                assert pull.poll(10_000)
+                parts = pull.recv_multipart()
+                frames += [parts[i:i + 2] for i in range(0, len(parts), 2)]
+                count = reader.execute("SELECT count(*) FROM events").fetchone()[0]
+                assert count == 301  # every frame left after the one commit that holds it
+            assert len(frames) == 301
+            assert frames[0] == [b"peer", b"submitted"]
+            assert [int(f[1]) for f in frames[1:]] == list(range(2, 302))
+            assert store.proxy().commits.get(timeout=10) == 1  # 301 writes, one transaction
+            done = threading.Event()
+            # Runs after the Store told the Publisher, if it did.
+            store.tell(Write(then=done.set))
+            assert done.wait(10)
+            # Told only if somebody subscribes to the feed: else its thread is not even woken.
+            assert publisher.proxy().seen().get(timeout=10) == (301 if subscribed else 0)
+            assert not fatal
+        finally:
+            gate.set()
+            reader.close()
+
+
 def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None:
-    path = str(tmp_path / "flow.db")
-    zctx: zmq.Context[Any] = zmq.Context()
-    pull = zctx.socket(zmq.PULL)
-    pull.bind("inproc://store-fail")
-    publisher = Recorder.start()
-    fatal: list[BaseException] = []
-    store = Store.start(path, zctx, "inproc://store-fail", publisher, lambda: True,
-                        fatal.append)
-    try:
+    with running_store(tmp_path) as (store, pull, _, fatal):
         event = stream(end=False)[0]
         store.tell(Write([event], [(b"p", b"one")]))
         assert pull.poll(10_000)
@@ -168,11 +178,6 @@ def test_a_commit_that_fails_stops_flow_and_sends_nothing(tmp_path: Any) -> None
         assert isinstance(fatal[0], sqlite3.IntegrityError)
         store.tell(Write([], [(b"p", b"three")]))  # after a failure nothing leaves
         assert not pull.poll(200)
-    finally:
-        store.stop(block=True, timeout=10)
-        publisher.stop(block=True, timeout=10)
-        pull.close(linger=0)
-        zctx.term()
 
 
 def test_the_audience_tells_the_store_when_the_feed_may_have_a_subscriber() -> None:
@@ -247,16 +252,8 @@ def test_the_publisher_says_it_listens_before_it_reads_the_socket(
 
 
 def test_a_store_whose_publisher_has_stopped_commits_and_answers_on(tmp_path: Any) -> None:
-    path = str(tmp_path / "flow.db")
-    zctx: zmq.Context[Any] = zmq.Context()
-    pull = zctx.socket(zmq.PULL)
-    pull.bind("inproc://store-no-feed")
-    publisher = Recorder.start()
-    publisher.stop(block=True, timeout=10)
-    fatal: list[BaseException] = []
-    store = Store.start(path, zctx, "inproc://store-no-feed", publisher, lambda: True,
-                        fatal.append)
-    try:
+    with running_store(tmp_path) as (store, pull, publisher, fatal):
+        publisher.stop(block=True, timeout=10)
         for i, event in enumerate(stream(end=False)[:2]):
             done = threading.Event()
             store.tell(Write([event], [(b"p", str(i).encode())], then=done.set))
@@ -265,10 +262,6 @@ def test_a_store_whose_publisher_has_stopped_commits_and_answers_on(tmp_path: An
             assert done.wait(10)  # the callbacks after the feed still run
         assert store.proxy().commits.get(timeout=10) == 2
         assert not fatal
-    finally:
-        store.stop(block=True, timeout=10)
-        pull.close(linger=0)
-        zctx.term()
 
 
 def test_a_failed_publisher_closes_its_socket(monkeypatch: pytest.MonkeyPatch) -> None:
