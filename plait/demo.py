@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plait import memory
 from plait.client import ResultTimeout, Run, outcome_error
 from plait.protocol.messages import WorkflowResult
 from plait.stopping import stop_on_signals
@@ -87,6 +88,7 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     for module in imports:
         argv += ["--import", module]
     supervisor = flow = None
+    memory.tune_gc()  # Flow's, and the supervisor's forked from it
     with stop_on_signals() as stop:
         try:
             supervisor = _Forked.start(argv, [*paths, Path.cwd()])

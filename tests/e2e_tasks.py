@@ -9,6 +9,7 @@ test creates the ``gate`` file, which lets a test act while a task is mid-run.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -123,3 +124,9 @@ def checkout(ctx: Context, log: str, gate: str, name: str) -> list[int]:
         time.sleep(0.02)  # wait-ok: the task polls a file the test creates
     third = ctx.step(pay, log, name, 3).result()
     return [first["paid"], second["paid"], third["paid"]]
+
+
+@task
+def gc_threshold(ctx: Context) -> list[int]:
+    """The cycle collector's thresholds in the worker that runs it."""
+    return list(gc.get_threshold())

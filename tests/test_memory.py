@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import platform
 import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+import e2e
 import pytest
 from flowkit import FakeSupervisor, Peer, diff, result, spec, submit
 
@@ -38,6 +40,24 @@ def test_release_collects_cycles_and_trims_the_c_heap() -> None:
     glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
     assert memory.release() is glibc
     assert alive() is None
+
+
+def test_tune_gc_sets_plait_s_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        memory.tune_gc()
+        assert gc.get_threshold() == memory.GC_THRESHOLD
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_workers_run_with_plait_s_collector_thresholds() -> None:
+    """The supervisor tunes the collector before forking its zygote, whose workers
+    inherit it (a spawned worker tunes its own)."""
+    with e2e.cluster(["e2e_tasks"], workers=1) as c:
+        run = c.client.submit("e2e_tasks:gc_threshold")
+        assert tuple(run.result(timeout=e2e.RESULT_TIMEOUT)) == memory.GC_THRESHOLD
 
 
 @pytest.mark.parametrize(("after", "released"), [(0.0, True), (60.0, False)])

@@ -31,6 +31,7 @@ from typing import Any
 import pykka
 import zmq
 
+from plait import memory
 from plait.actors.cache import Cache
 from plait.actors.clock import Clock, FileClock, WallClock
 from plait.actors.dispatcher import Dispatcher
@@ -231,6 +232,7 @@ def _wait(future: pykka.Future[Any]) -> None:
 def run_flow(settings: FlowSettings, ready: threading.Event | None = None,
              stop: threading.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (main thread only) or ``stop`` is set. Blocks."""
+    memory.tune_gc()
     stop = stop or threading.Event()
     failed: list[BaseException] = []
 
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = FlowSettings(**args)
     if clock_file:
         settings.clock = FileClock(clock_file)
+    memory.tune_gc()
     with stop_on_signals() as stop:
         flow = Flow(settings, on_fatal=lambda exc: stop.set()).start()
         try:
