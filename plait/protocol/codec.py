@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import msgpack
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from plait.errors import ProtocolError
 from plait.protocol.messages import (
@@ -52,8 +52,25 @@ def unpack(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
 
 
 def encode(message: Message) -> bytes:
-    """A message to one frame."""
-    return pack(message.model_dump(mode="python"))
+    """A message to one frame: the same map as ``message.model_dump()``, packed.
+
+    The fields are read as they are and msgpack walks the data itself, calling
+    back only for the models nested in them: ``model_dump`` also walks every
+    value of an ``Any`` field in Python, and a 10,000-child proposal's diff is
+    such a value (three times as long to encode that way).
+    """
+    packed: bytes = msgpack.packb(_fields(message), use_bin_type=True, default=_nested)
+    return packed
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _nested(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _fields(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a message")
 
 
 def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> AnyMessage:
