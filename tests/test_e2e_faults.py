@@ -148,6 +148,7 @@ def test_a_sigkilled_supervisor_leaves_no_zygote_or_worker_behind() -> None:
         sup = c.supervisors[0]
         workers = wait_for(lambda: c.worker_pids() if len(c.worker_pids()) == 2 else None,
                            e2e.RESULT_TIMEOUT, message="the workers did not start")
+        assert workers is not None
         (zygote,) = [pid for pid in descendants(sup.pid) if pid not in workers]
         c.kill_supervisor(sup)  # the supervisor alone: its children must notice
         wait_for(lambda: not any(alive(p) for p in [zygote, *workers]), e2e.RESULT_TIMEOUT,

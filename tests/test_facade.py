@@ -78,7 +78,7 @@ def test_importing_the_client_does_not_import_the_task_runtime() -> None:
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Workflow'"):
-        plait.Workflow  # noqa: B018
+        plait.Workflow  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_every_public_name_is_imported_at_once_or_on_first_use() -> None:

@@ -255,7 +255,7 @@ def test_set_attrs_live_and_after_the_end(
 
 def add_schedule(client: Peer, name: str, cron: str = "* * * * *", overlap: str = "skip",
                  task: str = "job") -> Any:
-    info = ScheduleInfo(name=name, cron=cron, overlap=overlap,  # type: ignore[arg-type]
+    info = ScheduleInfo(name=name, cron=cron, overlap=overlap,
                         target=f"tasks:{task}")
     submit_msg = Submit(name=task, root=task, diff=diff(spec(task)))
     return client.request(AddSchedule(schedule=info, submit=submit_msg))

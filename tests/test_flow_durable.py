@@ -40,8 +40,10 @@ from plait.protocol.messages import (
     Error,
     Finish,
     GetGraph,
+    Message,
     Query,
     QueryReply,
+    Recorded,
     Resolved,
     RestartNode,
     SendSignal,
@@ -52,6 +54,11 @@ from plait.testing import wait_for
 
 Factory = Callable[..., FakeSupervisor]
 BOOM = {"type": "IOError", "message": "flaky", "retryable": True}
+
+
+def answering(request: Message) -> Callable[[Message], bool]:
+    """Matches the reply to ``request``."""
+    return lambda m: m.id == request.id
 
 
 @pytest.fixture
@@ -222,7 +229,9 @@ def test_a_handler_that_raises_answers_internal_only(
                         "value": msg.value})
         raise RuntimeError("half done")
 
-    monkeypatch.setitem(plan_keeper._HANDLERS, SetState, half_done)
+    handlers: dict[type[Message], Any] = plan_keeper._HANDLERS
+    key: type[Message] = SetState
+    monkeypatch.setitem(handlers, key, half_done)
     sup = supervisor("a")
     wf = submit(client, diff(spec("a")))
     a = sup.assign()
@@ -251,7 +260,9 @@ def finish_a_and_b_together(client: Peer, supervisor: Factory,
         if after is not None:
             after(msg)
 
-    monkeypatch.setitem(plan_keeper._HANDLERS, Finish, together)
+    handlers: dict[type[Message], Any] = plan_keeper._HANDLERS
+    key: type[Message] = Finish
+    monkeypatch.setitem(handlers, key, together)
     sup = supervisor("a", "b", "c")
     wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "c"), ("b", "c")]),
                 root="c")
@@ -309,8 +320,9 @@ def test_a_fold_that_fails_leaves_the_sequence_alone() -> None:
 def test_a_rebuild_numbers_on_from_the_last_stored_event() -> None:
     """A stream with a gap (written before the fold kept its count) continues after
     its largest number, never onto a stored one."""
-    events = [(1, 0.0, {"type": "submitted", "name": "r", "root": "r"}),
-              (3, 0.0, {"type": "diff", "diff": diff(spec("r"))})]
+    events: list[tuple[int, float, dict[str, Any]]] = [
+        (1, 0.0, {"type": "submitted", "name": "r", "root": "r"}),
+        (3, 0.0, {"type": "diff", "diff": diff(spec("r"))})]
     assert WorkflowState.rebuild("w", events).seq == 3
 
 
@@ -379,7 +391,7 @@ def test_a_failed_step_is_run_anew_by_a_retry_and_so_is_what_followed_it(
     sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 3, "initial": 1}))
     wf = submit(client, diff(spec("a")))
 
-    def failed(seq: int, i: int, fn: str) -> dict[str, Any]:
+    def failed(seq: int, i: int, fn: str) -> Recorded:
         return recorded(seq, "step_error", {"i": i, "fn": fn, "e": {
             "type": "builtins.ValueError", "message": "declined", "args": ["declined"]}})
 
@@ -687,7 +699,7 @@ def test_signals_a_failed_attempt_consumed_go_back_to_the_buffer(
     got = []
     for seq, name in enumerate(("go", "go", "stop", "go")):
         wait = sup.wait(retry, signal=name, seq=seq)
-        got.append(sup.next(lambda m, w=wait: m.id == w.id).value)
+        got.append(sup.next(answering(wait)).value)
     assert got == [1, 2, "s", 3]
     sup.finish(retry, "ok")
     assert result(client, wf).output == "ok"

@@ -48,6 +48,7 @@ from plait.protocol.messages import (
     GetHistory,
     GetStatus,
     Heartbeat,
+    Message,
     Proposed,
     Resolved,
     Submit,
@@ -58,6 +59,11 @@ from plait.protocol.promises import MaxParallel, NoNewNodes
 from plait.testing import free_port, wait_for
 
 SupervisorFactory = Callable[..., FakeSupervisor]
+
+
+def assigned_in(workflow_id: str) -> Callable[[Message], bool]:
+    """Matches an Assign of that workflow."""
+    return lambda m: isinstance(m, Assign) and m.workflow_id == workflow_id
 
 
 # --- the happy paths ------------------------------------------------------------------
@@ -359,7 +365,7 @@ def test_max_parallel_counts_per_workflow(client: Peer, supervisor: SupervisorFa
     for _ in range(2):
         wf = submit(client, diff(spec("root"), promises=[("root", MaxParallel(1))]),
                     root="root")
-        root = sup.next(lambda m, wf=wf: isinstance(m, Assign) and m.workflow_id == wf)
+        root = sup.next(assigned_in(wf))
         kids = [spec(f"root.{i}", "kid", i, creator="root") for i in range(2)]
         assert sup.propose(root, diff(*kids, proposer="root")).ok
         runs[wf] = root

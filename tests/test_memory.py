@@ -65,7 +65,11 @@ def test_a_worker_releases_memory_after_a_long_task_once_it_has_reported(
         monkeypatch: pytest.MonkeyPatch, after: float, released: bool) -> None:
     seen: list[str] = []
     monkeypatch.setattr(worker, "_RELEASE_AFTER", after)
-    monkeypatch.setattr(memory, "release", lambda: seen.append("release") or True)
+    def release() -> bool:
+        seen.append("release")
+        return True
+
+    monkeypatch.setattr(memory, "release", release)
     link = worker.WorkerLink("ipc://@plait-test-unused", "w")  # its thread never starts
 
     def send(message: Message) -> None:
@@ -87,7 +91,11 @@ def test_the_keeper_of_a_big_workflow_releases_memory_when_it_stops(
         threshold: int, released: int) -> None:
     calls: list[Any] = []
     monkeypatch.setattr(plan_keeper, "RELEASE_NODES", threshold)
-    monkeypatch.setattr(memory, "release", lambda: calls.append(True) or True)
+    def release() -> bool:
+        calls.append(True)
+        return True
+
+    monkeypatch.setattr(memory, "release", release)
     sup = supervisor("a", "b", "c")
     wf = submit(client, diff(spec("a"), spec("b"), spec("c"), edges=[("a", "c"), ("b", "c")]),
                 root="c")

@@ -25,6 +25,12 @@ from plait.testing import wait_for
 WF = "wf-1"
 
 
+def told(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    """Tell ``ref``, and say so: one step of a condition that ``wait_for`` polls."""
+    ref.tell(message)
+    return True
+
+
 def stream(wf: str = WF, end: bool = True) -> list[StoredEvent]:
     events: list[dict[str, Any]] = [
         {"type": "submitted", "name": "wf", "root": "a"},
@@ -196,7 +202,7 @@ def test_the_audience_tells_the_store_when_the_feed_may_have_a_subscriber() -> N
         # told nothing, has not read them, but the Store knows to tell it.
         wait_for(audience.maybe, message="news on the feed's socket")
         # Told (as the Store would be, of each commit) until the subscription is read.
-        wait_for(lambda: publisher.tell(Publish([event])) or sub.poll(50),
+        wait_for(lambda: told(publisher, Publish([event])) and sub.poll(50),
                  message="the event, once the subscription was read")
         topic, _ = sub.recv_multipart()
         assert topic == WF.encode()
@@ -205,10 +211,10 @@ def test_the_audience_tells_the_store_when_the_feed_may_have_a_subscriber() -> N
 
     def unsubscribe(sub: zmq.Socket[bytes]) -> None:
         sub.close(linger=0)
-        wait_for(lambda: publisher.tell(Publish([])) or not audience.listening.is_set(),
+        wait_for(lambda: told(publisher, Publish([])) and not audience.listening.is_set(),
                  message="the subscriber leaving")
         # Once the Publisher has read what the socket had (the leaving included).
-        wait_for(lambda: publisher.tell(Publish([])) or not audience.maybe(),
+        wait_for(lambda: told(publisher, Publish([])) and not audience.maybe(),
                  message="the socket's news read")
 
     try:
@@ -278,7 +284,7 @@ def test_a_failed_publisher_closes_its_socket(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(publisher_module, "pack", broken)
     event = stream(end=False)[0]
-    wait_for(lambda: not publisher.is_alive() or publisher.tell(Publish([event])),
+    wait_for(lambda: not publisher.is_alive() or not told(publisher, Publish([event])),
              message="the Publisher failing once it packs")
     sub.close(linger=0)
     # Its socket closed, the context terminates; an open one would block term().
@@ -307,8 +313,9 @@ def test_projection_of_pause_resume_and_restart(db: Database) -> None:
     more = [{"type": "paused"}, {"type": "restart", "node": "a"}]
     db.append([StoredEvent(WF, len(events) + i + 1, 9.0, e) for i, e in enumerate(more)])
     assert db.runs(WF)[0].status == "paused"  # a restart of a live workflow keeps it paused
-    end = [{"type": "resumed"}, {"type": "workflow", "status": "succeeded", "output": 1},
-           {"type": "restart", "node": "a"}]
+    end: list[dict[str, Any]] = [
+        {"type": "resumed"}, {"type": "workflow", "status": "succeeded", "output": 1},
+        {"type": "restart", "node": "a"}]
     db.append([StoredEvent(WF, len(events) + 3 + i, 9.0, e) for i, e in enumerate(end)])
     (run,) = db.runs(WF)
     assert (run.status, run.finished) == ("running", None)  # ended, restarted: runs again

@@ -754,6 +754,7 @@ def test_a_killed_zygote_stops_the_supervisor_loudly(flow: FakeFlow) -> None:
         zygote = wait_for(lambda: next((pid for pid in descendants(os.getpid())
                                         if _is_zygote(pid)), None),
                           TIMEOUT, message="no zygote among this process's children")
+        assert zygote is not None
         os.kill(zygote, signal.SIGKILL)
         wait_for(lambda: errors, TIMEOUT, message="the supervisor did not give up")
     assert "zygote" in str(errors[0])

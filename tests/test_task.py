@@ -109,8 +109,9 @@ def test_durability_options_reach_task_info() -> None:
 def test_timeouts_must_be_positive(option: str) -> None:
     def f(ctx: Any) -> None: ...
 
+    options: dict[str, Any] = {option: 0}
     with pytest.raises(PlaitError, match=f"{option} must be a positive number"):
-        Task(f, **{option: 0})
+        Task(f, **options)
 
 
 def test_retry_policy() -> None:
