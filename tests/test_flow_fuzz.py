@@ -23,6 +23,7 @@ from flowkit import FakeSupervisor, Peer, diff, spec
 from plait.actors.flow import Flow, FlowSettings
 from plait.errors import ProtocolError
 from plait.protocol.codec import correlation_of, decode, encode, pack, unpack
+from plait.protocol.diff import NodeSpec
 from plait.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -260,8 +261,10 @@ def test_encode_packs_what_model_dump_gives(msg: Message) -> None:
 
 def test_encode_packs_models_inside_any_values_and_refuses_other_objects() -> None:
     recorded = Recorded(seq=1, kind="random", value=0.25, site="f.py:1")
-    event = FeedEvent(workflow_id="w", seq=1, event={"deep": [recorded]})
-    assert unpack(encode(event))["event"] == {"deep": [recorded.model_dump()]}
+    node = NodeSpec("n", "t", {"args": [1]})  # a dataclass: model_dump gives its fields
+    event = FeedEvent(workflow_id="w", seq=1, event={"deep": [recorded], "node": node})
+    assert unpack(encode(event)) == unpack(pack(event.model_dump(mode="python")))
+    assert unpack(encode(event))["event"]["deep"] == [recorded.model_dump()]
     with pytest.raises(TypeError, match="cannot encode object"):
         encode(FeedEvent(workflow_id="w", seq=1, event={"x": object()}))
 

@@ -8,6 +8,7 @@ sends back as an :class:`~plait.protocol.messages.Error` and counts.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 import msgpack
@@ -68,8 +69,12 @@ def _fields(model: BaseModel) -> dict[str, Any]:
 
 
 def _nested(value: Any) -> Any:
+    """What ``model_dump`` would make of a value msgpack cannot pack: a model's or a
+    dataclass's fields (their values go through msgpack, and here, in turn)."""
     if isinstance(value, BaseModel):
         return _fields(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     raise TypeError(f"cannot encode {type(value).__name__} in a message")
 
 
