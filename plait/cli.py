@@ -17,6 +17,7 @@ from pathlib import Path
 
 import zmq
 
+from plait import memory
 from plait.cli_base import (
     STATUS_EXIT,
     Exit,
@@ -89,6 +90,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     from plait.actors.flow import FlowSettings, run_flow
 
     _setup_logging(args.log_level)
+    memory.tune_gc()  # a process of its own: run_flow may also run inside a program
     settings = FlowSettings(db=args.db, host=args.host, port=args.port, feed_port=args.feed_port,
                             heartbeat_interval=args.heartbeat_interval,
                             heartbeat_timeout=args.heartbeat_timeout,
@@ -106,6 +108,7 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     from plait.supervisor.daemon import SupervisorSettings, run_supervisor
 
     _setup_logging(args.log_level)
+    memory.tune_gc()  # before its zygote is forked, which keeps the setting
     importable_cwd()
     sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers),
                                ("prefetch", args.prefetch)) if v is not None}

@@ -14,11 +14,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
 import pytest
 from flowkit import FakeSupervisor, Peer, diff, spec
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from plait.actors.flow import Flow, FlowSettings
 from plait.errors import ProtocolError
@@ -255,7 +257,7 @@ def test_oversized_frame_gets_its_id_back(flow: Flow) -> None:
 def test_encode_packs_what_model_dump_gives(msg: Message) -> None:
     """encode reads fields itself (model_dump is slow on big Any values): same map,
     nested models included, and it decodes back to an equal message."""
-    assert unpack(encode(msg)) == unpack(pack(msg.model_dump(mode="python")))
+    assert encode(msg) == pack(msg.model_dump(mode="python"))
     assert decode(encode(msg)) == msg
 
 
@@ -263,10 +265,36 @@ def test_encode_packs_models_inside_any_values_and_refuses_other_objects() -> No
     recorded = Recorded(seq=1, kind="random", value=0.25, site="f.py:1")
     node = NodeSpec("n", "t", {"args": [1]})  # a dataclass: model_dump gives its fields
     event = FeedEvent(workflow_id="w", seq=1, event={"deep": [recorded], "node": node})
-    assert unpack(encode(event)) == unpack(pack(event.model_dump(mode="python")))
+    assert encode(event) == pack(event.model_dump(mode="python"))
     assert unpack(encode(event))["event"]["deep"] == [recorded.model_dump()]
     with pytest.raises(TypeError, match="cannot encode object"):
         encode(FeedEvent(workflow_id="w", seq=1, event={"x": object()}))
+
+
+class _Decision(BaseModel):
+    """A user's model, as a signal's payload may be: it says how it dumps."""
+
+    model_config = ConfigDict(extra="allow")
+    approved: bool
+    at: datetime
+    secret: str = Field(default="s3cret", exclude=True)
+
+    @field_serializer("at")
+    def _iso(self, at: datetime) -> str:
+        return at.isoformat()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def verdict(self) -> str:
+        return "yes" if self.approved else "no"
+
+
+def test_encode_lets_a_user_s_model_dump_itself() -> None:
+    payload = _Decision(approved=True, at=datetime(2026, 12, 6, tzinfo=UTC), note="extra")
+    signal = SendSignal(workflow_id="w", name="approve", payload=payload)
+    assert encode(signal) == pack(signal.model_dump(mode="python"))
+    assert unpack(encode(signal))["payload"] == {
+        "approved": True, "at": "2026-12-06T00:00:00+00:00", "note": "extra", "verdict": "yes"}
 
 
 def serves_a_workflow(flow: Flow) -> None:

@@ -53,8 +53,8 @@ def test_tune_gc_sets_plait_s_thresholds() -> None:
 
 
 def test_workers_run_with_plait_s_collector_thresholds() -> None:
-    """The supervisor tunes the collector before forking its zygote, whose workers
-    inherit it (a spawned worker tunes its own)."""
+    """A worker runs task code with plait's collector pace (``worker.main`` sets it,
+    whether the worker was forked by a zygote or spawned)."""
     with e2e.cluster(["e2e_tasks"], workers=1) as c:
         run = c.client.submit("e2e_tasks:gc_threshold")
         assert tuple(run.result(timeout=e2e.RESULT_TIMEOUT)) == memory.GC_THRESHOLD

@@ -232,7 +232,6 @@ def _wait(future: pykka.Future[Any]) -> None:
 def run_flow(settings: FlowSettings, ready: threading.Event | None = None,
              stop: threading.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (main thread only) or ``stop`` is set. Blocks."""
-    memory.tune_gc()
     stop = stop or threading.Event()
     failed: list[BaseException] = []
 

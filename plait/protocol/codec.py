@@ -25,6 +25,7 @@ from plait.protocol.messages import (
 )
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+_MESSAGES = Message.__module__  # plait's models: plain fields, no serializers
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -53,12 +54,12 @@ def unpack(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
 
 
 def encode(message: Message) -> bytes:
-    """A message to one frame: the same map as ``message.model_dump()``, packed.
+    """A message to one frame: the same bytes as ``pack(message.model_dump())``.
 
     The fields are read as they are and msgpack walks the data itself, calling
-    back only for the models nested in them: ``model_dump`` also walks every
-    value of an ``Any`` field in Python, and a 10,000-child proposal's diff is
-    such a value (three times as long to encode that way).
+    back only for what it cannot pack (models, dataclasses): ``model_dump``
+    also walks every value of an ``Any`` field, and a 10,000-child proposal's
+    diff is such a value (three times as long to encode that way).
     """
     packed: bytes = msgpack.packb(_fields(message), use_bin_type=True, default=_nested)
     return packed
@@ -69,10 +70,14 @@ def _fields(model: BaseModel) -> dict[str, Any]:
 
 
 def _nested(value: Any) -> Any:
-    """What ``model_dump`` would make of a value msgpack cannot pack: a model's or a
-    dataclass's fields (their values go through msgpack, and here, in turn)."""
+    """What ``model_dump`` would make of a value msgpack cannot pack: the fields of
+    plait's own models and of dataclasses (their values come back here in turn);
+    any other model (a user's, in a signal's payload, say) dumps itself, so that
+    its serializers, computed and excluded fields count."""
     if isinstance(value, BaseModel):
-        return _fields(value)
+        if type(value).__module__ == _MESSAGES:
+            return _fields(value)
+        return value.model_dump(mode="python")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     raise TypeError(f"cannot encode {type(value).__name__} in a message")

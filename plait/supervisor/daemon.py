@@ -70,7 +70,6 @@ import pykka
 import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
-from plait import memory
 from plait.actors.registry import safe_tell
 from plait.errors import PlaitError, ProtocolError
 from plait.protocol import codec
@@ -704,9 +703,7 @@ def run_supervisor(settings: SupervisorSettings, ready: threading.Event | None =
     if the modules cannot be imported or the workers crash in a loop.
     """
     # First, while this process may still have one thread (the task modules may start
-    # threads when imported): the zygote is forked from it, and its workers from the
-    # zygote, all with this process's collector settings.
-    memory.tune_gc()
+    # threads when imported): the zygote is forked from it.
     zygote = Zygote.start()
     try:
         tasks = import_tasks(settings.imports, settings.queues)

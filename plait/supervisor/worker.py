@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = os.getppid()  # before the imports: the parent may die while they run
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    memory.tune_gc()  # a spawned worker's own; a forked one has its zygote's already
+    memory.tune_gc()  # every worker, forked or spawned
     try:
         served = _import(opts.imports)
     except (ImportError, PlaitError) as exc:

@@ -45,6 +45,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from plait import memory
 from plait.errors import PlaitError
 from plait.protocol import codec
 from plait.supervisor.forking import STOP_SIGNALS, fork_call, single_threaded
@@ -264,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True,
                         help="this end of the supervisor's SOCK_SEQPACKET socket pair")
     opts = parser.parse_args(argv)
+    memory.tune_gc()
     serve(socket.socket(fileno=opts.fd))
     return 0
 
