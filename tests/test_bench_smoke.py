@@ -6,25 +6,44 @@ harness cannot rot; it asserts nothing about speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from plait.testing import descendants
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = ("chain_p50_ms", "chain_p99_ms", "map_reduce_tasks_per_s", "fanout_tasks_per_s",
            "step_ms", "cold_start_s", "memory_mib")
 
 
+def _script(*args: str, timeout: float = 110) -> str:
+    """Run a bench script; its stdout. A script that times out is killed with every
+    process below it (its ``plait dev`` runs in a session of its own)."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{args[0]} timed out\n{out}{err}") from None
+    assert proc.returncode == 0, out + err
+    return out
+
+
 def test_every_plait_workload_produces_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     results = tmp_path / "RESULTS.md"
-    proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--peers", "none", "--size", "tiny", "--reps", "1",
-         "--json", str(out), "--results", str(results)],
-        cwd=REPO, capture_output=True, text=True, timeout=110, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _script("bench/run.py", "--peers", "none", "--size", "tiny", "--reps", "1",
+            "--json", str(out), "--results", str(results))
     report = json.loads(out.read_text())["reports"][0]
     assert report["engine"] == "plait"
     assert "fatal" not in report, report
@@ -41,18 +60,13 @@ def test_every_plait_workload_produces_its_figures(tmp_path: Path) -> None:
     assert "| plait |" in text
 
 
-def _timeline(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "bench/timeline.py", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=110, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
 def test_timeline_splits_chain_hops_into_their_stages() -> None:
-    out = _timeline("chain", "--hops", "30")
+    out = _script("bench/timeline.py", "chain", "--hops", "30")
     matched = re.search(r"chain: (\d+) of 30 hops matched", out)
     assert matched is not None, out
-    assert int(matched[1]) >= 25, out  # a hop cut by a heartbeat's notes may be missed
+    # A hop with a note lost (a process stopped before writing its last block) is
+    # dropped, not counted: nearly all must match.
+    assert int(matched[1]) >= 25, out
     rows = re.findall(r"^\| (.+?) \| \**(\d+)\** \|", out, re.MULTILINE)
     stages = [what for what, _ in rows]
     assert len(stages) == 17, out  # sixteen stages and the hop
@@ -62,11 +76,13 @@ def test_timeline_splits_chain_hops_into_their_stages() -> None:
 
 
 def test_timeline_splits_a_map_reduce_into_its_phases() -> None:
-    out = _timeline("map", "--n", "300", "--reps", "1")
+    out = _script("bench/timeline.py", "map", "--n", "300", "--reps", "1")
     phases = dict(re.findall(r"^\| (.+?) \| (\d+) \|$", out, re.MULTILINE))
-    assert set(phases) == {
-        "driver starts -> its diff is applied", "diff applied -> first child runs",
-        "first child runs -> first child done", "first child done -> last child done",
-        "last child done -> workflow ends", "submitted -> ended"}, out
-    assert int(phases["submitted -> ended"]) >= int(phases["first child done -> last child done"])
+    assert list(phases) == [
+        "driver assigned -> its diff applied",
+        "-> first child assigned (before the diff's commit)",
+        "-> its result recorded (the diff's commit included)",
+        "first -> last child's result recorded", "-> workflow ended", "submitted -> ended"], out
+    parts = sum(int(ms) for phase, ms in phases.items() if phase != "submitted -> ended")
+    assert parts <= int(phases["submitted -> ended"]) + 5, out  # the phases follow each other
     assert re.search(r"steady rate [\d,]+ tasks/s", out), out
