@@ -96,10 +96,9 @@ def _hops(notes: list[Note]) -> list[list[int]]:
     Waits to its next Wait (or its Finish): the stages are matched in order within
     those bounds only, so a missing note loses its hop instead of borrowing the
     next hop's, and every stage must come from the process it belongs to."""
-    waits = [i for i, n in enumerate(notes) if n.label == "worker:enc Wait"]
-    if not waits:
+    parent = next((n.pid for n in notes if n.label == "worker:enc Wait"), None)
+    if parent is None:
         return []
-    parent = notes[waits[0]].pid
     bounds = [i for i, n in enumerate(notes) if n.pid == parent
               and n.label in ("worker:enc Wait", "worker:enc Finish")]
     hops = []

@@ -22,13 +22,13 @@ FIGURES = ("chain_p50_ms", "chain_p99_ms", "map_reduce_tasks_per_s", "fanout_tas
            "step_ms", "cold_start_s", "memory_mib")
 
 
-def _script(*args: str, timeout: float = 110) -> str:
+def _script(*args: str) -> str:
     """Run a bench script; its stdout. A script that times out is killed with every
     process below it (its ``plait dev`` runs in a session of its own)."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=110)
     except subprocess.TimeoutExpired:
         for pid in [proc.pid, *descendants(proc.pid)]:
             with contextlib.suppress(ProcessLookupError):
