@@ -61,7 +61,7 @@ from plait.replay import (
     spawn_divergence,
     value_adapter,
 )
-from plait.task import as_data, as_task, encode_inputs, ref_of
+from plait.task import Task, as_data, as_task, encode_inputs, ref_of
 
 __all__ = ["Context", "Durable", "Gathered", "Handle", "Recorder", "Transport"]
 
@@ -175,7 +175,14 @@ class Context:
     def map(self, fn: Any, items: Iterable[Any]) -> list[Handle]:
         """One child per item (``fn(item)``), all in one diff."""
         site = call_site()
-        return [self._spawn(fn, (item,), (), None, {}, then=False, site=site) for item in items]
+        t, items = as_task(fn), list(items)
+        encoded = t.encode_items(items) if t is not None else None
+        if t is None or encoded is None:  # one by one: an invalid item is named
+            return [self._spawn(fn, (item,), (), None, {}, then=False, site=site)
+                    for item in items]
+        self._check()
+        return [self._add(t, t.name, inputs, [], [], None, {}, then=False, site=site)
+                for inputs in encoded]
 
     def promise(self, *promises: Promise) -> None:
         """Promise how this node's part of the graph may still change (binds its children)."""
@@ -191,6 +198,13 @@ class Context:
         t = as_task(fn)
         kwargs, attrs = t.split_keywords(keywords) if t is not None else ({}, keywords)
         name, inputs, refs = encode_inputs(fn, args, kwargs)
+        afters = [a if isinstance(a, str) else ref_of(a) or _not_a_node(a) for a in after]
+        return self._add(t, name, inputs, refs, afters, key, attrs, then=then, site=site)
+
+    def _add(self, t: Task[Any, Any] | None, name: str, inputs: dict[str, Any],
+             refs: list[str], afters: list[str], key: str | None, attrs: dict[str, Any],
+             *, then: bool, site: str) -> Handle:
+        """Batch one encoded spawn; a second identical spawn is the same node."""
         self._seq += 1
         nid = self._ids.derive(self._seq, key, name, inputs)
         spec = NodeSpec(nid, name, inputs, attrs, creator=self._node_id, key=key)
@@ -199,16 +213,18 @@ class Context:
             if not known.same_as(spec):
                 raise PlanError(f"{self._node_id} spawned two different nodes with id {nid}")
             return Handle(self, nid, name, t)
-        afters = [self._node_id] if then else []
-        afters += [a if isinstance(a, str) else ref_of(a) or _not_a_node(a) for a in after]
+        if then:
+            afters = [self._node_id, *afters]
         self._spawned[nid] = spec
         self._sites[nid] = site
         self._nodes.append(spec)
-        self._edges += [EdgeSpec(r, nid, data=True) for r in refs]
-        self._edges += [EdgeSpec(a, nid) for a in afters if a not in refs]
-        self._promises += [(nid, p) for p in (t.promises if t is not None else ())]
-        if then or self._after_me.intersection(refs + afters):
-            self._after_me.add(nid)
+        if refs or afters:  # a map's children have neither: skip the work
+            self._edges += [EdgeSpec(r, nid, data=True) for r in refs]
+            self._edges += [EdgeSpec(a, nid) for a in afters if a not in refs]
+            if then or self._after_me.intersection(refs + afters):
+                self._after_me.add(nid)
+        if t is not None and t.promises:
+            self._promises += [(nid, p) for p in t.promises]
         return Handle(self, nid, name, t)
 
     def take_diff(self) -> PlanDiff | None:

@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
 import pytest
-from tasks_sample import Point, add, double, leaf, move
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tasks_sample import Point, add, double, leaf, move, stamp
 
 from plait.context import Context, Handle
 from plait.errors import (
@@ -179,6 +182,42 @@ def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:
     (diff,) = transport.diffs()
     assert [n.id for n in diff.nodes] == [f"root.{i}" for i in range(1, 6)]
     assert [n.inputs["args"] for n in diff.nodes] == [[i] for i in range(5)]
+
+
+_ITEMS = st.lists(st.one_of(
+    st.integers(-(2**40), 2**40), st.text(max_size=5), st.booleans(), st.none(),
+    st.floats(allow_nan=False), st.datetimes(), st.lists(st.integers(), max_size=2),
+    st.builds(Point, x=st.integers(), y=st.integers())), max_size=12)
+
+
+def _proposed(run: Callable[[Context], object]) -> tuple[str, object]:
+    """What ``run`` proposes on a fresh context, or the error it raises."""
+    c = Context(workflow_id="wf", node_id="p", transport=FakeTransport())
+    try:
+        run(c)
+    except InvalidArguments as exc:
+        return "raised", (str(exc), c.take_diff())
+    return "proposed", c.take_diff()
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=_ITEMS, fn=st.sampled_from([double, stamp, move, leaf]))
+def test_map_proposes_what_spawning_each_item_would(items: list[Any], fn: Any) -> None:
+    """map validates a whole list in one pydantic call (one task parameter, no
+    handles) and falls back to spawning one by one: either way the same diff,
+    or the same error naming the first bad item, with the items before it kept."""
+    by_map = _proposed(lambda c: c.map(fn, items))
+    one_by_one = _proposed(lambda c: [c.spawn(fn, item) for item in items])
+    assert by_map == one_by_one
+
+
+def test_map_over_handles_makes_data_edges(ctx: Context) -> None:
+    first = ctx.spawn(double, 1)
+    mapped = ctx.map(double, [first, 2])
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert [n.inputs["args"] for n in diff.nodes] == [[1], [{"$ref": first.id}], [2]]
+    assert diff.edges == (EdgeSpec(first.id, mapped[0].id, data=True),)
 
 
 def test_child_ids_are_deterministic(transport: FakeTransport) -> None:
