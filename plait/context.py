@@ -175,14 +175,17 @@ class Context:
     def map(self, fn: Any, items: Iterable[Any]) -> list[Handle]:
         """One child per item (``fn(item)``), all in one diff."""
         site = call_site()
-        t, items = as_task(fn), list(items)
-        encoded = t.encode_items(items) if t is not None else None
-        if t is None or encoded is None:  # one by one: an invalid item is named
-            return [self._spawn(fn, (item,), (), None, {}, then=False, site=site)
-                    for item in items]
-        self._check()
-        return [self._add(t, t.name, inputs, [], [], None, {}, then=False, site=site)
-                for inputs in encoded]
+        t = as_task(fn)
+        # All at once only for items already there: a generator may spawn as it
+        # goes, and its children's ids (their spawn order) must stay as they were.
+        if t is not None and isinstance(items, list | tuple | range) and items:
+            self._check()
+            encoded = t.encode_items(items)
+            if encoded is not None:
+                return [self._add(t, t.name, inputs, [], [], None, {}, then=False, site=site)
+                        for inputs in encoded]
+        # One by one: an invalid item is named, with the children before it batched.
+        return [self._spawn(fn, (item,), (), None, {}, then=False, site=site) for item in items]
 
     def promise(self, *promises: Promise) -> None:
         """Promise how this node's part of the graph may still change (binds its children)."""

@@ -335,8 +335,8 @@ class Task(Generic[P, R]):
     def encode_items(self, items: Sequence[Any]) -> list[dict[str, Any]] | None:
         """The inputs of ``self(item)`` for every item, as :meth:`encode_inputs` makes
         them, or None where that is needed instead: the task takes other than one
-        positional parameter, an item holds a handle, or an item is not valid (the
-        per-item path then says which, and why).
+        positional parameter, an item holds a handle, or the list type does not
+        take every item as it is (the per-item path then says which, and why).
 
         One pydantic call validates and dumps the whole list: a map over 10,000
         items spent half of its spawns' time in the per-item calls around pydantic.
@@ -348,6 +348,8 @@ class Task(Generic[P, R]):
         try:
             dumped = adapter.dump_python(adapter.validate_python(items), mode="json")
         except (ValidationError, PydanticSerializationError):
+            return None
+        if len(dumped) != len(items):  # a validator omitted an item (PydanticOmit)
             return None
         return [{"args": [value], "kwargs": {}} for value in dumped]
 

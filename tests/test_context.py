@@ -9,11 +9,13 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BeforeValidator
+from pydantic_core import PydanticOmit, SchemaError
 from tasks_sample import Point, add, double, leaf, move, stamp
 
 from plait.context import Context, Handle
@@ -38,7 +40,7 @@ from plait.protocol.messages import (
 )
 from plait.protocol.promises import MaxNodes, NoNewNodes
 from plait.replay import Evicted
-from plait.task import InvalidArguments
+from plait.task import InvalidArguments, Task, task
 
 
 class FakeTransport:
@@ -184,10 +186,37 @@ def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:
     assert [n.inputs["args"] for n in diff.nodes] == [[i] for i in range(5)]
 
 
-_ITEMS = st.lists(st.one_of(
-    st.integers(-(2**40), 2**40), st.text(max_size=5), st.booleans(), st.none(),
-    st.floats(allow_nan=False), st.datetimes(), st.lists(st.integers(), max_size=2),
-    st.builds(Point, x=st.integers(), y=st.integers())), max_size=12)
+@task
+def shift(ctx: Context, p: Point) -> Point:  # one parameter, a model: map's list path
+    return p
+
+
+def _omit_negative(value: Any) -> Any:
+    if isinstance(value, int) and value < 0:
+        raise PydanticOmit
+    return value
+
+
+@task
+def omitting(ctx: Context, n: Annotated[int, BeforeValidator(_omit_negative)]) -> int:
+    return n
+
+
+# Per task, items that are mostly valid (so that the list path runs on long lists)
+# with some that are not, or that only coerce (both paths must agree on those too).
+_ITEMS: dict[str, st.SearchStrategy[Any]] = {
+    "double": st.one_of(st.integers(-(2**40), 2**40), st.integers().map(str),
+                        st.sampled_from(["x", 1.5, None])),
+    "stamp": st.one_of(st.datetimes(), st.datetimes().map(datetime.isoformat),
+                       st.sampled_from(["not a date", [1]])),
+    "leaf": st.one_of(st.text(max_size=5), st.sampled_from([1, None])),
+    "shift": st.one_of(st.builds(Point, x=st.integers(), y=st.integers()),
+                       st.fixed_dictionaries({"x": st.integers(), "y": st.integers()}),
+                       st.sampled_from([{"x": 1}, "p"])),
+    "sample.move": st.builds(Point, x=st.integers(), y=st.integers()),  # two parameters
+}
+_TASKS = {"double": double, "stamp": stamp, "leaf": leaf, "shift": shift,
+          "sample.move": move}
 
 
 def _proposed(run: Callable[[Context], object]) -> tuple[str, object]:
@@ -200,15 +229,77 @@ def _proposed(run: Callable[[Context], object]) -> tuple[str, object]:
     return "proposed", c.take_diff()
 
 
-@settings(max_examples=150, deadline=None)
-@given(items=_ITEMS, fn=st.sampled_from([double, stamp, move, leaf]))
-def test_map_proposes_what_spawning_each_item_would(items: list[Any], fn: Any) -> None:
-    """map validates a whole list in one pydantic call (one task parameter, no
-    handles) and falls back to spawning one by one: either way the same diff,
-    or the same error naming the first bad item, with the items before it kept."""
-    by_map = _proposed(lambda c: c.map(fn, items))
-    one_by_one = _proposed(lambda c: [c.spawn(fn, item) for item in items])
-    assert by_map == one_by_one
+@st.composite
+def _map_case(draw: st.DrawFn) -> tuple[Any, list[Any], Callable[[list[Any]], Any]]:
+    name = draw(st.sampled_from(sorted(_TASKS)))
+    items = draw(st.lists(_ITEMS[name], max_size=30))
+    kinds: list[Callable[[list[Any]], Any]] = [list, tuple, iter]
+    return _TASKS[name], items, draw(st.sampled_from(kinds))
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=_map_case(), spawned_before=st.integers(0, 2))
+def test_map_proposes_what_spawning_each_item_would(
+        case: tuple[Any, list[Any], Callable[[list[Any]], Any]], spawned_before: int) -> None:
+    """map validates a list or tuple in one pydantic call and falls back to spawning
+    one by one: either way the same diff, or the same error naming the first bad
+    item with the children before it kept."""
+    fn, items, kind = case
+
+    def by_map(c: Context) -> None:
+        for i in range(spawned_before):
+            c.spawn(double, i)
+        c.map(fn, kind(items))
+
+    def one_by_one(c: Context) -> None:
+        for i in range(spawned_before):
+            c.spawn(double, i)
+        for item in items:
+            c.spawn(fn, item)
+
+    assert _proposed(by_map) == _proposed(one_by_one)
+
+
+def test_map_validates_a_list_at_once(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    encode = Task.encode_items
+
+    def spy(self: Task[Any, Any], items: Any) -> Any:
+        calls.append(encode(self, items))
+        return calls[-1]
+
+    monkeypatch.setattr(Task, "encode_items", spy)
+    ctx.map(double, range(3))
+    ctx.map(double, iter([1]))  # a generator may spawn as it goes: one by one
+    with pytest.raises(InvalidArguments, match="argument n='x'"):
+        ctx.map(double, [1, "x"])  # invalid: one by one, to name the item
+    assert calls[0] == [{"args": [i], "kwargs": {}} for i in range(3)]
+    assert calls[1:] == [None]
+
+
+def test_map_over_a_generator_keeps_its_spawn_order(ctx: Context) -> None:
+    mapped = ctx.map(double, (ctx.spawn(double, i) for i in range(2)))
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert [(n.id, n.inputs["args"]) for n in diff.nodes] == [
+        ("root.1", [0]), ("root.2", [{"$ref": "root.1"}]),
+        ("root.3", [1]), ("root.4", [{"$ref": "root.3"}])]
+    assert [h.id for h in mapped] == ["root.2", "root.4"]
+
+
+def test_map_drops_no_item_a_validator_omits(ctx: Context) -> None:
+    with pytest.raises(SchemaError):  # what spawning the omitted item alone raises
+        ctx.spawn(omitting, -2)
+    with pytest.raises(SchemaError):
+        ctx.map(omitting, [1, -2, 3])
+
+
+def test_map_of_nothing_proposes_nothing_even_when_cancelled(
+        ctx: Context, transport: FakeTransport) -> None:
+    transport.cancelled = True
+    assert ctx.map(double, []) == []
+    with pytest.raises(WorkflowCancelled):
+        ctx.map(double, [1])
 
 
 def test_map_over_handles_makes_data_edges(ctx: Context) -> None:
