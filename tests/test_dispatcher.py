@@ -5,12 +5,15 @@ that only note what they are told."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pykka
 
 from plait.actors.dispatcher import Dispatcher
+from plait.actors.keeper_base import KeeperContext
 from plait.actors.mail import Join, Ready, Refund, Start, Stopped
+from plait.actors.plan_keeper import PlanKeeper
 from plait.actors.registry import Counters, Registry
 
 KEY = (("shared", 1),)
@@ -74,3 +77,22 @@ def test_a_leftover_entry_of_a_running_node_does_not_free_its_slot() -> None:
     d.on_receive(Stopped("w", "a"))
     assert keepers["w"].started == ["a", "b", "c"]
     assert d.running["pair"] == 2
+
+
+def test_a_start_that_reaches_a_retired_keeper_gives_its_credit_and_slot_back() -> None:
+    """The Dispatcher spent a credit and a slot on a Start that the keeper only reads
+    after it has left (the workflow ended meanwhile): its refund frees both, and the
+    next held entry gets the slot."""
+    d, registry, keepers = dispatcher("over", "live")
+    d.on_receive(ready("over", "a"))
+    d.on_receive(ready("live", "b"))  # held: the slot is taken
+    assert keepers["over"].started == ["a"]
+    assert d.supervisors["sup"].credit == 7
+    retired = PlanKeeper("over", cast(KeeperContext, SimpleNamespace(
+        dispatcher=d, counters=d.counters, registry=registry)))
+    retired.gone = True
+    retired.on_receive(Start("a", 1, "sup", b"sup"))
+    assert keepers["live"].started == ["b"]
+    assert d.supervisors["sup"].credit == 7  # a's back, b's spent
+    assert ("over", "a") not in d.active
+    assert d.counters.get("dispatch.gone") == 1

@@ -27,6 +27,7 @@ from plait.actors.clock import FakeClock
 from plait.actors.database import Database
 from plait.actors.flow import Flow
 from plait.actors.history import WorkflowState
+from plait.actors.plan_keeper import AWAITS_PER_PEER
 from plait.actors.schedules import run_id
 from plait.protocol.codec import pack, unpack
 from plait.protocol.diff import EdgeSpec
@@ -41,6 +42,7 @@ from plait.protocol.messages import (
     GetGraph,
     GetStatus,
     ListSchedules,
+    Message,
     PauseWorkflow,
     RemoveSchedule,
     RestartNode,
@@ -51,6 +53,7 @@ from plait.protocol.messages import (
     SetAttrs,
     Submit,
     TaskInfo,
+    WorkflowResult,
 )
 from plait.testing import wait_for
 
@@ -79,6 +82,10 @@ def graph(client: Peer, wf: str, at: int | None = None) -> dict[str, dict[str, A
 
 def chain(*ids: str) -> dict[str, Any]:
     return diff(*[spec(i) for i in ids], edges=list(itertools.pairwise(ids)))
+
+
+def answering(correlation: str) -> Callable[[Message], bool]:
+    return lambda m: m.id == correlation
 
 
 def assert_rebuilt_equals_live(client: Peer, wf: str) -> None:
@@ -114,6 +121,43 @@ def test_pause_holds_new_starts_and_resume_releases_them(
     late = client.request(PauseWorkflow(workflow_id=wf))
     assert isinstance(late, Error)
     assert late.code == "rejected"
+
+
+def test_controls_that_reach_a_workflow_as_it_ends_are_refused(
+        client: Peer, supervisor: Factory) -> None:
+    """Pause and signal right behind a cancel reach the keeper before it retires:
+    refused as the Reader refuses them later, not recorded over the end."""
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    sup.assign()
+    cancel = client.send(CancelWorkflow(workflow_id=wf))
+    pause = client.send(PauseWorkflow(workflow_id=wf))
+    signal = client.send(SendSignal(workflow_id=wf, name="go"))
+    assert isinstance(client.next(answering(cancel.id)), Ack)
+    for late in (pause.id, signal.id):
+        reply = client.next(answering(late))
+        assert isinstance(reply, Error)
+        assert (reply.code, reply.reason) == ("rejected", f"workflow {wf!r} has ended "
+                                                          "(cancelled)")
+    assert result(client, wf).status == "cancelled"
+    assert status(client, wf) == "cancelled"
+    assert [e["type"] for e in history(client, wf)][-1] == "workflow"
+    assert_rebuilt_equals_live(client, wf)
+
+
+def test_only_a_client_s_latest_waits_for_a_result_are_kept(
+        client: Peer, supervisor: Factory) -> None:
+    """A client that keeps giving up and asking again (a loop of short timeouts)
+    does not pile up answers the keeper would send it all at the end."""
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    asks = [client.send(AwaitResult(workflow_id=wf)).id for _ in range(3 * AWAITS_PER_PEER)]
+    client.request(GetGraph(workflow_id=wf))  # behind the asks, through the same keeper
+    sup.finish(a, 1)
+    answered = [client.next(WorkflowResult).id for _ in range(AWAITS_PER_PEER)]
+    assert answered == asks[-AWAITS_PER_PEER:]
+    client.none(WorkflowResult, within=0.2)
 
 
 def test_pause_holds_a_retry_until_resumed(client: Peer, supervisor: Factory) -> None:
@@ -234,6 +278,7 @@ def test_set_attrs_live_and_after_the_end(
     bad = client.request(SetAttrs(workflow_id=wf, changes=[{**red, "node": "ghost"}]))
     assert isinstance(bad, Error)
     assert bad.code == "rejected"
+    assert_rebuilt_equals_live(client, wf)  # the refusal is in the events too
     sup.finish(sup.assign(node="a"), 1)
     sup.finish(sup.assign(node="b"), 2)
     assert result(client, wf).status == "succeeded"

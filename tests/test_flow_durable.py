@@ -41,11 +41,13 @@ from plait.protocol.messages import (
     Finish,
     GetGraph,
     Message,
+    PauseWorkflow,
     Query,
     QueryReply,
     Recorded,
     Resolved,
     RestartNode,
+    ResumeWorkflow,
     SendSignal,
     SetState,
     TaskInfo,
@@ -573,6 +575,64 @@ def test_start_to_close_on_flows_clock(
     assert result(client, wf).output == "ok"
     assert flow.counters.get("attempts.timed_out") == 1
     sup.finish(first, "late")  # dropped
+
+
+def test_start_to_close_counts_again_when_a_durable_wait_resumes(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """The same attempt assigned again after a sleep is a new stint: its start
+    notice arms start-to-close again (the first stint's timer is a no-op by then)."""
+    sup = supervisor(TaskInfo(name="a", timeout=60, retry={"initial": 0}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    sup.started(first)
+    sup.wait(first, timer=10, seq=1, resident=False)
+    clock.advance(10)
+    again = sup.assign()
+    assert again.attempt == 1
+    sup.started(again)
+    clock.advance(59)  # 69 s after the first start, 59 after the second
+    sup.none(CancelTask, within=0.1)
+    clock.advance(1)
+    assert sup.next(CancelTask).attempt == 1
+    retry = sup.assign()
+    assert retry.attempt == 2
+    sup.finish(retry, "ok")
+    assert result(client, wf).output == "ok"
+
+
+def test_schedule_to_start_counts_again_from_a_resume(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """A node that stays queued through a pause is not judged while paused, and
+    its schedule-to-start counts from the resume (as for a node held back)."""
+    sup = supervisor(TaskInfo(name="a", schedule_to_start=30), slots=0)
+    wf = submit(client, diff(spec("a")))
+    sup.none(Assign, within=0.1)
+    assert isinstance(client.request(PauseWorkflow(workflow_id=wf)), Ack)
+    clock.advance(30)  # due while paused: not judged
+    assert isinstance(client.request(ResumeWorkflow(workflow_id=wf)), Ack)
+    clock.advance(29)
+    assert node_states(client, wf)["a"] == "ready"
+    clock.advance(1)
+    done = result(client, wf)
+    assert (done.status, (done.error or {}).get("type")) == ("failed",
+                                                             "ScheduleToStartTimeout")
+
+
+def test_a_retry_in_its_backoff_is_not_judged_for_schedule_to_start_on_resume(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup = supervisor(TaskInfo(name="a", schedule_to_start=30, retry={"initial": 100}))
+    wf = submit(client, diff(spec("a")))
+    sup.finish(sup.assign(), ok=False, error=BOOM)  # the retry is due in 100 s
+    assert isinstance(client.request(PauseWorkflow(workflow_id=wf)), Ack)
+    assert isinstance(client.request(ResumeWorkflow(workflow_id=wf)), Ack)
+    clock.advance(30)
+    sup.none(Assign, within=0.1)
+    assert node_states(client, wf)["a"] == "ready"
+    clock.advance(70)
+    again = sup.assign()
+    assert again.attempt == 2
+    sup.finish(again, "ok")
+    assert result(client, wf).output == "ok"
 
 
 def test_heartbeat_timeout_and_details_for_the_retry(

@@ -24,7 +24,7 @@ from plait.actors.mail import CacheEntry, Expire, Lookup, Ready, Stopped, Stored
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
 from plait.actors.timers import Timers
 from plait.protocol.codec import encode
-from plait.protocol.diff import NodeState
+from plait.protocol.diff import NodeState, PlanDiff
 from plait.protocol.messages import Ack, Message, NodeResult, Recorded, Wait
 from plait.protocol.plan import TERMINAL, Outcome
 
@@ -142,6 +142,9 @@ class KeeperBase(pykka.ThreadingActor):
     def _wait_diff(self, identity: bytes, msg: Wait) -> bool:
         raise NotImplementedError
 
+    def _apply(self, diff: PlanDiff) -> Outcome:
+        raise NotImplementedError
+
     # --- writing ahead ------------------------------------------------------------
 
     def _flush(self) -> None:
@@ -228,6 +231,9 @@ class KeeperBase(pykka.ThreadingActor):
             self.attempts.pop(node_id, None)
             self._drop_wait(node_id)
             self.beats.pop(node_id, None)
+            # Its next assignment (a retry, or this attempt again after a durable
+            # wait) is a new stint: its start notice arms start-to-close anew.
+            self.confirmed.pop(node_id, None)
         if state in TERMINAL:
             self.limited.pop(node_id, None)
             self._wake(node_id)
@@ -317,6 +323,11 @@ class KeeperBase(pykka.ThreadingActor):
         if limits:
             self.limited[node_id] = limits
         self.ctx.dispatcher.tell(Ready(self.wf, node_id, node.attempt, node.task, limits))
+        self._count_queued(node_id)
+
+    def _count_queued(self, node_id: str) -> None:
+        """Schedule-to-start counts from now (a timer armed before is a no-op then)."""
+        node = self.st.plan.nodes[node_id]
         info = self.ctx.catalog.get(node.task)
         now = self.queued_at[node_id] = self._now()
         if info is not None and info.schedule_to_start:

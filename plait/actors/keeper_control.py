@@ -12,28 +12,41 @@ from __future__ import annotations
 from typing import Any
 
 from plait.actors.keeper_base import KeeperBase
-from plait.actors.mail import Request, Retire, RunEnded, Stopped
+from plait.actors.mail import Refund, Request, Retire, RunEnded, Start, Stopped
 from plait.actors.registry import safe_tell
 from plait.protocol.diff import AttrChange, NodeState, PlanDiff
 from plait.protocol.messages import (
     Ack,
     CancelTask,
     Error,
+    Message,
     PauseWorkflow,
     Query,
     QueryReply,
     RestartNode,
     ResumeWorkflow,
+    SendSignal,
     SetAttrs,
     WorkflowResult,
 )
 
-__all__ = ["CANCELLED", "ControlMixin"]
+__all__ = ["CANCELLED", "REFUSED_ONCE_ENDED", "ControlMixin"]
 
 CANCELLED = {"type": "WorkflowCancelled", "message": "the workflow was cancelled"}
+# Controls an ended workflow refuses, whether its keeper or the Reader answers.
+REFUSED_ONCE_ENDED = (PauseWorkflow, ResumeWorkflow, SendSignal)
 
 
 class ControlMixin(KeeperBase):
+    def _refuse_once_ended(self, identity: bytes, msg: Message) -> bool:
+        """An ended workflow (not yet retired) refuses what the Reader would refuse
+        after: recorded, a pause or a signal would bring back a status it has left."""
+        if not (self.st.ended and isinstance(msg, REFUSED_ONCE_ENDED)):
+            return False
+        self._send(identity, Error(id=msg.id, code="rejected",
+                                   reason=f"workflow {self.wf!r} has ended ({self.st.status})"))
+        return True
+
     def _pause(self, identity: bytes, msg: PauseWorkflow) -> None:
         if not self.st.paused:
             self._record({"type": "paused"})
@@ -43,6 +56,11 @@ class ControlMixin(KeeperBase):
         if self.st.paused:
             self._record({"type": "resumed"})
             nodes = self.st.plan.nodes
+            # Nodes that stayed in the Dispatcher's queue: their schedule-to-start
+            # was not judged while paused, and counts again from now.
+            for node_id in [n for n in self.queued_at if n not in self.held]:
+                if nodes[node_id].state is NodeState.READY:
+                    self._count_queued(node_id)
             held = sorted((nodes[n] for n in self.held), key=lambda n: n.rank)
             self.held.clear()
             for node in held:
@@ -79,14 +97,14 @@ class ControlMixin(KeeperBase):
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             self._send(identity, Error(id=msg.id, code="invalid", reason=repr(exc)))
             return
-        diff = PlanDiff(None, attrs=changes)
-        out = self.st.apply(diff)
+        # Through _apply like any diff: a refused one is recorded as rejected too, so
+        # that the plan rebuilt from the events lists it as the live one does.
+        out = self._apply(PlanDiff(None, attrs=changes))
         if out.rejection is not None:
             self._send(identity, Error(id=msg.id, code="rejected",
                                        reason=out.rejection.message(),
                                        detail=out.rejection.to_dict()))
             return
-        self._record({"type": "diff", "diff": diff.to_dict()}, applied=True)
         self._send(identity, Ack(id=msg.id))
 
     def _query(self, identity: bytes, msg: Query) -> None:
@@ -152,9 +170,13 @@ class ControlMixin(KeeperBase):
         self.stop()
 
     def _forward(self, message: Any) -> None:
-        """After leaving: what was already on its way here goes to the Reader."""
+        """After leaving: what was already on its way here goes to the Reader; a Start
+        gives back the credit (and the MaxParallel slot) the Dispatcher spent on it."""
         if isinstance(message, Request) and self.ctx.reader is not None:
             self.ctx.reader.tell(message)
+        elif isinstance(message, Start):
+            self.ctx.counters.add("dispatch.gone")
+            self.ctx.dispatcher.tell(Refund(self.wf, message.node, message.supervisor))
 
     def _result(self, correlation: str) -> WorkflowResult:
         return WorkflowResult(id=correlation, workflow_id=self.wf, status=self.st.status,

@@ -84,6 +84,7 @@ class RunMixin(KeeperBase):
         self._record(state_event(node.id, NodeState.RUNNING, node.attempt,
                                  supervisor=msg.supervisor))
         self.attempts[node.id] = AttemptRec(msg.supervisor, msg.identity, claimed=True)
+        self.queued_at.pop(node.id, None)  # out of the queue: no schedule-to-start now
         self._send(msg.identity, Assign(
             workflow_id=self.wf, node=node.id, attempt=node.attempt, task=node.task,
             inputs=self._resolve(node.inputs), idempotency_key=f"{self.wf}/{node.id}",

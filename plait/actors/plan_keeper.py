@@ -79,6 +79,7 @@ MAX_BATCH = 256  # messages handled before one Write
 # A keeper whose plan had this many nodes gives memory back when it stops (~2 ms
 # for a 10,000-node map, which took seconds to run).
 RELEASE_NODES = 1_000
+AWAITS_PER_PEER = 8  # AwaitResult requests kept per client connection
 
 
 class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
@@ -170,18 +171,28 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
     def _request(self, identity: bytes, msg: Message) -> None:
         handler = _HANDLERS.get(type(msg))
         if handler is not None:
-            handler(self, identity, msg)
+            if not self._refuse_once_ended(identity, msg):
+                handler(self, identity, msg)
         elif isinstance(msg, AwaitResult):
             if self.st.ended:
                 self._send(identity, self._result(msg.id))
             else:
-                self.awaiting.append((identity, msg.id))
+                self._await(identity, msg.id)
         elif isinstance(msg, GetGraph):
             self._send(identity, GraphReply(id=msg.id, workflow_id=self.wf, seq=self.st.seq,
                                             graph=self.st.view_json(msg.unfold)))
         elif isinstance(msg, CancelWorkflow):
             self._terminate("cancelled", CANCELLED)
             self._send(identity, Ack(id=msg.id))
+
+    def _await(self, identity: bytes, correlation: str) -> None:
+        """Answer ``correlation`` at the end. A client that gave up waiting asks
+        anew next time (a loop of ``result(timeout=1)``): only its latest asks are
+        kept, and one that finds the workflow ended asks again and is answered."""
+        mine = [i for i, (peer, _) in enumerate(self.awaiting) if peer == identity]
+        if len(mine) >= AWAITS_PER_PEER:
+            del self.awaiting[mine[0]]
+        self.awaiting.append((identity, correlation))
 
     # --- after a Flow restart ---------------------------------------------------------
 

@@ -19,6 +19,7 @@ import zmq
 
 from plait.actors.database import DatabaseActor
 from plait.actors.history import ENDED, WorkflowState
+from plait.actors.keeper_control import REFUSED_ONCE_ENDED
 from plait.actors.mail import Request
 from plait.protocol.messages import (
     Ack,
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 Revive = Callable[[str, WorkflowState, Request], None]
 LATE = (Finish, TaskHeartbeat, SetState)  # from a worker after the end: nothing to count
-REFUSED = (PauseWorkflow, ResumeWorkflow, SendSignal)
 
 
 class Reader(DatabaseActor):
@@ -119,7 +119,7 @@ class Reader(DatabaseActor):
             return Ack(id=msg.id)
         if isinstance(msg, Query):
             return self._query(msg)
-        if isinstance(msg, REFUSED):
+        if isinstance(msg, REFUSED_ONCE_ENDED):
             return Error(id=msg.id, code="rejected", reason=f"workflow {wf!r} has ended "
                                                              f"({status})")
         if isinstance(msg, RestartNode | SetAttrs):
