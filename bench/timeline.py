@@ -69,8 +69,8 @@ class Note(NamedTuple):
     label: str  # process:what
 
 
-def _role(pid: int, thread: str, flow_pid: int) -> str:
-    if thread == "plait-worker-link":
+def _role(pid: int, thread: str, flow_pid: int, workers: set[int]) -> str:
+    if pid in workers:  # its link thread decodes; the task's thread encodes what it sends
         return "worker"
     if pid == flow_pid:
         if thread == "plait-gateway":
@@ -81,12 +81,13 @@ def _role(pid: int, thread: str, flow_pid: int) -> str:
 
 def _notes(directory: Path, since: int, until: int, flow_pid: int) -> list[Note]:
     notes = []
-    for path in directory.glob("*.log"):
-        for line in path.read_text().splitlines():
-            ns, pid, thread, what = line.split(" ", 3)
-            if since <= int(ns) <= until:
-                role = _role(int(pid), thread, flow_pid)
-                notes.append(Note(int(ns), int(pid), f"{role}:{what}"))
+    lines = [line.split(" ", 3) for path in directory.glob("*.log")
+             for line in path.read_text().splitlines()]
+    workers = {int(pid) for _, pid, thread, _ in lines if thread == "plait-worker-link"}
+    for ns, pid, thread, what in lines:
+        if since <= int(ns) <= until:
+            role = _role(int(pid), thread, flow_pid, workers)
+            notes.append(Note(int(ns), int(pid), f"{role}:{what}"))
     notes.sort()
     return notes
 

@@ -104,6 +104,12 @@ def gated_fan_out(ctx: Context, path: str, gate: str, n: int) -> int:
 
 
 @task
+def big(ctx: Context, n: int) -> str:
+    """A result of ``n`` bytes from an argument of a few."""
+    return "x" * n
+
+
+@task
 def boom(ctx: Context) -> int:
     return 1 // 0
 

@@ -17,6 +17,7 @@ import pytest
 import tasks_sample
 import zmq
 
+from plait.errors import ProtocolError
 from plait.protocol import codec
 from plait.protocol.diff import PlanDiff
 from plait.protocol.messages import (
@@ -779,7 +780,7 @@ def test_a_worker_gives_back_only_an_attempt_it_has_not_started() -> None:
     assert link.take() == first  # started
     for a in (first, second, second):
         link._retract(Retract(workflow_id="wf", node=a.node, attempt=a.attempt))
-    answers = [link._outbox.get() for _ in range(3)]
+    answers = [codec.decode(link._outbox.get()) for _ in range(3)]
     assert [(m.node, m.ok) for m in answers if isinstance(m, Retracted)] == [
         (first.node, False), (second.node, True), (second.node, False)]
     link.hand(None)
@@ -791,7 +792,7 @@ def test_a_worker_ends_a_cancelled_attempt_it_has_not_started() -> None:
     queued = assign("pid")
     link.hand(queued)
     link._cancel(CancelTask(workflow_id="wf", node=queued.node, attempt=1))
-    done = link._outbox.get()
+    done = codec.decode(link._outbox.get())
     assert isinstance(done, Finish)
     assert (done.node, done.ok) == (queued.node, False)
     assert done.error is not None
@@ -892,3 +893,65 @@ def test_what_a_worker_says_of_the_attempt_sent_ahead_shows_it_started() -> None
         relay._from_worker(b"w1", codec.encode(Retracted(workflow_id="wf", node=y.node,
                                                          attempt=1, ok=False)), 0.0)
         assert (worker.assign, worker.ahead) == (y, None)
+
+
+def test_a_cancel_reaches_the_worker_running_that_attempt_not_an_earlier_one() -> None:
+    """Attempt 1 of a node still unwinds its own cancel in one worker while attempt 2
+    runs in another (a retry after a timeout): cancelling attempt 2 tells its worker,
+    whichever worker the routing table lists first."""
+    with relay_with_a_worker() as (relay, worker, sock):
+        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
+        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+        relay._poll_once()
+        first, second = assign("pid", node="n"), assign("pid", node="n", attempt=2)
+        unwinding = Worker(b"w0", 4321, ready=True, assign=first, cancelling=True)
+        relay.workers.by_ident = {b"w0": unwinding, b"w1": worker}
+        worker.assign = second
+        cancel = CancelTask(workflow_id="wf", node="n", attempt=2)
+        relay._on_cancel(cancel)
+        assert received(sock) == cancel
+        assert worker.cancelling
+
+
+def test_a_worker_refuses_to_send_what_its_supervisor_could_not_read() -> None:
+    """Over the frame limit, a Finish becomes the attempt's failure (saying why), a
+    request fails in the task, and anything else raises: nothing is sent to be
+    dropped unread while the workflow waits for it."""
+    link = WorkerLink("ipc://@plait-test-unused", "w", max_frame=1000)  # no thread
+    a = assign("big", 2000)
+    link.send(Finish(workflow_id="wf", node=a.node, attempt=1, ok=True, output="x" * 2000))
+    failed = codec.decode(link._outbox.get())
+    assert isinstance(failed, Finish)
+    assert (failed.node, failed.ok, failed.output) == (a.node, False, None)
+    assert failed.error is not None
+    assert (failed.error["type"], failed.error["retryable"]) == ("ProtocolError", False)
+    assert "exceeds the 1,000-byte message limit" in failed.error["message"]
+    wait = Wait(workflow_id="wf", node=a.node, attempt=1, handles=["c"],
+                diff={"nodes": [{"id": "c", "pad": "x" * 2000}]})
+    future = link.request(wait)
+    with pytest.raises(ProtocolError, match=r"Wait of .* exceeds") as refused:
+        future.result(0)
+    assert refused.value.code == "too_large"
+    with pytest.raises(ProtocolError, match="SetState of"):
+        link.send(SetState(workflow_id="wf", node=a.node, attempt=1, value="x" * 2000))
+    assert link._outbox.empty()
+    assert not link._pending
+    small = Finish(workflow_id="wf", node=a.node, attempt=1, ok=True, output="x" * 100)
+    link.send(small)
+    assert codec.decode(link._outbox.get()) == small
+
+
+def test_a_result_too_big_to_travel_fails_its_attempt_end_to_end(flow: FakeFlow) -> None:
+    with supervisor(flow.address, max_frame_size=4096) as errors:
+        flow.expect(Hello)
+        too_big = run(flow, assign("big", 10_000))
+        assert not too_big.ok
+        assert too_big.error is not None
+        assert too_big.error["type"] == "ProtocolError"
+        assert "exceeds the 4,096-byte message limit" in too_big.error["message"]
+        spawns_too_much = run(flow, assign("fan_out_sync", 300))  # its Wait's diff
+        assert spawns_too_much.error is not None
+        assert spawns_too_much.error["message"].startswith("too_large: Wait of ")
+        assert spawns_too_much.error["retryable"] is False
+        assert run(flow, assign("big", 100)).output == "x" * 100
+    assert errors == []

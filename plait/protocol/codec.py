@@ -25,6 +25,10 @@ from plait.protocol.messages import (
 )
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+# What a process reads from Flow (a client, a supervisor, a worker through it): Flow
+# bounds what it accepts, not what it answers (a long history, ten thousand
+# results), so this only stops a runaway frame.
+TRUSTED_MAX_SIZE = 1024 * 1024 * 1024
 _MESSAGES = Message.__module__  # plait's models: plain fields, no serializers
 
 
@@ -110,10 +114,10 @@ def error_reply(exc: ProtocolError, correlation: str | None = None) -> Error:
     return Error(id=correlation, code=exc.code, reason=exc.reason)
 
 
-def correlation_of(frame: bytes) -> str | None:
+def correlation_of(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> str | None:
     """Best effort: the ``id`` of a frame that failed validation, to address the reply."""
     try:
-        data = unpack(frame)
+        data = unpack(frame, max_size=max_size)
     except ProtocolError:
         return None
     corr = data.get("id") if isinstance(data, dict) else None

@@ -154,6 +154,7 @@ class SupervisorSettings(BaseModel):
     restart_backoff: float = Field(default=0.1, ge=0)
     restart_backoff_max: float = Field(default=5.0, ge=0)
     crash_limit: int = Field(default=5, ge=1)
+    # The largest message a worker may send (as Flow's max_message_size, or less).
     max_frame_size: int = Field(default=codec.DEFAULT_MAX_SIZE, gt=0)
 
 
@@ -205,7 +206,8 @@ class Supervisor:
             endpoint=endpoint, events=events, imports=settings.imports, size=size,
             max_size=max_size, backoff_initial=settings.restart_backoff,
             backoff_max=settings.restart_backoff_max, crash_limit=settings.crash_limit,
-            cancel_grace=settings.cancel_grace, kill_grace=settings.kill_grace)
+            cancel_grace=settings.cancel_grace, kill_grace=settings.kill_grace,
+            max_frame_size=settings.max_frame_size)
         self.pool: pykka.ActorRef[Any] | None = None
         self._target = size  # the last Scale the pool was told
         self._early: set[bytes] = set()  # WorkerReady that beat the pool's "started"
@@ -335,16 +337,16 @@ class Supervisor:
 
     # --- from Flow -------------------------------------------------------------------------
 
-    def _decode(self, frame: bytes) -> Message | None:
+    def _decode(self, frame: bytes, max_size: int | None = None) -> Message | None:
         try:
-            return codec.decode(frame, max_size=self.settings.max_frame_size)
+            return codec.decode(frame, max_size=max_size or self.settings.max_frame_size)
         except ProtocolError as exc:
             self.errors += 1
             log.error("bad frame (%s)", exc)
             return None
 
     def _from_flow(self, frame: bytes) -> None:
-        msg = self._decode(frame)
+        msg = self._decode(frame, codec.TRUSTED_MAX_SIZE)  # bounded by Flow, not by us
         if msg is None:
             return
         if isinstance(msg, Welcome):
@@ -398,9 +400,11 @@ class Supervisor:
                 # started it, cancels it; it is escalated once this loop sees it start.
                 w.ahead_cancelled = True
                 self._to_worker(w.ident, msg)
-        worker = self._worker_of(msg.workflow_id, msg.node)
-        if worker is not None and worker.assign is not None \
-                and worker.assign.attempt == msg.attempt:
+        # By attempt: an earlier attempt of the node may still be unwinding its own
+        # cancel in another worker here.
+        worker = next((w for w in self.workers.values() if w.assign is not None
+                       and not w.evicting and attempt_of(w.assign) == attempt_of(msg)), None)
+        if worker is not None:
             worker.cancelling = True
             self._to_worker(worker.ident, msg)
             self._tell(Cancel(worker.ident))

@@ -70,6 +70,7 @@ class PoolSettings:
     kill_grace: float = 2.0
     tick: float = 0.05  # seconds between reaps and cancel escalations
     stop_timeout: float = 3.0  # SIGTERM, then SIGKILL after this many seconds
+    max_frame_size: int = codec.DEFAULT_MAX_SIZE  # the largest message a worker sends
 
 
 # --- what the Relay tells the pool ----------------------------------------------------------
@@ -231,7 +232,8 @@ class WorkerPool(pykka.ThreadingActor):
     def _start(self) -> None:
         s = self.settings
         ident = f"w{os.getpid()}-{next(self._serial)}"
-        argv = ["--connect", s.endpoint, "--ident", ident]
+        argv = ["--connect", s.endpoint, "--ident", ident,
+                "--max-frame-size", str(s.max_frame_size)]
         for module in s.imports:
             argv += ["--import", module]
         pid = self._zygote.fork(argv)

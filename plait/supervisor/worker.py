@@ -83,9 +83,10 @@ from plait.task import (
 
 log = logging.getLogger("plait.worker")
 
-# Errors that another attempt cannot fix: the task's own bug, or the plan's verdict.
+# Errors that another attempt cannot fix: the task's own bug, the plan's verdict, or
+# a message that cannot travel (too big, say: it would be as big again).
 FATAL = (InvalidArguments, InvalidOutput, UnknownTask, PlanError, PromiseViolation,
-         NonDeterminismError, WorkflowCancelled, TaskFailed)
+         NonDeterminismError, WorkflowCancelled, TaskFailed, ProtocolError)
 _PARENT_CHECK_MS = 500
 # Heartbeats go out at most this often; a newer one replaces one not yet sent,
 # and any other message first flushes it (so details are never lost or reordered).
@@ -105,10 +106,14 @@ def error_dict(exc: BaseException, policy: Retry = DEFAULT_RETRY) -> dict[str, A
 class WorkerLink:
     """The worker's socket thread, and the Context's :class:`~plait.context.Transport`."""
 
-    def __init__(self, endpoint: str, ident: str, parent: int | None = None) -> None:
+    def __init__(self, endpoint: str, ident: str, parent: int | None = None,
+                 max_frame: int = codec.DEFAULT_MAX_SIZE) -> None:
         self._endpoint = endpoint
         self._ident = ident.encode()
-        self._outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._max_frame = max_frame  # what the supervisor reads, both ways
+        # Frames, encoded by the thread that sends them: one too big to be read is
+        # refused there, where the task can be told.
+        self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._lock = threading.Lock()
         # Attempts handed to the task thread, not started yet: the supervisor sends the
@@ -131,6 +136,11 @@ class WorkerLink:
     # --- called from the task thread -------------------------------------------------
 
     def send(self, message: Message) -> None:
+        """Queue ``message`` for the supervisor. A Finish too big to be read is sent
+        as the attempt's failure; anything else too big raises ProtocolError."""
+        self._put(message, self._encode(message))
+
+    def _put(self, message: Message, frame: bytes) -> None:
         now = time.monotonic()
         with self._lock:
             if isinstance(message, TaskHeartbeat) and now - self._beat_sent < _BEAT_SPACING:
@@ -140,12 +150,17 @@ class WorkerLink:
             if isinstance(message, TaskHeartbeat):
                 self._beat_sent, held = now, None
             if held is not None:
-                self._outbox.put(held)
-            self._outbox.put(message)
+                self._outbox.put(codec.encode(held))
+            self._outbox.put(frame)
         os.write(self._wake_w, b"x")
 
     def request(self, message: Propose | Wait) -> Future[Message]:
         future: Future[Message] = Future()
+        try:
+            frame = self._encode(message)
+        except ProtocolError as exc:
+            future.set_exception(exc)  # the task's await raises it: nothing was sent
+            return future
         with self._lock:
             if self._evicted:
                 future.set_exception(Evicted())
@@ -154,8 +169,24 @@ class WorkerLink:
                 future.set_exception(self._cancel_error())
                 return future
             self._pending[message.id] = (message, future)
-        self.send(message)
+        self._put(message, frame)
         return future
+
+    def _encode(self, message: Message) -> bytes:
+        frame = codec.encode(message)
+        if len(frame) <= self._max_frame:
+            return frame
+        what = (f"{type(message).__name__} of {len(frame):,} bytes exceeds the "
+                f"{self._max_frame:,}-byte message limit")
+        if not isinstance(message, Finish):
+            raise ProtocolError("too_large", f"{what}: send less at a time")
+        # The attempt's output (or its last proposals) cannot travel: it fails, saying
+        # why, rather than as a frame the supervisor drops while the workflow hangs.
+        error = {"type": "ProtocolError", "retryable": False,
+                 "message": f"{what}: return a smaller result (store a big one elsewhere "
+                            "and return a reference to it)"}
+        return codec.encode(Finish(workflow_id=message.workflow_id, node=message.node,
+                                   attempt=message.attempt, ok=False, error=error))
 
     def hand(self, assign: Assign | None) -> None:
         """Queue an attempt for the task thread (None: stop serving)."""
@@ -221,7 +252,7 @@ class WorkerLink:
                     self._receive(sock)  # may queue answers (Retracted): sent just below
                 self._release_beat()
                 while not self._outbox.empty():
-                    sock.send(codec.encode(self._outbox.get()))
+                    sock.send(self._outbox.get())
             log.warning("worker %d: supervisor is gone; exiting", os.getpid())
         except Exception:  # the process edge: without its link a worker is useless
             log.exception("worker %d: link failed; exiting", os.getpid())
@@ -241,14 +272,14 @@ class WorkerLink:
         now = time.monotonic()
         with self._lock:
             if self._beat is not None and now - self._beat_sent >= _BEAT_SPACING:
-                self._outbox.put(self._beat)
+                self._outbox.put(codec.encode(self._beat))
                 self._beat, self._beat_sent = None, now
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while waiting(sock):
             frame = sock.recv(zmq.NOBLOCK)
             try:
-                self._dispatch(codec.decode(frame))
+                self._dispatch(codec.decode(frame, max_size=codec.TRUSTED_MAX_SIZE))
             except ProtocolError as exc:
                 log.error("worker %d: bad frame from supervisor: %s", os.getpid(), exc)
 
@@ -292,8 +323,8 @@ class WorkerLink:
         # the answer follows whatever the task thread sent before taking the attempt.
         with self._lock:
             found = self._unqueue(attempt_of(msg))
-            self._outbox.put(Retracted(workflow_id=msg.workflow_id, node=msg.node,
-                                       attempt=msg.attempt, ok=found is not None))
+            self._outbox.put(codec.encode(Retracted(workflow_id=msg.workflow_id, node=msg.node,
+                                                    attempt=msg.attempt, ok=found is not None)))
 
     def _cancel(self, msg: CancelTask) -> None:
         with self._lock:
@@ -301,8 +332,8 @@ class WorkerLink:
             if self._current != key:
                 queued = self._unqueue(key)
                 if queued is not None:  # never started: it ends here, cancelled
-                    self._outbox.put(_finish(queued, ok=False,
-                                             error=error_dict(self._cancel_error(key))))
+                    self._outbox.put(codec.encode(_finish(
+                        queued, ok=False, error=error_dict(self._cancel_error(key)))))
                 return
             self._cancelled = True
             pending = [future for _, future in self._pending.values()]
@@ -417,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ident", required=True, help="this worker's socket identity")
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         metavar="MODULE", help="a module whose tasks this worker runs")
+    parser.add_argument("--max-frame-size", type=int, default=codec.DEFAULT_MAX_SIZE,
+                        metavar="BYTES", help="the largest message sent or read")
     parent = os.getppid()  # before the imports: the parent may die while they run
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -426,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, PlaitError) as exc:
         print(f"plait worker: cannot import task modules: {exc}", file=sys.stderr)
         return 3
-    link = WorkerLink(opts.connect, opts.ident, parent)
+    link = WorkerLink(opts.connect, opts.ident, parent, opts.max_frame_size)
     link.start()
     link.send(WorkerReady(pid=os.getpid()))
     serve(link, served)
