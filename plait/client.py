@@ -103,15 +103,18 @@ class Client:
 
     ``address``: Flow's request socket (default: ``$PLAIT_FLOW``, else
     ``tcp://127.0.0.1:7100``); ``feed``: its PUB socket (default: ``$PLAIT_FEED``,
-    else the next port); ``timeout``: seconds to wait for any reply.
+    else the next port); ``timeout``: seconds to wait for any reply;
+    ``max_message_size``: the largest request sent (Flow's ``--max-message-size``).
     """
 
     def __init__(self, address: str | None = None, *, feed: str | None = None,
-                 timeout: float = 10.0, poll_interval: float = 1.0) -> None:
+                 timeout: float = 10.0, poll_interval: float = 1.0,
+                 max_message_size: int = codec.DEFAULT_MAX_SIZE) -> None:
         self.address = address or os.environ.get("PLAIT_FLOW") or DEFAULT_ADDRESS
         self._feed = feed or os.environ.get("PLAIT_FEED") or None
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.max_message_size = max_message_size  # Flow's --max-message-size
         self._zmq = zmq.Context()
         self._lock = threading.RLock()
         self._socket: zmq.Socket[bytes] | None = None
@@ -160,9 +163,17 @@ class Client:
 
     def send(self, message: Message) -> None:
         """Send a request without waiting (its reply is kept for :meth:`receive`)."""
+        frame = codec.encode(message)
+        if len(frame) > self.max_message_size:
+            # Refused here: Flow would answer too_large, or far over its limit ZeroMQ
+            # would cut the connection and the request would pass for unanswered.
+            raise ProtocolError("too_large", (
+                f"{type(message).__name__} of {len(frame):,} bytes exceeds the "
+                f"{self.max_message_size:,}-byte message limit (Flow's "
+                "--max-message-size; Client(max_message_size=...) if Flow's is higher)"))
         with self._lock:
             self._wanted.add(message.id)
-            self._sock().send(codec.encode(message))
+            self._sock().send(frame)
 
     def receive(self, correlation: str, timeout: float) -> Message | None:
         """The reply to ``correlation``, or None after ``timeout`` seconds."""
@@ -179,11 +190,23 @@ class Client:
             self._wanted.discard(correlation)
             return self._stash.pop(correlation)
 
+    def _forget(self, correlation: str) -> None:
+        """Nobody waits for this reply any more."""
+        with self._lock:
+            self._wanted.discard(correlation)
+            self._stash.pop(correlation, None)
+
     def _file(self, frame: bytes) -> None:
         try:
-            reply = codec.decode(frame)
-        except ProtocolError:
-            return  # not a reply we can read; the request it answers will time out
+            reply: Message = codec.decode(frame, max_size=codec.TRUSTED_MAX_SIZE)
+        except ProtocolError as exc:
+            # Flow answered, but not in a form this client reads (another protocol
+            # version, say): the request fails saying so, not as "unreachable".
+            correlation = codec.correlation_of(frame, max_size=codec.TRUSTED_MAX_SIZE)
+            if correlation is None:
+                return
+            reply = Error(id=correlation, code=exc.code,
+                          reason=f"Flow's reply could not be read: {exc.reason}")
         if reply.id in self._wanted:
             self._stash[reply.id] = reply
 
@@ -345,19 +368,28 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         ask = AwaitResult(workflow_id=workflow_id)
         self.send(ask)
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResultTimeout(f"workflow {workflow_id} did not finish within {timeout:g} s")
-            reply = self.receive(ask.id, self.poll_interval if left is None
-                                 else min(left, self.poll_interval))
-            if isinstance(reply, Error):
-                raise error_from_reply(reply)
-            if isinstance(reply, WorkflowResult):
-                return reply
-            if self.run_info(workflow_id).status in TERMINAL or ask.id not in self._wanted:
-                ask = AwaitResult(workflow_id=workflow_id)  # answered at once if it has ended
-                self.send(ask)
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    # Ended meanwhile, or timeout=0 on an ended workflow: its result.
+                    if self.run_info(workflow_id).status in TERMINAL:
+                        return self.request(AwaitResult(workflow_id=workflow_id),
+                                            WorkflowResult)
+                    raise ResultTimeout(
+                        f"workflow {workflow_id} did not finish within {timeout:g} s")
+                reply = self.receive(ask.id, self.poll_interval if left is None
+                                     else min(left, self.poll_interval))
+                if isinstance(reply, Error):
+                    raise error_from_reply(reply)
+                if isinstance(reply, WorkflowResult):
+                    return reply
+                if self.run_info(workflow_id).status in TERMINAL or ask.id not in self._wanted:
+                    self._forget(ask.id)
+                    ask = AwaitResult(workflow_id=workflow_id)  # answered at once if ended
+                    self.send(ask)
+        finally:
+            self._forget(ask.id)  # its late answer is dropped, not kept for nobody
 
     # --- the feed -------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class Watch(Iterator[FeedEvent]):
 
     def accept(self, frame: bytes) -> Iterator[FeedEvent]:
         try:
-            event = codec.decode(frame)
+            event = codec.decode(frame, max_size=codec.TRUSTED_MAX_SIZE)
         except ProtocolError:
             return
         if not isinstance(event, FeedEvent):

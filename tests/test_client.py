@@ -27,6 +27,7 @@ from plait.errors import (
     NonDeterminismError,
     PlanError,
     PromiseViolation,
+    ProtocolError,
     TaskFailed,
     WorkflowCancelled,
 )
@@ -34,6 +35,7 @@ from plait.protocol import codec
 from plait.protocol.messages import (
     Ack,
     AddSchedule,
+    AwaitResult,
     Error,
     FeedEvent,
     GetGraph,
@@ -458,3 +460,72 @@ def test_a_submit_retried_only_after_a_timeout(fake: Callable[[Script], FakeFlow
             client.submit_diff("lost", "a", {})
     names = [m.name for m in flow.seen if isinstance(m, Submit)]
     assert names == ["late", "late", "taken", "lost", "lost"]
+
+
+def test_a_wait_given_up_is_forgotten_and_timeout_zero_reads_an_ended_result(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """A loop of short ``result(timeout=...)`` calls leaves no asks behind whose
+    late answers the client would keep for nobody; ``timeout=0`` on a workflow that
+    has ended returns its result instead of timing out."""
+    ended = threading.Event()
+    asks: list[str] = []
+
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        status = "succeeded" if ended.is_set() else "running"
+        if isinstance(msg, GetStatus):
+            return [codec.encode(StatusReply(id=msg.id, runs=[_info("wf-1", status)]))]
+        if isinstance(msg, AwaitResult):
+            asks.append(msg.id)
+            if not ended.is_set():
+                return []  # held until the end, as a keeper holds it
+            return [codec.encode(WorkflowResult(id=ask, workflow_id="wf-1", status=status,
+                                                output=42)) for ask in asks]
+        return []
+
+    flow = fake(script)
+    with Client(flow.address, timeout=5.0, poll_interval=0.05) as client:
+        for _ in range(3):
+            with pytest.raises(ResultTimeout):
+                client.await_result("wf-1", timeout=0.1)
+        assert not client._wanted
+        ended.set()
+        assert client.await_result("wf-1", timeout=0).output == 42
+        assert len(asks) >= 4  # the earlier asks were answered too, late
+        assert client.runs()[0].status == "succeeded"
+        assert not client._stash
+        assert not client._wanted
+
+
+def test_a_reply_over_the_request_limit_is_read_and_an_unreadable_one_is_an_error(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """Flow bounds what it accepts, not what it answers: a history over 16 MiB is
+    read. A reply in another protocol version fails the request saying so, at once,
+    instead of passing for a Flow that does not answer."""
+    pad = "x" * (codec.DEFAULT_MAX_SIZE + 1024)
+
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetHistory):
+            return [codec.encode(HistoryReply(id=msg.id, workflow_id=msg.workflow_id,
+                                              events=[{"type": "note", "pad": pad}]))]
+        return [codec.pack({"v": 99, "type": "status_reply", "id": msg.id, "runs": []})]
+
+    flow = fake(script)
+    with Client(flow.address, timeout=5.0) as client:
+        events = client.history("wf-1")
+        assert [len(e["pad"]) for e in events] == [len(pad)]
+        started = time.monotonic()
+        with pytest.raises(ProtocolError, match="could not be read: protocol version 99"):
+            client.runs()
+        assert time.monotonic() - started < 4.0  # not the request's timeout
+
+
+def test_a_request_over_the_message_limit_is_refused_before_it_is_sent(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    flow = fake(lambda msg, flow: [])
+    with Client(flow.address, timeout=5.0, max_message_size=4096) as client:
+        started = time.monotonic()
+        with pytest.raises(ProtocolError, match=r"Submit of .* exceeds the 4,096-byte"):
+            client.submit_diff("big", "big", {"nodes": [{"id": "big", "pad": "x" * 5000}]})
+        assert time.monotonic() - started < 4.0
+        assert not client._wanted
+    assert flow.seen == []
