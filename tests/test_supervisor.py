@@ -955,3 +955,24 @@ def test_a_result_too_big_to_travel_fails_its_attempt_end_to_end(flow: FakeFlow)
         assert spawns_too_much.error["retryable"] is False
         assert run(flow, assign("big", 100)).output == "x" * 100
     assert errors == []
+
+
+def test_a_finish_flow_refuses_becomes_the_attempts_failure_once() -> None:
+    """Flow answered a Finish with an Error (too large for it, say): no process holds
+    the attempt any more, so a failed Finish saying why goes instead, not nothing;
+    if Flow refuses that too, it is only logged (no loop)."""
+    with relay_with_a_worker() as (relay, _, _sock):
+        refused = Finish(workflow_id="wf", node="n", attempt=1, ok=True, output="big")
+        relay.link.send(refused, b"w1", track=True)
+        relay._on_reply(Error(id=refused.id, code="too_large", reason="over 4 bytes"), b"")
+        stand_ins = [m for m, _, _ in relay.link.outstanding.values()]
+        assert len(stand_ins) == 1
+        stand_in = stand_ins[0]
+        assert isinstance(stand_in, Finish)
+        assert (stand_in.node, stand_in.attempt, stand_in.ok) == ("n", 1, False)
+        assert stand_in.error == {
+            "type": "ProtocolError", "retryable": False,
+            "message": "Flow refused the attempt's Finish (too_large): over 4 bytes"}
+        relay._on_reply(Error(id=stand_in.id, code="internal", reason="bug"), b"")
+        assert not relay.link.outstanding
+        assert not relay._stand_ins

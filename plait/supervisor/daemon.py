@@ -44,6 +44,8 @@ What the Relay does:
   the pool escalates to signals if the task does not stop). TaskHeartbeat and
   SetState go to Flow and, like every request, are re-sent until Flow
   acknowledges them.
+- A Finish (or an evicted task's Wait) that Flow answers with an ``Error``
+  becomes a failed Finish saying why, once: no process holds that attempt.
 - A worker's death (a ``died`` event) with an attempt in hand becomes a
   ``Finish`` with a retryable ``WorkerLost`` (``WorkflowCancelled`` if it was
   being cancelled); an attempt sent ahead to it goes back to the queue unless
@@ -219,6 +221,7 @@ class Supervisor:
         self.credit = 0
         self.welcomed = threading.Event()
         self.errors = 0
+        self._stand_ins: set[str] = set()  # failed Finishes sent for ones Flow refused
         self._polling: tuple[tuple[Any, Any], zmq.Poller] | None = None
         self._upkeep = 0.0  # when rescaling and the Flow link's heartbeat are next due
 
@@ -412,6 +415,7 @@ class Supervisor:
     def _on_reply(self, msg: Proposed | Resolved | Error | Ack, frame: bytes) -> None:
         request, ident = self.link.answered(msg.id)
         if isinstance(msg, Ack):
+            self._stand_ins.difference_update((msg.id, *msg.more))
             for more in msg.more:  # the other Finishes of a batch
                 self.link.answered(more)
             return
@@ -424,6 +428,8 @@ class Supervisor:
                 isinstance(request, Wait) and request.resident)):
             log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
                       msg.reason)
+            if isinstance(request, Finish | Wait):
+                self._stand_in(request, msg)
             return
         if isinstance(msg, Proposed) and isinstance(request, Wait) and not request.resident:
             return  # refused proposals of an evicted task: Flow failed the node itself
@@ -436,6 +442,21 @@ class Supervisor:
         if isinstance(msg, Resolved) or isinstance(request, Wait):
             worker.waiting = False  # resolved, or refused: the task goes on
         self._to_worker(worker.ident, msg, frame)
+
+    def _stand_in(self, refused: Finish | Wait, error: Error) -> None:
+        """Flow refused what ends an attempt here (its Finish, an evicted task's Wait):
+        no process holds the attempt any more, so it fails, saying why, rather than
+        running on in Flow's view for ever. Once: a refused stand-in is only logged."""
+        if refused.id in self._stand_ins:
+            self._stand_ins.discard(refused.id)
+            return
+        stand_in = Finish(workflow_id=refused.workflow_id, node=refused.node,
+                          attempt=refused.attempt, ok=False, error={
+                              "type": "ProtocolError", "retryable": False,
+                              "message": f"Flow refused the attempt's {type(refused).__name__}"
+                                         f" ({error.code}): {error.reason}"})
+        self._stand_ins.add(stand_in.id)
+        self.link.send(stand_in, track=True)
 
     def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
         return next((w for w in self.workers.values()
