@@ -52,7 +52,7 @@ from plait.supervisor.daemon import (
     import_tasks,
     run_supervisor,
 )
-from plait.supervisor.pool import CrashLoop
+from plait.supervisor.pool import CrashLoop, PoolSettings, WorkerPool
 from plait.supervisor.routing import Worker
 from plait.supervisor.worker import WorkerLink
 from plait.testing import descendants, proc_stat, wait_for
@@ -976,3 +976,38 @@ def test_a_finish_flow_refuses_becomes_the_attempts_failure_once() -> None:
         relay._on_reply(Error(id=stand_in.id, code="internal", reason="bug"), b"")
         assert not relay.link.outstanding
         assert not relay._stand_ins
+
+
+class _FlakyZygote:
+    """Forks fail ``fails`` times (out of processes), then work."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails, self.forks = fails, 0
+
+    def fork(self, argv: list[str]) -> int:
+        self.forks += 1
+        if self.forks <= self.fails:
+            raise OSError("the zygote could not fork a worker: [Errno 11] EAGAIN")
+        return 4000 + self.forks
+
+    def exits(self) -> dict[int, int]:
+        return {}
+
+
+def test_a_fork_that_fails_is_tried_again_later_not_fatal() -> None:
+    zctx: zmq.Context[Any] = zmq.Context()
+    settings = PoolSettings(endpoint="ipc://@unused", events="inproc://unused", imports=[],
+                            size=1, max_size=1, backoff_max=5.0)
+    zygote = _FlakyZygote(fails=1)
+    pool = WorkerPool(zctx, settings, cast(Any, zygote))  # not started: driven by hand
+    reports: list[str] = []
+    pool._report = lambda kind, **fields: reports.append(kind)  # type: ignore[method-assign]
+    try:
+        pool._reconcile(100.0)  # raised before: the actor failed and the supervisor stopped
+        assert (zygote.forks, reports) == (1, [])
+        pool._reconcile(104.9)  # backing off
+        assert zygote.forks == 1
+        pool._reconcile(105.0)
+        assert (zygote.forks, reports) == (2, ["started"])
+    finally:
+        zctx.term()

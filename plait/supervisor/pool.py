@@ -7,7 +7,9 @@ escalates the cancellations in progress (the :class:`~plait.supervisor.cancel.
 Canceller` deadlines live here, so that the signals come from the owner of the
 processes). A worker that dies before it is ready is a startup failure:
 restarts back off exponentially, and too many in a row is a crash loop, which
-stops the supervisor loudly instead of burning CPU forever.
+stops the supervisor loudly instead of burning CPU forever. A fork that fails
+(the machine out of processes or memory) is tried again after ``backoff_max``:
+it may pass, and the workers still running go on meanwhile.
 
 The Relay (the supervisor's poll loop) tells the pool what it decides
 (:class:`Scale`, :class:`Ready`, :class:`Retire`, :class:`Cancel`,
@@ -197,7 +199,12 @@ class WorkerPool(pykka.ThreadingActor):
         live = sum(1 for p in self._procs.values() if not p.retiring)
         if live < self._target and now >= self._not_before and not self._gave_up:
             for _ in range(self._target - live):
-                self._start()
+                try:
+                    self._start()
+                except OSError as exc:  # out of processes or memory: it may pass
+                    log.error("%s; trying again in %g s", exc, self.settings.backoff_max)
+                    self._not_before = now + self.settings.backoff_max
+                    break
         for ident, sig in self._cancels.due(now):
             process = self._procs.get(ident)
             if process is not None:
