@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -46,6 +47,7 @@ from plait.protocol.messages import (
     WorkerReady,
 )
 from plait.supervisor import daemon
+from plait.supervisor import worker as worker_module
 from plait.supervisor.daemon import (
     Supervisor,
     SupervisorSettings,
@@ -1011,3 +1013,18 @@ def test_a_fork_that_fails_is_tried_again_later_not_fatal() -> None:
         assert (zygote.forks, reports) == (2, ["started"])
     finally:
         zctx.term()
+
+
+def test_a_cancel_after_an_async_tasks_loop_closed_leaves_the_link_alive() -> None:
+    """The attempt's loop has closed (its task returned; the attempt is flushing its
+    last proposals) when its CancelTask comes: the link thread, which reports the
+    cancel, must not die of it (the worker would exit)."""
+    link = WorkerLink("ipc://@plait-test-unused", "w")  # no thread
+    a = assign("pid")
+    link.hand(a)
+    assert link.take() == a
+    loop = asyncio.new_event_loop()
+    loop.close()
+    link.set_on_cancel(lambda: worker_module._call_soon(loop, lambda: None))
+    link._cancel(CancelTask(workflow_id="wf", node=a.node, attempt=1))
+    assert link.cancelled

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -387,7 +388,10 @@ async def _run_async(t: Task[Any, Any], ctx: Context, args: list[Any], kwargs: d
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
-    loop.call_soon_threadsafe(fn)
+    # A cancel may come after the task's loop has closed (the attempt is flushing its
+    # last proposals): nothing is left to cancel, and the link thread must live on.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn)
 
 
 def _finish(assign: Assign, **fields: Any) -> Finish:
