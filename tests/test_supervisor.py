@@ -1028,3 +1028,27 @@ def test_a_cancel_after_an_async_tasks_loop_closed_leaves_the_link_alive() -> No
     link.set_on_cancel(lambda: worker_module._call_soon(loop, lambda: None))
     link._cancel(CancelTask(workflow_id="wf", node=a.node, attempt=1))
     assert link.cancelled
+
+
+def test_a_task_evicted_while_being_cancelled_stays_under_the_escalation() -> None:
+    """Its Wait crossed the CancelTask: evicted, the task may still never stop (it
+    swallowed the cancel and no longer calls ctx), so the signals stay due until
+    the worker says it has unwound."""
+    with relay_with_a_worker() as (relay, worker, sock):
+        told: list[Any] = []
+        relay._tell = told.append  # type: ignore[method-assign, assignment]
+        sock.send(codec.encode(WorkerReady(pid=1234)))
+        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+        relay._poll_once()
+        x = assign("nap", 5.0, node="x")
+        relay._on_assign(x, codec.encode(x))
+        relay._dispatch()
+        assert received(sock) == x
+        relay._on_cancel(CancelTask(workflow_id="wf", node="x", attempt=1))
+        relay._from_worker(b"w1", codec.encode(Wait(workflow_id="wf", node="x", attempt=1,
+                                                    timer=5.0, seq=0)), 0.0)
+        assert worker.evicting
+        assert [type(m).__name__ for m in told] == ["Cancel"]
+        relay._from_worker(b"w1", codec.encode(WorkerReady(pid=1234)), 0.0)
+        assert [type(m).__name__ for m in told] == ["Cancel", "Settle"]
+        assert worker.assign is None

@@ -540,9 +540,9 @@ class Supervisor:
         if resident:
             worker.waiting = True
             return
+        # Being cancelled, it stays under the cancel's escalation until it has unwound
+        # (WorkerReady): a task that swallowed its cancel may never see the eviction.
         worker.evicting, worker.waiting = True, False
-        if worker.cancelling:
-            self._tell(Settle(worker.ident))
         self._to_worker(worker.ident, Evict(workflow_id=msg.workflow_id, node=msg.node,
                                             attempt=msg.attempt))
 
