@@ -9,6 +9,7 @@ import importlib
 import typing
 
 from plait.errors import (
+    MessageTooLarge,
     NonDeterminismError,
     PlaitError,
     PlanError,
@@ -45,6 +46,7 @@ __all__ = [
     "Loop",
     "MaxNodes",
     "MaxParallel",
+    "MessageTooLarge",
     "NoEdgesFrom",
     "NoEdgesTo",
     "NoNewEdges",

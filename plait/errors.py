@@ -99,6 +99,14 @@ class ProtocolError(PlaitError):
         self.reason = reason
 
 
+class MessageTooLarge(ProtocolError):
+    """A message a worker would send is over its supervisor's limit. Not retried:
+    another attempt would build it as big again."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("too_large", reason)
+
+
 class ShapeError(PlaitError, ValueError):
     """A Shape expression cannot be enforced (for example, ambiguous alternatives)."""
 

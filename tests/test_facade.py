@@ -14,8 +14,9 @@ import pytest
 import plait
 
 PUBLIC = [
-    "Any", "Client", "Context", "Graph", "Loop", "MaxNodes", "MaxParallel", "NoEdgesFrom",
-    "NoEdgesTo", "NoNewEdges", "NoNewNodes", "NonDeterminismError", "OneOf", "OnlyEdges",
+    "Any", "Client", "Context", "Graph", "Loop", "MaxNodes", "MaxParallel", "MessageTooLarge",
+    "NoEdgesFrom", "NoEdgesTo", "NoNewEdges", "NoNewNodes", "NonDeterminismError", "OneOf",
+    "OnlyEdges",
     "OnlyNodes", "Par", "PlaitError", "PlanError", "PromiseViolation", "ProtocolError",
     "Repeat", "Retry", "Run", "Seq", "Shape", "StepFailed", "TaskFailed", "WorkflowCancelled",
     "task",
@@ -34,8 +35,8 @@ def test_the_list_is_sorted_and_every_name_resolves() -> None:
 
 
 def test_the_errors_share_one_root() -> None:
-    for name in ("NonDeterminismError", "PlanError", "PromiseViolation", "ProtocolError",
-                 "StepFailed", "TaskFailed", "WorkflowCancelled"):
+    for name in ("MessageTooLarge", "NonDeterminismError", "PlanError", "PromiseViolation",
+                 "ProtocolError", "StepFailed", "TaskFailed", "WorkflowCancelled"):
         assert issubclass(getattr(plait, name), plait.PlaitError), name
 
 

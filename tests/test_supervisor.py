@@ -18,7 +18,7 @@ import pytest
 import tasks_sample
 import zmq
 
-from plait.errors import ProtocolError
+from plait.errors import MessageTooLarge
 from plait.protocol import codec
 from plait.protocol.diff import PlanDiff
 from plait.protocol.messages import (
@@ -926,15 +926,23 @@ def test_a_worker_refuses_to_send_what_its_supervisor_could_not_read() -> None:
     assert isinstance(failed, Finish)
     assert (failed.node, failed.ok, failed.output) == (a.node, False, None)
     assert failed.error is not None
-    assert (failed.error["type"], failed.error["retryable"]) == ("ProtocolError", False)
-    assert "exceeds the 1,000-byte message limit" in failed.error["message"]
+    assert (failed.error["type"], failed.error["retryable"]) == ("MessageTooLarge", False)
+    assert "exceeds the 1,000-byte message limit (its output" in failed.error["message"]
+    crash = {"type": "ValueError", "message": "x" * 5000, "traceback": "t" * 500,
+             "retryable": True}
+    link.send(Finish(workflow_id="wf", node=a.node, attempt=1, ok=False, error=crash))
+    shortened = codec.decode(link._outbox.get())
+    assert isinstance(shortened, Finish)
+    assert shortened.error is not None
+    assert (shortened.error["type"], shortened.error["retryable"]) == ("ValueError", True)
+    assert shortened.error["message"].startswith("x" * 250 + " [shortened: Finish of ")
     wait = Wait(workflow_id="wf", node=a.node, attempt=1, handles=["c"],
                 diff={"nodes": [{"id": "c", "pad": "x" * 2000}]})
     future = link.request(wait)
-    with pytest.raises(ProtocolError, match=r"Wait of .* exceeds") as refused:
+    with pytest.raises(MessageTooLarge, match=r"Wait of .* exceeds") as refused:
         future.result(0)
     assert refused.value.code == "too_large"
-    with pytest.raises(ProtocolError, match="SetState of"):
+    with pytest.raises(MessageTooLarge, match="SetState of"):
         link.send(SetState(workflow_id="wf", node=a.node, attempt=1, value="x" * 2000))
     assert link._outbox.empty()
     assert not link._pending
@@ -949,12 +957,13 @@ def test_a_result_too_big_to_travel_fails_its_attempt_end_to_end(flow: FakeFlow)
         too_big = run(flow, assign("big", 10_000))
         assert not too_big.ok
         assert too_big.error is not None
-        assert too_big.error["type"] == "ProtocolError"
+        assert too_big.error["type"] == "MessageTooLarge"
         assert "exceeds the 4,096-byte message limit" in too_big.error["message"]
         spawns_too_much = run(flow, assign("fan_out_sync", 300))  # its Wait's diff
         assert spawns_too_much.error is not None
         assert spawns_too_much.error["message"].startswith("too_large: Wait of ")
-        assert spawns_too_much.error["retryable"] is False
+        assert (spawns_too_much.error["type"], spawns_too_much.error["retryable"]) == (
+            "MessageTooLarge", False)
         assert run(flow, assign("big", 100)).output == "x" * 100
     assert errors == []
 
@@ -975,9 +984,16 @@ def test_a_finish_flow_refuses_becomes_the_attempts_failure_once() -> None:
         assert stand_in.error == {
             "type": "ProtocolError", "retryable": False,
             "message": "Flow refused the attempt's Finish (too_large): over 4 bytes"}
-        relay._on_reply(Error(id=stand_in.id, code="internal", reason="bug"), b"")
+        relay._on_reply(Error(id=stand_in.id, code="malformed", reason="bug"), b"")
         assert not relay.link.outstanding
         assert not relay._stand_ins
+        # "Not running": Flow has moved on (a re-sent durable Wait of an attempt that
+        # is to run again): nothing is failed for it.
+        stale = Wait(workflow_id="wf", node="n", attempt=1, timer=5.0, seq=0, resident=False)
+        relay.link.send(stale, b"w1", track=True)
+        relay._on_reply(Error(id=stale.id, code="invalid", reason="n attempt 1 is not "
+                                                                  "running"), b"")
+        assert not relay.link.outstanding
 
 
 class _FlakyZygote:

@@ -44,7 +44,7 @@ What the Relay does:
   the pool escalates to signals if the task does not stop). TaskHeartbeat and
   SetState go to Flow and, like every request, are re-sent until Flow
   acknowledges them.
-- A Finish (or an evicted task's Wait) that Flow answers with an ``Error``
+- A Finish (or an evicted task's Wait) that Flow cannot read (too large, say)
   becomes a failed Finish saying why, once: no process holds that attempt.
 - A worker's death (a ``died`` event) with an attempt in hand becomes a
   ``Finish`` with a retryable ``WorkerLost`` (``WorkflowCancelled`` if it was
@@ -428,7 +428,7 @@ class Supervisor:
                 isinstance(request, Wait) and request.resident)):
             log.error("Flow answered %s with %s: %s", type(request).__name__, msg.code,
                       msg.reason)
-            if isinstance(request, Finish | Wait):
+            if isinstance(request, Finish | Wait) and msg.code in UNREADABLE:
                 self._stand_in(request, msg)
             return
         if isinstance(msg, Proposed) and isinstance(request, Wait) and not request.resident:
@@ -444,9 +444,11 @@ class Supervisor:
         self._to_worker(worker.ident, msg, frame)
 
     def _stand_in(self, refused: Finish | Wait, error: Error) -> None:
-        """Flow refused what ends an attempt here (its Finish, an evicted task's Wait):
-        no process holds the attempt any more, so it fails, saying why, rather than
-        running on in Flow's view for ever. Once: a refused stand-in is only logged."""
+        """Flow could not read what ends an attempt here (its Finish, an evicted
+        task's Wait): no process holds the attempt any more, so it fails, saying why,
+        rather than running on in Flow's view for ever. Once: a refused stand-in is
+        only logged. (Other refusals, "not running" say, mean Flow has moved on: a
+        re-sent durable Wait of an attempt that is to run again must not fail it.)"""
         if refused.id in self._stand_ins:
             self._stand_ins.discard(refused.id)
             return
@@ -699,6 +701,8 @@ def _worker_endpoint() -> str:
     return "tcp://127.0.0.1:*"
 
 
+# Flow's error codes for a frame it could not take as it was (see codec).
+UNREADABLE = frozenset({"too_large", "malformed", "bad_version", "unknown_type"})
 # What a worker sends about its attempt (a Retracted speaks of one it may not run).
 _ABOUT_AN_ATTEMPT = (Wait, Propose, TaskHeartbeat, SetState, Finish)
 

@@ -44,6 +44,7 @@ import zmq
 from plait import memory
 from plait.context import Context
 from plait.errors import (
+    MessageTooLarge,
     NonDeterminismError,
     PlaitError,
     PlanError,
@@ -85,9 +86,9 @@ from plait.task import (
 log = logging.getLogger("plait.worker")
 
 # Errors that another attempt cannot fix: the task's own bug, the plan's verdict, or
-# a message that cannot travel (too big, say: it would be as big again).
+# a message too big to travel (it would be as big again).
 FATAL = (InvalidArguments, InvalidOutput, UnknownTask, PlanError, PromiseViolation,
-         NonDeterminismError, WorkflowCancelled, TaskFailed, ProtocolError)
+         NonDeterminismError, WorkflowCancelled, TaskFailed, MessageTooLarge)
 _PARENT_CHECK_MS = 500
 # Heartbeats go out at most this often; a newer one replaces one not yet sent,
 # and any other message first flushes it (so details are never lost or reordered).
@@ -111,7 +112,7 @@ class WorkerLink:
                  max_frame: int = codec.DEFAULT_MAX_SIZE) -> None:
         self._endpoint = endpoint
         self._ident = ident.encode()
-        self._max_frame = max_frame  # what the supervisor reads, both ways
+        self._max_frame = max_frame  # the largest frame its supervisor reads from it
         # Frames, encoded by the thread that sends them: one too big to be read is
         # refused there, where the task can be told.
         self._outbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -138,7 +139,8 @@ class WorkerLink:
 
     def send(self, message: Message) -> None:
         """Queue ``message`` for the supervisor. A Finish too big to be read is sent
-        as the attempt's failure; anything else too big raises ProtocolError."""
+        as the attempt's failure; anything else too big raises MessageTooLarge (a
+        request's future holds it instead)."""
         self._put(message, self._encode(message))
 
     def _put(self, message: Message, frame: bytes) -> None:
@@ -159,7 +161,7 @@ class WorkerLink:
         future: Future[Message] = Future()
         try:
             frame = self._encode(message)
-        except ProtocolError as exc:
+        except MessageTooLarge as exc:
             future.set_exception(exc)  # the task's await raises it: nothing was sent
             return future
         with self._lock:
@@ -180,14 +182,30 @@ class WorkerLink:
         what = (f"{type(message).__name__} of {len(frame):,} bytes exceeds the "
                 f"{self._max_frame:,}-byte message limit")
         if not isinstance(message, Finish):
-            raise ProtocolError("too_large", f"{what}: send less at a time")
-        # The attempt's output (or its last proposals) cannot travel: it fails, saying
-        # why, rather than as a frame the supervisor drops while the workflow hangs.
-        error = {"type": "ProtocolError", "retryable": False,
-                 "message": f"{what}: return a smaller result (store a big one elsewhere "
-                            "and return a reference to it)"}
-        return codec.encode(Finish(workflow_id=message.workflow_id, node=message.node,
-                                   attempt=message.attempt, ok=False, error=error))
+            # The spawns and recorded values it carried are taken from the Context:
+            # the attempt cannot go on without them, and fails (not retried).
+            raise MessageTooLarge(f"{what}: propose fewer or smaller children at a time")
+        return self._finish_that_fits(message, what)
+
+    def _finish_that_fits(self, finish: Finish, what: str) -> bytes:
+        """A Finish cannot travel: it goes as the attempt's failure, rather than as a
+        frame the supervisor drops while the workflow hangs. A failure keeps its type
+        and retryability with a shortened message; a result says why it failed."""
+        error = finish.error or {}
+        if not finish.ok and isinstance(error.get("message"), str):
+            keep = min(2000, self._max_frame // 4)
+            shortened = {**error, "traceback": "",
+                         "message": f"{error['message'][:keep]} [shortened: {what}]"}
+            frame = codec.encode(_finish(finish, ok=False, error=shortened))
+            if len(frame) <= self._max_frame:
+                return frame
+        cause = ("its output and its last proposals" if finish.ok
+                 else "its error and its last proposals")
+        return codec.encode(_finish(finish, ok=False, error={
+            "type": "MessageTooLarge", "retryable": False,
+            "message": f"{what} ({cause}): return a smaller result (store a big one "
+                       "elsewhere and return a reference to it) or spawn fewer children "
+                       "at the end"}))
 
     def hand(self, assign: Assign | None) -> None:
         """Queue an attempt for the task thread (None: stop serving)."""
@@ -394,9 +412,9 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
         loop.call_soon_threadsafe(fn)
 
 
-def _finish(assign: Assign, **fields: Any) -> Finish:
-    return Finish(workflow_id=assign.workflow_id, node=assign.node, attempt=assign.attempt,
-                  **fields)
+def _finish(of: Assign | Finish, **fields: Any) -> Finish:
+    """A Finish of the attempt ``of`` names."""
+    return Finish(workflow_id=of.workflow_id, node=of.node, attempt=of.attempt, **fields)
 
 
 def run_attempt(assign: Assign, served: Mapping[str, Task[Any, Any]],
@@ -453,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         metavar="MODULE", help="a module whose tasks this worker runs")
     parser.add_argument("--max-frame-size", type=int, default=codec.DEFAULT_MAX_SIZE,
-                        metavar="BYTES", help="the largest message sent or read")
+                        metavar="BYTES", help="the largest message sent (what the "
+                        "supervisor reads)")
     parent = os.getppid()  # before the imports: the parent may die while they run
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
