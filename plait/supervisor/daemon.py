@@ -386,9 +386,12 @@ class Supervisor:
                 if w.assign is not None and not w.evicting]
         return held + [w.ahead[0] for w in self.workers.values() if w.ahead is not None]
 
-    def _finish(self, assign: Assign, error: dict[str, Any]) -> None:
-        self.link.send(Finish(workflow_id=assign.workflow_id, node=assign.node,
-                              attempt=assign.attempt, ok=False, error=error), track=True)
+    def _finish(self, of: Assign | Finish | Wait, error: dict[str, Any]) -> Finish:
+        """Tell Flow the attempt ``of`` names failed with ``error``; the Finish sent."""
+        finish = Finish(workflow_id=of.workflow_id, node=of.node, attempt=of.attempt,
+                        ok=False, error=error)
+        self.link.send(finish, track=True)
+        return finish
 
     def _on_cancel(self, msg: CancelTask) -> None:
         for entry in list(self.queue):
@@ -452,13 +455,11 @@ class Supervisor:
         if refused.id in self._stand_ins:
             self._stand_ins.discard(refused.id)
             return
-        stand_in = Finish(workflow_id=refused.workflow_id, node=refused.node,
-                          attempt=refused.attempt, ok=False, error={
-                              "type": "ProtocolError", "retryable": False,
-                              "message": f"Flow refused the attempt's {type(refused).__name__}"
-                                         f" ({error.code}): {error.reason}"})
+        stand_in = self._finish(refused, {
+            "type": "ProtocolError", "retryable": False,
+            "message": f"Flow refused the attempt's {type(refused).__name__} "
+                       f"({error.code}): {error.reason}"})
         self._stand_ins.add(stand_in.id)
-        self.link.send(stand_in, track=True)
 
     def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
         return next((w for w in self.workers.values()
