@@ -24,10 +24,12 @@ class Keeper:
 
     def __init__(self) -> None:
         self.started: list[str] = []
+        self.attempts: list[tuple[str, int]] = []
 
     def tell(self, message: Any) -> None:
         assert isinstance(message, Start)
         self.started.append(message.node)
+        self.attempts.append((message.node, message.attempt))
 
 
 def dispatcher(*workflows: str) -> tuple[Dispatcher, Registry, dict[str, Keeper]]:
@@ -51,7 +53,7 @@ def test_a_freed_slot_skips_the_held_entries_of_an_ended_workflow() -> None:
     d.on_receive(ready("live", "b"))
     assert keepers["live"].started == ["a"]
     registry.remove("over")  # cancelled: its keeper is gone
-    d.on_receive(Stopped("live", "a"))
+    d.on_receive(Stopped("live", "a", 1))
     assert keepers["live"].started == ["a", "b"]
     assert d.counters.get("dispatch.gone") == 3
 
@@ -60,9 +62,9 @@ def test_a_refunded_entry_passes_the_slot_on() -> None:
     d, _, keepers = dispatcher("w")
     for node in ("a", "b", "c"):
         d.on_receive(ready("w", node))
-    d.on_receive(Stopped("w", "a"))
+    d.on_receive(Stopped("w", "a", 1))
     assert keepers["w"].started == ["a", "b"]
-    d.on_receive(Refund("w", "b", "sup"))  # b was no longer ready there
+    d.on_receive(Refund("w", "b", 1, "sup"))  # b was no longer ready there
     assert keepers["w"].started == ["a", "b", "c"]
 
 
@@ -74,7 +76,7 @@ def test_a_leftover_entry_of_a_running_node_does_not_free_its_slot() -> None:
         d.on_receive(Ready("w", node, 1, "kid", two))
     assert keepers["w"].started == ["a", "b"]  # c waits: two run
     assert d.counters.get("dispatch.stale") == 1
-    d.on_receive(Stopped("w", "a"))
+    d.on_receive(Stopped("w", "a", 1))
     assert keepers["w"].started == ["a", "b", "c"]
     assert d.running["pair"] == 2
 
@@ -94,5 +96,22 @@ def test_a_start_that_reaches_a_retired_keeper_gives_its_credit_and_slot_back() 
     retired.on_receive(Start("a", 1, "sup", b"sup"))
     assert keepers["live"].started == ["b"]
     assert d.supervisors["sup"].credit == 7  # a's back, b's spent
-    assert ("over", "a") not in d.active
+    assert ("over", "a", 1) not in d.active
     assert d.counters.get("dispatch.gone") == 1
+
+
+def test_a_restarted_node_is_not_taken_for_a_leftover_while_its_old_start_is_on_its_way() \
+        -> None:
+    """The node was restarted (a new attempt is ready) while the Start of its old
+    attempt was on its way to the keeper: the new attempt runs, and the old Start's
+    refund frees only the slot that Start took."""
+    d, _, keepers = dispatcher("w")
+    two = (("pair", 2),)
+    d.on_receive(Ready("w", "a", 1, "kid", two))
+    d.on_receive(Ready("w", "a", 2, "kid", two))
+    d.on_receive(Refund("w", "a", 1, "sup"))  # the keeper's answer to the old Start
+    assert keepers["w"].attempts == [("a", 1), ("a", 2)]
+    assert d.running["pair"] == 1  # attempt 2's
+    assert d.counters.get("dispatch.stale") == 0
+    d.on_receive(Stopped("w", "a", 2))
+    assert d.running["pair"] == 0

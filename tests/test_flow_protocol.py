@@ -357,6 +357,32 @@ def test_max_parallel_limits_running_children(
     assert result(client, wf).output == "done"
 
 
+def test_a_retried_child_gives_its_max_parallel_slot_back(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    """A child that fails and is retried leaves the running state at its first
+    attempt: that attempt's slot is freed, so its retry and its sibling still run."""
+    kid = TaskInfo(name="kid", retry={"max_attempts": 2, "initial": 0.0})
+    sup = supervisor("root", kid, slots=8)
+    wf = submit(client, diff(spec("root"), promises=[("root", MaxParallel(1))]), root="root")
+    root = sup.assign(node="root")
+    kids = [spec(f"root.{i}", "kid", i, creator="root") for i in range(2)]
+    assert sup.propose(root, diff(*kids, proposer="root")).ok
+    first = sup.assign()
+    sup.none(Assign, within=0.1)
+    sup.finish(first, ok=False, error={"type": "RuntimeError", "message": "boom",
+                                       "retryable": True})
+    ran = []
+    for _ in range(2):  # the retry and the sibling, one at a time
+        a = sup.assign()
+        sup.none(Assign, within=0.1)
+        ran.append((a.node, a.attempt))
+        sup.finish(a, 0)
+    (sibling,) = {"root.0", "root.1"} - {first.node}
+    assert sorted(ran) == sorted([(first.node, 2), (sibling, 1)])
+    sup.finish(root, "done")
+    assert result(client, wf).output == "done"
+
+
 def test_max_parallel_counts_per_workflow(client: Peer, supervisor: SupervisorFactory) -> None:
     """Two workflows with the same root and MaxParallel(1) each run one child at a
     time, side by side: one workflow's limit does not hold the other back."""

@@ -57,7 +57,9 @@ class Dispatcher:
         self.turn: Counter[str] = Counter()  # task -> next supervisor to try
         self.held: dict[str, deque[Ready]] = {}  # limit key -> entries waiting for a slot
         self.running: Counter[str] = Counter()  # limit key -> nodes running under it
-        self.active: dict[tuple[str, str], Limits] = {}  # (workflow, node) -> its limits
+        # (workflow, node, attempt) -> its limits. By attempt: a restarted node's new
+        # attempt is not taken for a leftover while its old one's Start is on its way.
+        self.active: dict[tuple[str, str, int], Limits] = {}
         self.assigned = 0
 
     def tell(self, message: Any) -> None:
@@ -72,9 +74,9 @@ class Dispatcher:
         elif isinstance(message, Supply | Refund):
             self._supply(message)
         elif isinstance(message, Stopped):
-            self._release(message.workflow_id, message.node)
+            self._release(message.workflow_id, message.node, message.attempt)
         elif isinstance(message, Resumed):
-            self._hold(message.workflow_id, message.node, message.limits)
+            self._hold(message.workflow_id, message.node, message.attempt, message.limits)
         elif isinstance(message, Join):
             self._join(message)
         elif isinstance(message, Leave):
@@ -100,7 +102,7 @@ class Dispatcher:
 
     def _supply(self, msg: Supply | Refund) -> None:
         if isinstance(msg, Refund):
-            self._release(msg.workflow_id, msg.node)
+            self._release(msg.workflow_id, msg.node, msg.attempt)
         sup = self.supervisors.get(msg.supervisor)
         if sup is None:
             return
@@ -147,8 +149,8 @@ class Dispatcher:
 
     def _dispatch(self, entry: Ready, supervisor: str) -> bool:
         """Start the entry there; False if it is dropped as stale."""
-        if (entry.workflow_id, entry.node) in self.active:
-            # That node runs already (a leftover entry): a Start would be refunded,
+        if (entry.workflow_id, entry.node, entry.attempt) in self.active:
+            # That attempt runs already (a leftover entry): a Start would be refunded,
             # and the refund would release the slot the running one holds.
             self.counters.add("dispatch.stale")
             return False
@@ -159,19 +161,19 @@ class Dispatcher:
             return False
         sup.credit -= 1
         self.assigned += 1
-        self._hold(entry.workflow_id, entry.node, entry.limits)
+        self._hold(entry.workflow_id, entry.node, entry.attempt, entry.limits)
         return True
 
     # --- MaxParallel ----------------------------------------------------------------
 
-    def _hold(self, workflow_id: str, node: str, limits: Limits) -> None:
-        if limits and (workflow_id, node) not in self.active:
-            self.active[(workflow_id, node)] = limits
+    def _hold(self, workflow_id: str, node: str, attempt: int, limits: Limits) -> None:
+        if limits and (workflow_id, node, attempt) not in self.active:
+            self.active[(workflow_id, node, attempt)] = limits
             for key, _ in limits:
                 self.running[key] += 1
 
-    def _release(self, workflow_id: str, node: str) -> None:
-        limits = self.active.pop((workflow_id, node), ())
+    def _release(self, workflow_id: str, node: str, attempt: int) -> None:
+        limits = self.active.pop((workflow_id, node, attempt), ())
         for key, _ in limits:
             self.running[key] -= 1
             if self.running[key] <= 0:

@@ -221,12 +221,12 @@ class KeeperBase(pykka.ThreadingActor):
         """Record a transition made from outside the plan and react to it. A READY
         state is a retry (attempt + 1) unless ``attempt`` says otherwise."""
         node = self.st.plan.nodes[node_id]
-        was = node.state
+        was, was_attempt = node.state, node.attempt
         if attempt is None:
             attempt = node.attempt + 1 if state is NodeState.READY else node.attempt
         out = self._record(state_event(node_id, state, attempt, **extra))
         if was is NodeState.RUNNING and node_id in self.limited:
-            self.ctx.dispatcher.tell(Stopped(self.wf, node_id))
+            self.ctx.dispatcher.tell(Stopped(self.wf, node_id, was_attempt))
         if state not in ACTIVE:
             self.attempts.pop(node_id, None)
             self._drop_wait(node_id)

@@ -123,7 +123,7 @@ class ControlMixin(KeeperBase):
             self._send(rec.identity, CancelTask(workflow_id=self.wf, node=node_id,
                                                 attempt=attempt))
             if node_id in self.limited:
-                self.ctx.dispatcher.tell(Stopped(self.wf, node_id))
+                self.ctx.dispatcher.tell(Stopped(self.wf, node_id, attempt))
         self.attempts.clear()
         self.waits.clear()
         self.watchers.clear()
@@ -176,7 +176,8 @@ class ControlMixin(KeeperBase):
             self.ctx.reader.tell(message)
         elif isinstance(message, Start):
             self.ctx.counters.add("dispatch.gone")
-            self.ctx.dispatcher.tell(Refund(self.wf, message.node, message.supervisor))
+            self.ctx.dispatcher.tell(Refund(self.wf, message.node, message.attempt,
+                                            message.supervisor))
 
     def _result(self, correlation: str) -> WorkflowResult:
         return WorkflowResult(id=correlation, workflow_id=self.wf, status=self.st.status,

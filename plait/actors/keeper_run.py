@@ -68,7 +68,7 @@ class RunMixin(KeeperBase):
         if (self.st.ended or node is None or node.state is not NodeState.READY
                 or node.attempt != msg.attempt or self.st.paused):
             self.ctx.counters.add("dispatch.stale")
-            self.ctx.dispatcher.tell(Refund(self.wf, msg.node, msg.supervisor))
+            self.ctx.dispatcher.tell(Refund(self.wf, msg.node, msg.attempt, msg.supervisor))
             if self.st.paused and node is not None and node.state is NodeState.READY:
                 self.held.add(node.id)
             return
@@ -78,7 +78,7 @@ class RunMixin(KeeperBase):
             # there would be lost without anybody noticing. Queue the node again.
             self.ctx.counters.add("dispatch.gone")
             if node.id in self.limited:  # the Dispatcher counted it as running
-                self.ctx.dispatcher.tell(Stopped(self.wf, node.id))
+                self.ctx.dispatcher.tell(Stopped(self.wf, node.id, node.attempt))
             self._queue(node.id)
             return
         self._record(state_event(node.id, NodeState.RUNNING, node.attempt,

@@ -152,7 +152,8 @@ class WaitMixin(KeeperBase):
         self._set(node_id, NodeState.RUNNING)
         limits = self.limited.get(node_id)
         if limits:
-            self.ctx.dispatcher.tell(Resumed(self.wf, node_id, limits))
+            attempt = self.st.plan.nodes[node_id].attempt
+            self.ctx.dispatcher.tell(Resumed(self.wf, node_id, attempt, limits))
         self._arm_running(node_id)
 
     def _ready_again(self, node_id: str) -> None:

@@ -108,19 +108,23 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Refund:
-    """Keeper -> Dispatcher: the entry was stale; give the credit back."""
+    """Keeper -> Dispatcher: the entry was stale; give the credit back (and the
+    MaxParallel slot that Start of this attempt took)."""
 
     workflow_id: str
     node: str
+    attempt: int
     supervisor: str
 
 
 @dataclass(frozen=True, slots=True)
 class Stopped:
-    """Keeper -> Dispatcher: a node bound by MaxParallel left the running state."""
+    """Keeper -> Dispatcher: an attempt of a node bound by MaxParallel left the
+    running state."""
 
     workflow_id: str
     node: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,7 @@ class Resumed:
 
     workflow_id: str
     node: str
+    attempt: int
     limits: tuple[tuple[str, int], ...]
 
 

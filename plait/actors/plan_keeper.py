@@ -226,7 +226,7 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
             if limits:
                 self.limited[node_id] = limits
                 if node.state is NodeState.RUNNING:
-                    self.ctx.dispatcher.tell(Resumed(self.wf, node_id, limits))
+                    self.ctx.dispatcher.tell(Resumed(self.wf, node_id, node.attempt, limits))
         if node.state is NodeState.RUNNING:
             self._arm_running(node_id)
         elif spec is not None:
