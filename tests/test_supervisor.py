@@ -119,8 +119,8 @@ class FakeFlow:
             reply = Ack(id=msg.id)
         elif isinstance(msg, Propose):
             reply = Proposed(id=msg.id, workflow_id=msg.workflow_id, node=msg.node, ok=True)
-        elif (isinstance(msg, TaskHeartbeat | SetState) and self.ack) or (
-                isinstance(msg, Wait) and not msg.resident):
+        elif self.ack and (isinstance(msg, TaskHeartbeat | SetState) or (
+                isinstance(msg, Wait) and not msg.resident)):
             reply = Ack(id=msg.id)
         if reply is not None:
             self.sock.send_multipart([ident, codec.encode(reply)])
@@ -735,6 +735,31 @@ def test_state_not_acknowledged_is_sent_again_after_a_reconnect() -> None:
             first.close()
             second = FakeFlow(port)
             assert second.expect(SetState).id == state.id
+    finally:
+        first.close() if second is None else second.close()
+
+
+def test_an_evicted_attempt_flow_has_not_acknowledged_is_claimed_after_a_restart() -> None:
+    """Flow restarted before it recorded the Wait of an evicted task: it still has the
+    attempt running here, so the Hello claims it (else it is failed as lost), and the
+    Wait follows it."""
+    first = FakeFlow(ack=False)
+    second: FakeFlow | None = None
+    try:
+        with supervisor(first.address):
+            first.expect(Hello)
+            first.send(assign("nap", 30.0, node="n"))
+            wait = first.expect(Wait, lambda m: m.node == "n")
+            assert not wait.resident
+            run(first, assign("pid"))  # the evicted task has unwound: its worker is free
+            port = first.port
+            first.close()
+            second = FakeFlow(port)
+            hello = second.expect(Hello)
+            assert AttemptRef(workflow_id="wf", node="n", attempt=1) in hello.running
+            again = second.expect(Wait, lambda m: m.node == "n")
+            assert again.id == wait.id
+            assert second.received.index(hello) < second.received.index(again)
     finally:
         first.close() if second is None else second.close()
 

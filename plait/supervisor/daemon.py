@@ -240,8 +240,11 @@ class Supervisor:
     def _running(self) -> list[AttemptRef]:
         assigns = self._held() + [a for a, _ in self.queue]
         refs = {attempt_of(a) for a in assigns}
+        # Flow has not taken these in yet: an ended attempt's Finish, and an evicted
+        # one's Wait (a restarted Flow still has it running, and would fail an
+        # attempt its supervisor did not claim as lost).
         refs |= {attempt_of(m) for m, _, _ in self.link.outstanding.values()
-                 if isinstance(m, Finish)}
+                 if isinstance(m, Finish) or (isinstance(m, Wait) and not m.resident)}
         return [AttemptRef(workflow_id=w, node=n, attempt=a) for w, n, a in sorted(refs)]
 
     def _grant(self) -> None:
