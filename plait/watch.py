@@ -9,6 +9,7 @@ sees every change, in order, exactly once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,10 @@ class Watch(Iterator[FeedEvent]):
         self.client = client
         self.workflow_id = workflow_id
         self.last: dict[str, int] = {}
+        self.ended: set[str] = set()  # workflows whose end this watch has delivered
         self.done = False
+        # When the all-workflows watch next looks for ends the feed lost.
+        self._check_at = time.monotonic() + client.poll_interval
         self._sub = client._zmq.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
@@ -61,9 +65,13 @@ class Watch(Iterator[FeedEvent]):
         try:
             yield from self._snapshots()
             while not self.done:
-                if self._sub.poll(int(self.client.poll_interval * 1000)):
-                    yield from self.accept(self._sub.recv_multipart()[-1])
-                else:
+                if not self._sub.poll(int(self.client.poll_interval * 1000)):
+                    yield from self.quiet()
+                    continue
+                yield from self.accept(self._sub.recv_multipart()[-1])
+                # Other workflows' events may never let the feed go quiet: a lost end
+                # is still looked for every poll_interval.
+                if self.workflow_id is None and time.monotonic() >= self._check_at:
                     yield from self.quiet()
         finally:
             self._sub.close(linger=0)
@@ -107,7 +115,11 @@ class Watch(Iterator[FeedEvent]):
     def deliver(self, event: FeedEvent) -> Iterator[FeedEvent]:
         self.last[event.workflow_id] = event.seq
         yield event
-        if event.workflow_id == self.workflow_id and event.event.get("type") == "workflow":
+        if event.event.get("type") != "workflow":
+            self.ended.discard(event.workflow_id)  # restarted after its end
+            return
+        self.ended.add(event.workflow_id)
+        if event.workflow_id == self.workflow_id:
             self.done = True
 
     def catch_up(self, workflow_id: str) -> Iterator[FeedEvent]:
@@ -119,7 +131,16 @@ class Watch(Iterator[FeedEvent]):
 
     def quiet(self) -> Iterator[FeedEvent]:
         if self.workflow_id is None:
-            self.client.runs()  # a liveness check: a dead Flow raises FlowUnavailable
+            # Also a liveness check: a dead Flow raises FlowUnavailable.
+            runs = self.client.runs()
+            self._check_at = time.monotonic() + self.client.poll_interval
+            for info in runs:
+                # Its last events were lost, and no later one shows the gap: the end
+                # (and what led to it) comes from its history.
+                wid = info.workflow_id
+                if info.status in TERMINAL and wid in self.last and wid not in self.ended:
+                    yield from self.catch_up(wid)
+                    self.ended.add(wid)
             return
         if self.client.run_info(self.workflow_id).status in TERMINAL:
             # The end may have been published before our subscription took hold,
