@@ -37,6 +37,7 @@ from plait.protocol.messages import (
     Assign,
     AttemptRef,
     CancelTask,
+    CancelWorkflow,
     Error,
     Finish,
     GetGraph,
@@ -181,6 +182,54 @@ def test_a_stale_resent_durable_wait_is_only_acknowledged(
     assert node_states(client, wf)["sleeper"] == "running"
     sup.finish(again, "ok")
     assert result(client, wf).output == "ok"
+
+
+def test_an_evicted_attempt_whose_wait_flow_has_not_seen_is_not_lost(
+        client: Peer, supervisor: Factory) -> None:
+    """The supervisor reconnected (a new socket) between evicting a task and Flow
+    reading its Wait: its Hello names the attempt as evicted, so Flow does not fail
+    it as lost, and the Wait that follows suspends it as usual."""
+    first = supervisor("parent", "child", supervisor_id="s")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    parent = first.assign(node="parent")
+    assert first.propose(parent, kids("parent", "child")).ok
+    child = first.assign(node="parent.1")
+    first.close()
+    again = supervisor("parent", "child", supervisor_id="s", running=[
+        AttemptRef(workflow_id=wf, node="parent", attempt=1, evicted=True),
+        AttemptRef(workflow_id=wf, node="parent.1", attempt=1)])
+    again.wait(parent, ["parent.1"], resident=False)
+    again.finish(child, "C")
+    resumed = again.assign(node="parent")
+    assert resumed.attempt == 1
+    again.finish(resumed, "P")
+    assert result(client, wf).output == "P"
+    assert states(history(client, wf), "parent") == [
+        ("running", 1), ("suspended", 1), ("ready", 1), ("running", 1), ("succeeded", 1)]
+
+
+def test_an_evicted_claim_does_not_take_an_attempt_running_elsewhere(
+        client: Peer, supervisor: Factory) -> None:
+    """Flow recorded an evicted task's Wait, but its Ack was lost: the supervisor
+    still names the attempt in its next Hello, after the attempt has resumed on
+    another supervisor. Flow keeps it there: a cancel reaches the one running it."""
+    first = supervisor("parent", "child", supervisor_id="s", slots=1)
+    wf = submit(client, diff(spec("parent")), root="parent")
+    parent = first.assign(node="parent")
+    assert first.propose(parent, kids("parent", "child")).ok
+    first.wait(parent, ["parent.1"], resident=False)
+    child = first.assign(node="parent.1")
+    other = supervisor("parent", "child", supervisor_id="t")
+    first.finish(child, "C")
+    resumed = other.assign(node="parent")  # s has no credit left
+    assert resumed.attempt == 1
+    first.close()
+    again = supervisor("parent", "child", supervisor_id="s", running=[
+        AttemptRef(workflow_id=wf, node="parent", attempt=1, evicted=True)])
+    client.request(CancelWorkflow(workflow_id=wf))
+    cancel = other.next(CancelTask)
+    assert (cancel.node, cancel.attempt) == ("parent", 1)
+    again.none(CancelTask, within=0.2)
 
 
 def test_a_task_that_gives_up_waiting_finishes_from_suspended(

@@ -67,7 +67,7 @@ class FakeFlow:
     """Flow's side of the supervisor protocol on a real ROUTER socket, driven by the test.
 
     It answers Hello with Welcome, heartbeats back to a supervisor it knows,
-    accepts proposals, and acknowledges Finish (unless ``ack`` is False), task
+    accepts proposals, and acknowledges (unless ``ack`` is False) Finish, task
     heartbeats, states and the Waits of evicted tasks.
     Everything received is kept in ``received`` for the test to wait on.
     """
@@ -741,8 +741,8 @@ def test_state_not_acknowledged_is_sent_again_after_a_reconnect() -> None:
 
 def test_an_evicted_attempt_flow_has_not_acknowledged_is_claimed_after_a_restart() -> None:
     """Flow restarted before it recorded the Wait of an evicted task: it still has the
-    attempt running here, so the Hello claims it (else it is failed as lost), and the
-    Wait follows it."""
+    attempt running here, so the Hello names it, as evicted (else it is failed as
+    lost), and the Wait follows it."""
     first = FakeFlow(ack=False)
     second: FakeFlow | None = None
     try:
@@ -756,7 +756,8 @@ def test_an_evicted_attempt_flow_has_not_acknowledged_is_claimed_after_a_restart
             first.close()
             second = FakeFlow(port)
             hello = second.expect(Hello)
-            assert AttemptRef(workflow_id="wf", node="n", attempt=1) in hello.running
+            assert AttemptRef(workflow_id="wf", node="n", attempt=1,
+                              evicted=True) in hello.running
             again = second.expect(Wait, lambda m: m.node == "n")
             assert again.id == wait.id
             assert second.received.index(hello) < second.received.index(again)

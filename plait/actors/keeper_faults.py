@@ -124,8 +124,13 @@ class FaultMixin(KeeperBase):
         for node_id, rec in list(self.attempts.items()):
             if self.st.ended or node_id not in self.attempts:
                 break  # an earlier failure ended the workflow
-            if (node_id, self.st.plan.nodes[node_id].attempt) in msg.claims:
+            key = (node_id, self.st.plan.nodes[node_id].attempt)
+            if key in msg.claims:
                 rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
+            elif key in msg.evicted:
+                # Its Wait follows this Hello (or came before it). Not lost; and not
+                # that supervisor's to take: the attempt may run on another since.
+                continue
             elif rec.supervisor == msg.supervisor and rec.identity != msg.identity:
                 # It came back without this attempt. (One given to the new connection
                 # itself was assigned after this Hello, which could not claim it.)

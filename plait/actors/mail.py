@@ -169,11 +169,14 @@ class Leave:
 class Welcomed:
     """A supervisor said Hello: its attempts of this workflow in ``claims`` (node,
     attempt) keep running, now at ``identity``; any other attempt Flow thinks it
-    runs was lost, and a claimed attempt that is no longer current is stopped."""
+    runs was lost, and a claimed attempt that is no longer current is stopped.
+    Those in ``evicted`` run nowhere there, and their durable Wait is on its way:
+    neither lost nor claimed (the attempt may run elsewhere since)."""
 
     supervisor: str
     identity: bytes
     claims: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    evicted: frozenset[tuple[str, int]] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,10 +60,13 @@ class Membership(pykka.ThreadingActor):
         log.info("supervisor %s joined with %d slots, %d attempts running",
                  msg.supervisor_id, msg.slots, len(msg.running))
         claims: dict[str, set[tuple[str, int]]] = {}
+        evicted: dict[str, set[tuple[str, int]]] = {}
         for a in msg.running:
-            claims.setdefault(a.workflow_id, set()).add((a.node, a.attempt))
+            (evicted if a.evicted else claims).setdefault(a.workflow_id, set()).add(
+                (a.node, a.attempt))
         told = self.registry.broadcast(lambda wf: Welcomed(
-            msg.supervisor_id, identity, frozenset(claims.get(wf, ()))))
+            msg.supervisor_id, identity, frozenset(claims.get(wf, ())),
+            frozenset(evicted.get(wf, ()))))
         for wf in claims.keys() - set(told):  # the workflow is over: stop its leftovers
             for node, attempt in claims[wf]:
                 self.outbox.send(identity, CancelTask(workflow_id=wf, node=node,

@@ -183,11 +183,16 @@ class CancelWorkflow(Message):
 
 
 class AttemptRef(BaseModel):
+    """An attempt a supervisor still answers for. ``evicted``: no process of it runs
+    it any more; only its durable Wait, which Flow has not acknowledged, is on its way
+    (Flow must not take the attempt for lost, nor for running there)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     workflow_id: str
     node: str
     attempt: int
+    evicted: bool = False
 
 
 class TaskInfo(BaseModel):

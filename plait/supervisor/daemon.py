@@ -240,12 +240,14 @@ class Supervisor:
     def _running(self) -> list[AttemptRef]:
         assigns = self._held() + [a for a, _ in self.queue]
         refs = {attempt_of(a) for a in assigns}
-        # Flow has not taken these in yet: an ended attempt's Finish, and an evicted
-        # one's Wait (a restarted Flow still has it running, and would fail an
-        # attempt its supervisor did not claim as lost).
         refs |= {attempt_of(m) for m, _, _ in self.link.outstanding.values()
-                 if isinstance(m, Finish) or (isinstance(m, Wait) and not m.resident)}
-        return [AttemptRef(workflow_id=w, node=n, attempt=a) for w, n, a in sorted(refs)]
+                 if isinstance(m, Finish)}  # ended, but Flow has not taken it in
+        # Evicted, and Flow has not recorded its Wait: a restarted Flow still has it
+        # running here, and would fail it as lost if nobody spoke for it.
+        evicted = {attempt_of(m) for m, _, _ in self.link.outstanding.values()
+                   if isinstance(m, Wait) and not m.resident} - refs
+        return [AttemptRef(workflow_id=w, node=n, attempt=a, evicted=(w, n, a) in evicted)
+                for w, n, a in sorted(refs | evicted)]
 
     def _grant(self) -> None:
         more = self.free() - self.credit
