@@ -402,10 +402,10 @@ class Client:
         iterator ends after the workflow's ``{"type": "workflow"}`` event. For
         all workflows the first items are snapshots of those still running, and
         it runs until closed; a workflow first seen mid-way gets a snapshot
-        before its events. While the feed is quiet (for all workflows, also
-        while it is busy) the client asks Flow for the status every
-        ``poll_interval`` seconds: a dead Flow raises :class:`FlowUnavailable`,
-        and an end the feed did not bring is taken from the history.
+        before its events. While the feed is quiet the client asks Flow for
+        the status every ``poll_interval`` seconds: a dead Flow raises
+        :class:`FlowUnavailable`, and an end the feed did not bring is taken
+        from the history.
         """
         return Watch(self, workflow_id)
 

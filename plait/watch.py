@@ -9,7 +9,6 @@ sees every change, in order, exactly once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -38,10 +37,10 @@ class Watch(Iterator[FeedEvent]):
         self.client = client
         self.workflow_id = workflow_id
         self.last: dict[str, int] = {}
-        self.ended: set[str] = set()  # workflows whose end this watch has delivered
+        # Workflows whose end this watch has delivered -> that end's time (a workflow
+        # restarted after its end ends again later).
+        self.ended: dict[str, float | None] = {}
         self.done = False
-        # When the all-workflows watch next looks for ends the feed lost.
-        self._check_at = time.monotonic() + client.poll_interval
         self._sub = client._zmq.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
@@ -65,13 +64,9 @@ class Watch(Iterator[FeedEvent]):
         try:
             yield from self._snapshots()
             while not self.done:
-                if not self._sub.poll(int(self.client.poll_interval * 1000)):
-                    yield from self.quiet()
-                    continue
-                yield from self.accept(self._sub.recv_multipart()[-1])
-                # Other workflows' events may never let the feed go quiet: a lost end
-                # is still looked for every poll_interval.
-                if self.workflow_id is None and time.monotonic() >= self._check_at:
+                if self._sub.poll(int(self.client.poll_interval * 1000)):
+                    yield from self.accept(self._sub.recv_multipart()[-1])
+                else:
                     yield from self.quiet()
         finally:
             self._sub.close(linger=0)
@@ -116,11 +111,19 @@ class Watch(Iterator[FeedEvent]):
         self.last[event.workflow_id] = event.seq
         yield event
         if event.event.get("type") != "workflow":
-            self.ended.discard(event.workflow_id)  # restarted after its end
+            self.ended.pop(event.workflow_id, None)  # restarted after its end
             return
-        self.ended.add(event.workflow_id)
+        ts = event.event.get("ts")
+        self.ended[event.workflow_id] = float(ts) if isinstance(ts, int | float) else None
         if event.workflow_id == self.workflow_id:
             self.done = True
+
+    def _end_lost(self, workflow_id: str, finished: float | None) -> bool:
+        """Whether the workflow has ended (at ``finished``) with that end undelivered."""
+        if workflow_id not in self.ended:
+            return True
+        delivered = self.ended[workflow_id]
+        return delivered is not None and finished is not None and finished != delivered
 
     def catch_up(self, workflow_id: str) -> Iterator[FeedEvent]:
         """Events after the last one delivered, from the workflow's history."""
@@ -132,15 +135,13 @@ class Watch(Iterator[FeedEvent]):
     def quiet(self) -> Iterator[FeedEvent]:
         if self.workflow_id is None:
             # Also a liveness check: a dead Flow raises FlowUnavailable.
-            runs = self.client.runs()
-            self._check_at = time.monotonic() + self.client.poll_interval
-            for info in runs:
-                # Its last events were lost, and no later one shows the gap: the end
-                # (and what led to it) comes from its history.
-                wid = info.workflow_id
-                if info.status in TERMINAL and wid in self.last and wid not in self.ended:
-                    yield from self.catch_up(wid)
-                    self.ended.add(wid)
+            for info in self.client.runs():
+                if info.status in TERMINAL and info.workflow_id in self.last \
+                        and self._end_lost(info.workflow_id, info.finished):
+                    # No later event of it would show the gap: the end (and what
+                    # led to it) comes from its history.
+                    yield from self.catch_up(info.workflow_id)
+                    self.ended[info.workflow_id] = info.finished
             return
         if self.client.run_info(self.workflow_id).status in TERMINAL:
             # The end may have been published before our subscription took hold,
