@@ -25,11 +25,13 @@ class Keeper:
     def __init__(self) -> None:
         self.started: list[str] = []
         self.attempts: list[tuple[str, int]] = []
+        self.starts: list[Start] = []
 
     def tell(self, message: Any) -> None:
         assert isinstance(message, Start)
         self.started.append(message.node)
         self.attempts.append((message.node, message.attempt))
+        self.starts.append(message)
 
 
 def dispatcher(*workflows: str) -> tuple[Dispatcher, Registry, dict[str, Keeper]]:
@@ -93,7 +95,7 @@ def test_a_start_that_reaches_a_retired_keeper_gives_its_credit_and_slot_back() 
     retired = PlanKeeper("over", cast(KeeperContext, SimpleNamespace(
         dispatcher=d, counters=d.counters, registry=registry)))
     retired.gone = True
-    retired.on_receive(Start("a", 1, "sup", b"sup"))
+    retired.on_receive(keepers["over"].starts[0])
     assert keepers["live"].started == ["b"]
     assert d.supervisors["sup"].credit == 7  # a's back, b's spent
     assert ("over", "a", 1) not in d.active
@@ -115,3 +117,21 @@ def test_a_restarted_node_is_not_taken_for_a_leftover_while_its_old_start_is_on_
     assert d.counters.get("dispatch.stale") == 0
     d.on_receive(Stopped("w", "a", 2))
     assert d.running["pair"] == 0
+
+
+def test_a_refund_from_before_the_supervisor_rejoined_gives_no_credit() -> None:
+    """A Start spent a credit, then the supervisor said Hello again (its free slots
+    count that one already): the Start's refund frees the slot, not another credit."""
+    d, _, keepers = dispatcher("w")
+    d.on_receive(ready("w", "a"))
+    assert d.supervisors["sup"].credit == 7
+    d.on_receive(Join("sup", b"sup", frozenset({"kid"}), 8))
+    old = keepers["w"].starts[0]
+    d.on_receive(Refund("w", old.node, old.attempt, "sup", old.session))
+    assert d.supervisors["sup"].credit == 8
+    assert d.running["shared"] == 0
+    d.on_receive(ready("w", "b"))  # a current Start's refund does give its credit back
+    new = keepers["w"].starts[1]
+    d.on_receive(Refund("w", new.node, new.attempt, "sup", new.session))
+    assert d.supervisors["sup"].credit == 8
+    assert keepers["w"].started == ["a", "b"]

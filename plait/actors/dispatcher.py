@@ -38,6 +38,7 @@ class Supervisor:
     identity: bytes
     tasks: frozenset[str]
     credit: int
+    session: int  # which join of this supervisor
     order: list[str] = field(init=False)  # its tasks, sorted once
 
     def __post_init__(self) -> None:
@@ -61,6 +62,7 @@ class Dispatcher:
         # attempt is not taken for a leftover while its old one's Start is on its way.
         self.active: dict[tuple[str, str, int], Limits] = {}
         self.assigned = 0
+        self.joins = 0
 
     def tell(self, message: Any) -> None:
         """Handle ``message`` now (any thread may call it)."""
@@ -88,7 +90,9 @@ class Dispatcher:
 
     def _join(self, msg: Join) -> None:
         self._leave(msg.supervisor)
-        self.supervisors[msg.supervisor] = Supervisor(msg.identity, msg.tasks, msg.slots)
+        self.joins += 1
+        self.supervisors[msg.supervisor] = Supervisor(msg.identity, msg.tasks, msg.slots,
+                                                      self.joins)
         for task in msg.tasks:
             self.serving.setdefault(task, []).append(msg.supervisor)
         self._pump_for(msg.supervisor)
@@ -104,7 +108,7 @@ class Dispatcher:
         if isinstance(msg, Refund):
             self._release(msg.workflow_id, msg.node, msg.attempt)
         sup = self.supervisors.get(msg.supervisor)
-        if sup is None:
+        if sup is None or (isinstance(msg, Refund) and msg.session != sup.session):
             return
         sup.credit += msg.n if isinstance(msg, Supply) else 1
         self._pump_for(msg.supervisor)
@@ -155,7 +159,7 @@ class Dispatcher:
             self.counters.add("dispatch.stale")
             return False
         sup = self.supervisors[supervisor]
-        start = Start(entry.node, entry.attempt, supervisor, sup.identity)
+        start = Start(entry.node, entry.attempt, supervisor, sup.identity, sup.session)
         if not self.registry.tell(entry.workflow_id, start):
             self.counters.add("dispatch.gone")  # the workflow ended: a stale entry
             return False

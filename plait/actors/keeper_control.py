@@ -177,7 +177,7 @@ class ControlMixin(KeeperBase):
         elif isinstance(message, Start):
             self.ctx.counters.add("dispatch.gone")
             self.ctx.dispatcher.tell(Refund(self.wf, message.node, message.attempt,
-                                            message.supervisor))
+                                            message.supervisor, message.session))
 
     def _result(self, correlation: str) -> WorkflowResult:
         return WorkflowResult(id=correlation, workflow_id=self.wf, status=self.st.status,

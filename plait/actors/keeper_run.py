@@ -68,7 +68,8 @@ class RunMixin(KeeperBase):
         if (self.st.ended or node is None or node.state is not NodeState.READY
                 or node.attempt != msg.attempt or self.st.paused):
             self.ctx.counters.add("dispatch.stale")
-            self.ctx.dispatcher.tell(Refund(self.wf, msg.node, msg.attempt, msg.supervisor))
+            self.ctx.dispatcher.tell(Refund(self.wf, msg.node, msg.attempt, msg.supervisor,
+                                            msg.session))
             if self.st.paused and node is not None and node.state is NodeState.READY:
                 self.held.add(node.id)
             return

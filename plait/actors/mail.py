@@ -98,12 +98,14 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Dispatcher -> Keeper: run the node on this supervisor (one credit spent)."""
+    """Dispatcher -> Keeper: run the node on this supervisor (one credit spent from
+    its ``session``: the Dispatcher counts each join of a supervisor anew)."""
 
     node: str
     attempt: int
     supervisor: str
     identity: bytes
+    session: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ class Refund:
     node: str
     attempt: int
     supervisor: str
+    session: int = 0  # the Start's: a credit spent before the supervisor rejoined is not
+    # given back (its Hello counted that slot among its free ones already)
 
 
 @dataclass(frozen=True, slots=True)
