@@ -232,6 +232,32 @@ def test_an_evicted_claim_does_not_take_an_attempt_running_elsewhere(
     again.none(CancelTask, within=0.2)
 
 
+@pytest.mark.parametrize("flow_options", [{"heartbeat_timeout": 1.0}])
+def test_an_attempt_sent_back_to_a_replaced_connection_is_lost_after_all(
+        client: Peer, supervisor: Factory) -> None:
+    """Flow read an evicted task's Wait, the wait was over at once, and the attempt
+    went back to the supervisor's connection just as the supervisor replaced it:
+    the Ack and the Assign were lost. The new Hello names the attempt as evicted and
+    the re-sent Wait is stale; nobody runs it, so it is failed as lost (and retried)
+    once the orphan timeout has passed, not kept running for ever."""
+    first = supervisor("parent", "child", supervisor_id="s", slots=2)
+    wf = submit(client, diff(spec("parent")), root="parent")
+    parent = first.assign(node="parent")
+    assert first.propose(parent, kids("parent", "child")).ok
+    child = first.assign(node="parent.1")
+    first.finish(child, "C")
+    wait = first.wait(parent, ["parent.1"], resident=False)  # answered: over already
+    first.assign(node="parent")  # sent back to this connection, which goes away
+    first.close()
+    again = supervisor("parent", "child", supervisor_id="s", running=[
+        AttemptRef(workflow_id=wf, node="parent", attempt=1, evicted=True)])
+    again.request(wait)  # re-sent: stale, only acknowledged
+    retried = again.assign(node="parent", timeout=5.0)
+    assert retried.attempt == 2
+    again.finish(retried, "P")
+    assert result(client, wf).output == "P"
+
+
 def test_a_task_that_gives_up_waiting_finishes_from_suspended(
         tmp_path: Any, clock: FakeClock) -> None:
     """``h.result(timeout=...)`` timed out and the task returned: its Finish comes

@@ -57,7 +57,8 @@ class KeeperContext:
 @dataclass
 class AttemptRec:
     """An attempt a process holds (running, or suspended in a resident wait): who
-    runs it, and whether they said so since Flow (re)started."""
+    runs it, and whether they said so since Flow (re)started (an unclaimed one is
+    failed as lost at the next orphan check)."""
 
     supervisor: str
     identity: bytes | None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plait.actors.keeper_base import AttemptRec, KeeperBase
-from plait.actors.mail import Expire, RetryDue, Welcomed
+from plait.actors.mail import Expire, OrphanCheck, RetryDue, Welcomed
 from plait.actors.retry import SUPERVISOR_LOST, RetryPolicy
 from plait.protocol.diff import NodeState
 from plait.protocol.messages import CancelTask
@@ -128,9 +128,7 @@ class FaultMixin(KeeperBase):
             if key in msg.claims:
                 rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
             elif key in msg.evicted:
-                # Its Wait follows this Hello (or came before it). Not lost; and not
-                # that supervisor's to take: the attempt may run on another since.
-                continue
+                self._evicted_claim(rec, msg)
             elif rec.supervisor == msg.supervisor and rec.identity != msg.identity:
                 # It came back without this attempt. (One given to the new connection
                 # itself was assigned after this Hello, which could not claim it.)
@@ -139,6 +137,18 @@ class FaultMixin(KeeperBase):
             if not self._held_by(node_id, attempt):  # lost or cancelled meanwhile: stop it
                 self._send(msg.identity, CancelTask(workflow_id=self.wf, node=node_id,
                                                     attempt=attempt))
+
+    def _evicted_claim(self, rec: AttemptRec, msg: Welcomed) -> None:
+        """The supervisor let this attempt go for a durable wait that Flow may not
+        have read: its Wait follows the Hello (or came before it). On another
+        supervisor since (Flow read the Wait, the wait was over), it stays there.
+        Else it is not failed now; an orphan unless the Wait suspends it in time
+        (Flow may have read the Wait and sent the attempt back to the connection
+        the supervisor has just replaced: that Assign is lost)."""
+        if rec.supervisor != msg.supervisor or rec.identity == msg.identity:
+            return
+        rec.claimed = False
+        self._later(self.ctx.orphan_timeout, OrphanCheck())
 
     def _held_by(self, node_id: str, attempt: int) -> bool:
         """Whether a process may hold this attempt (not a durably suspended one)."""
