@@ -117,8 +117,9 @@ class Refund:
     node: str
     attempt: int
     supervisor: str
-    session: int = 0  # the Start's: a credit spent before the supervisor rejoined is not
-    # given back (its Hello counted that slot among its free ones already)
+    # The Start's: a credit spent before the supervisor joined again is not given
+    # back (its Hello counted that slot among its free ones already).
+    session: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,7 @@ class Welcomed:
     attempt) keep running, now at ``identity``; any other attempt Flow thinks it
     runs was lost, and a claimed attempt that is no longer current is stopped.
     Those in ``evicted`` run nowhere there, and their durable Wait is on its way:
-    neither lost nor claimed (the attempt may run elsewhere since)."""
+    not claimed (the attempt may run elsewhere since), and not failed at once."""
 
     supervisor: str
     identity: bytes
