@@ -271,9 +271,10 @@ class Client:
         """A handle on an existing workflow (not checked until used)."""
         return Run(self, workflow_id)
 
-    def runs(self) -> list[RunInfo]:
-        """Every workflow Flow knows."""
-        return list(self.request(GetStatus(), StatusReply).runs)
+    def runs(self, ended_since: float | None = None) -> list[RunInfo]:
+        """Every workflow Flow knows; with ``ended_since``, those that ended at or
+        after that time (Flow's clock: ``RunInfo.finished``)."""
+        return list(self.request(GetStatus(ended_since=ended_since), StatusReply).runs)
 
     def run_info(self, workflow_id: str) -> RunInfo:
         runs = self.request(GetStatus(workflow_id=workflow_id), StatusReply).runs
@@ -405,7 +406,8 @@ class Client:
         before its events. While the feed is quiet the client asks Flow for
         the status every ``poll_interval`` seconds: a dead Flow raises
         :class:`FlowUnavailable`, and an end the feed did not bring is taken
-        from the history.
+        from the history (for all workflows, also while the feed is busy: it
+        then asks for the workflows that ended lately).
         """
         return Watch(self, workflow_id)
 

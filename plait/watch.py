@@ -9,6 +9,7 @@ sees every change, in order, exactly once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ import zmq
 
 from plait.errors import ProtocolError
 from plait.protocol import codec
-from plait.protocol.messages import FeedEvent
+from plait.protocol.messages import FeedEvent, RunInfo
 from plait.protocol.sockets import connect
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["TERMINAL", "Watch"]
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "violated"})
+# Ends recorded just before the latest one seen may commit just after it: the
+# busy feed's look for lost ends reaches this far back (seconds of Flow's clock).
+ENDS_OVERLAP = 5.0
 
 
 class Watch(Iterator[FeedEvent]):
@@ -41,6 +45,10 @@ class Watch(Iterator[FeedEvent]):
         # restarted after its end ends again later).
         self.ended: dict[str, float | None] = {}
         self.done = False
+        # Every workflow: the latest time on Flow's clock it has shown us, and when
+        # to look for lost ends next while the feed is busy.
+        self._flow_time: float | None = None
+        self._check_at = time.monotonic() + client.poll_interval
         self._sub = client._zmq.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
@@ -64,10 +72,16 @@ class Watch(Iterator[FeedEvent]):
         try:
             yield from self._snapshots()
             while not self.done:
-                if self._sub.poll(int(self.client.poll_interval * 1000)):
-                    yield from self.accept(self._sub.recv_multipart()[-1])
-                else:
+                if not self._sub.poll(int(self.client.poll_interval * 1000)):
                     yield from self.quiet()
+                    continue
+                yield from self.accept(self._sub.recv_multipart()[-1])
+                if self.workflow_id is None and time.monotonic() >= self._check_at:
+                    # Other workflows may never let the feed go quiet: ask for the
+                    # recent ends only, not for every workflow Flow knows.
+                    since = (0.0 if self._flow_time is None
+                             else self._flow_time - ENDS_OVERLAP)
+                    yield from self._lost_ends(self.client.runs(ended_since=since))
         finally:
             self._sub.close(linger=0)
 
@@ -76,7 +90,9 @@ class Watch(Iterator[FeedEvent]):
         if self.workflow_id is not None:
             yield self.snapshot(self.workflow_id)
             return
-        for info in self.client.runs():
+        runs = self.client.runs()
+        self._note_time(runs)
+        for info in runs:
             if info.status not in TERMINAL:
                 yield self.snapshot(info.workflow_id)
 
@@ -118,6 +134,24 @@ class Watch(Iterator[FeedEvent]):
         if event.workflow_id == self.workflow_id:
             self.done = True
 
+    def _lost_ends(self, runs: list[RunInfo]) -> Iterator[FeedEvent]:
+        """Ends among ``runs`` the feed did not bring: no later event of such a
+        workflow would show the gap, so the end (and what led to it) comes from
+        its history."""
+        self._note_time(runs)
+        self._check_at = time.monotonic() + self.client.poll_interval
+        for info in runs:
+            if info.status in TERMINAL and info.workflow_id in self.last \
+                    and self._end_lost(info.workflow_id, info.finished):
+                yield from self.catch_up(info.workflow_id)
+                self.ended[info.workflow_id] = info.finished
+
+    def _note_time(self, runs: list[RunInfo]) -> None:
+        for info in runs:
+            seen = info.finished if info.finished is not None else info.created
+            if self._flow_time is None or seen > self._flow_time:
+                self._flow_time = seen
+
     def _end_lost(self, workflow_id: str, finished: float | None) -> bool:
         """Whether the workflow has ended (at ``finished``) with that end undelivered."""
         if workflow_id not in self.ended:
@@ -135,13 +169,7 @@ class Watch(Iterator[FeedEvent]):
     def quiet(self) -> Iterator[FeedEvent]:
         if self.workflow_id is None:
             # Also a liveness check: a dead Flow raises FlowUnavailable.
-            for info in self.client.runs():
-                if info.status in TERMINAL and info.workflow_id in self.last \
-                        and self._end_lost(info.workflow_id, info.finished):
-                    # No later event of it would show the gap: the end (and what
-                    # led to it) comes from its history.
-                    yield from self.catch_up(info.workflow_id)
-                    self.ended[info.workflow_id] = info.finished
+            yield from self._lost_ends(self.client.runs())
             return
         if self.client.run_info(self.workflow_id).status in TERMINAL:
             # The end may have been published before our subscription took hold,

@@ -82,6 +82,7 @@ class FakeFlow:
         self.seen: list[Message] = []
         self.subscribed = False
         self.pending: list[FeedEvent] = []  # published once a subscriber is there
+        self.chatter: Callable[[], FeedEvent] | None = None  # published on every turn
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -104,6 +105,9 @@ class FakeFlow:
                 for event in self.pending:
                     self.xpub.send_multipart([event.workflow_id.encode(), codec.encode(event)])
                 self.pending = []
+            if self.subscribed and self.chatter is not None:
+                event = self.chatter()
+                self.xpub.send_multipart([event.workflow_id.encode(), codec.encode(event)])
 
     def close(self) -> None:
         self._stop.set()
@@ -308,12 +312,14 @@ def test_watch_snapshots_then_fills_a_gap_from_history(
     assert got == [(2, "snapshot"), (3, "state"), (4, "state"), (5, "diff"), (6, "workflow")]
 
 
-@pytest.mark.parametrize("restarted", [False, True], ids=["first-end", "end-after-restart"])
+@pytest.mark.parametrize(("restarted", "busy"), [(False, False), (True, False), (False, True)],
+                         ids=["first-end", "end-after-restart", "busy-feed"])
 def test_watching_every_workflow_fills_a_lost_end_from_history(
-        fake: Callable[[Script], FakeFlow], restarted: bool) -> None:
+        fake: Callable[[Script], FakeFlow], restarted: bool, busy: bool) -> None:
     """The feed lost a workflow's last events, so no later event of it shows the gap:
-    the watch finds the end from the status once the feed is quiet. Also when the
-    workflow had ended before (its end delivered) and was restarted."""
+    the watch finds the end from the status, on a quiet feed or a busy one (another
+    workflow publishing all the time). Also when the workflow had ended before (its
+    end delivered) and was restarted."""
     wid = "wf-1"
     events: list[dict[str, Any]] = [{"type": "submitted", "name": "wf", "root": "r"},
                                     {"type": "diff", "diff": {"nodes": []}},
@@ -324,12 +330,16 @@ def test_watching_every_workflow_fills_a_lost_end_from_history(
                                     {"type": "workflow", "status": "succeeded", "ts": 20.0}]
     stored = [{**e, "seq": i} for i, e in enumerate(events, start=1)]
     published = 4 if restarted else 3  # what the feed brings; the rest is lost
-    asked = []
+    asked: list[GetStatus] = []
+    other = iter(range(1, 1_000_000))
 
     def script(msg: Message, flow: FakeFlow) -> list[bytes]:
         if isinstance(msg, GetGraph):
             flow.pending = [FeedEvent(workflow_id=wid, seq=s, event=stored[s - 1])
                             for s in range(3, published + 1)]
+            if busy:
+                flow.chatter = lambda: FeedEvent(workflow_id="wf-2", seq=next(other),
+                                                 event=events[1])
             return [codec.encode(GraphReply(id=msg.id, workflow_id=wid, seq=2,
                                             graph={"nodes": [], "edges": []}))]
         if isinstance(msg, GetHistory):
@@ -338,17 +348,24 @@ def test_watching_every_workflow_fills_a_lost_end_from_history(
         asked.append(msg)
         if len(asked) > 50:  # bounded: a watch that never finds the end fails here
             return [codec.encode(Error(id=msg.id, code="invalid", reason="gave up"))]
-        info = _info(wid) if len(asked) == 1 else RunInfo(
-            workflow_id=wid, name="wf", status="succeeded", created=0.0, finished=20.0)
-        return [codec.encode(StatusReply(id=msg.id, runs=[info]))]
+        if len(asked) == 1:
+            runs = [_info(wid)]
+        else:
+            runs = [RunInfo(workflow_id=wid, name="wf", status="succeeded", created=0.0,
+                            finished=20.0)]
+            if msg.ended_since is None:
+                runs.append(_info("wf-2"))
+        return [codec.encode(StatusReply(id=msg.id, runs=runs))]
 
     flow = fake(script)
     got = []
-    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client, \
+    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.2) as client, \
             client.watch() as watch:
+        deadline = time.monotonic() + 10  # a busy feed never lets the fake give up
         for event in watch:
-            got.append((event.seq, event.event["type"]))
-            if got[-1] == (6, "workflow"):
+            if event.workflow_id == wid:
+                got.append((event.seq, event.event["type"]))
+            if got[-1:] == [(6, "workflow")] or time.monotonic() > deadline:
                 break
     assert got == [(2, "snapshot"), (3, "state"), (4, "workflow"), (5, "restart"),
                    (6, "workflow")]
@@ -369,6 +386,10 @@ def test_submit_result_status_graph_history(cluster: Cluster, tmp_path: Path) ->
     assert run.result(timeout=e2e.RESULT_TIMEOUT) == "one"
     assert run.status() == "succeeded"
     assert run.id in {r.workflow_id for r in client.runs()}
+    (ended,) = [r for r in client.runs(ended_since=0.0) if r.workflow_id == run.id]
+    assert ended.finished is not None
+    assert run.id in {r.workflow_id for r in client.runs(ended_since=ended.finished)}
+    assert run.id not in {r.workflow_id for r in client.runs(ended_since=ended.finished + 1)}
     nodes, _ = e2e.committed(run.graph())
     assert nodes == {"record": ("record", "succeeded", None)}
     history = run.history()

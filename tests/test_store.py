@@ -320,3 +320,15 @@ def test_projection_of_pause_resume_and_restart(db: Database) -> None:
     (run,) = db.runs(WF)
     assert (run.status, run.finished) == ("running", None)  # ended, restarted: runs again
     assert db.result(WF) == ("running", None, None)
+
+
+def test_runs_that_ended_since_a_time(db: Database) -> None:
+    """What the all-workflows watch asks while the feed is busy: the workflows that
+    ended at or after a time on Flow's clock, not every workflow."""
+    db.append(stream("early"))  # ends at 1004.0
+    db.append([StoredEvent("late", e.seq, e.ts + 100.0, e.event) for e in stream("late")])
+    db.append(stream("running", end=False))
+    assert [r.workflow_id for r in db.runs(ended_since=1004.0)] == ["early", "late"]
+    assert [r.workflow_id for r in db.runs(ended_since=1004.5)] == ["late"]
+    assert [r.workflow_id for r in db.runs(ended_since=2000.0)] == []
+    assert len(db.runs()) == 3

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     wf TEXT NOT NULL, id TEXT NOT NULL, task TEXT NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL, PRIMARY KEY (wf, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS workflows_status ON workflows (status);
+CREATE INDEX IF NOT EXISTS workflows_finished ON workflows (finished);
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, task TEXT NOT NULL, version TEXT NOT NULL, output BLOB,
@@ -164,10 +165,16 @@ class Database:
         rows = self.conn.execute(query + " ORDER BY seq", args)
         return [(seq, ts, unpack(body, max_size=_NO_LIMIT)) for seq, ts, body in rows]
 
-    def runs(self, workflow_id: str | None = None) -> list[RunInfo]:
+    def runs(self, workflow_id: str | None = None,
+             ended_since: float | None = None) -> list[RunInfo]:
         query = "SELECT id, name, status, created, finished, nodes FROM workflows"
-        rows = (self.conn.execute(query + " WHERE id = ?", (workflow_id,)) if workflow_id
-                else self.conn.execute(query + " ORDER BY created"))
+        if workflow_id:
+            rows = self.conn.execute(query + " WHERE id = ?", (workflow_id,))
+        elif ended_since is not None:
+            rows = self.conn.execute(query + " WHERE finished >= ? ORDER BY finished",
+                                     (ended_since,))
+        else:
+            rows = self.conn.execute(query + " ORDER BY created")
         return [RunInfo(workflow_id=r[0], name=r[1], status=r[2], created=r[3],
                         finished=r[4], nodes=r[5]) for r in rows]
 

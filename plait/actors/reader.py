@@ -78,7 +78,7 @@ class Reader(DatabaseActor):
     def answer(self, request: Request) -> Message | None:
         msg = request.message
         if isinstance(msg, GetStatus):
-            runs = self.db.runs(msg.workflow_id)
+            runs = self.db.runs(msg.workflow_id, msg.ended_since)
             if msg.workflow_id is not None and not runs:
                 return _not_found(msg, msg.workflow_id)
             return StatusReply(id=msg.id, runs=runs)

@@ -100,10 +100,12 @@ class Submitted(Message):
 
 class GetStatus(Message):
     """Ask for one workflow's status (or every workflow's, when ``workflow_id`` is
-    None). Reply: :class:`StatusReply`; :class:`Error` ``not_found``."""
+    None; with ``ended_since``, only those that ended at or after that time on
+    Flow's clock). Reply: :class:`StatusReply`; :class:`Error` ``not_found``."""
 
     type: Literal["get_status"] = "get_status"
     workflow_id: str | None = None
+    ended_since: float | None = None
 
 
 class RunInfo(BaseModel):
