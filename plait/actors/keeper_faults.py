@@ -121,6 +121,7 @@ class FaultMixin(KeeperBase):
     # --- supervisors -------------------------------------------------------------------
 
     def _welcomed(self, msg: Welcomed) -> None:
+        orphaned = False
         for node_id, rec in list(self.attempts.items()):
             if self.st.ended or node_id not in self.attempts:
                 break  # an earlier failure ended the workflow
@@ -128,7 +129,7 @@ class FaultMixin(KeeperBase):
             if key in msg.claims:
                 rec.supervisor, rec.identity, rec.claimed = msg.supervisor, msg.identity, True
             elif key in msg.evicted:
-                self._evicted_claim(rec, msg)
+                orphaned |= self._evicted_claim(rec, msg)
             elif rec.supervisor == msg.supervisor and rec.identity != msg.identity:
                 # It came back without this attempt. (One given to the new connection
                 # itself was assigned after this Hello, which could not claim it.)
@@ -137,18 +138,21 @@ class FaultMixin(KeeperBase):
             if not self._held_by(node_id, attempt):  # lost or cancelled meanwhile: stop it
                 self._send(msg.identity, CancelTask(workflow_id=self.wf, node=node_id,
                                                     attempt=attempt))
+        if orphaned:  # one check for them all
+            self._later(self.ctx.orphan_timeout, OrphanCheck())
 
-    def _evicted_claim(self, rec: AttemptRec, msg: Welcomed) -> None:
+    def _evicted_claim(self, rec: AttemptRec, msg: Welcomed) -> bool:
         """The supervisor let this attempt go for a durable wait that Flow may not
         have read: its Wait follows the Hello (or came before it). On another
         supervisor since (Flow read the Wait, the wait was over), it stays there.
         Else it is not failed now; an orphan unless the Wait suspends it in time
         (Flow may have read the Wait and sent the attempt back to the connection
-        the supervisor has just replaced: that Assign is lost)."""
+        the supervisor has just replaced: that Assign is lost). True if it is an
+        orphan now."""
         if rec.supervisor != msg.supervisor or rec.identity == msg.identity:
-            return
+            return False
         rec.claimed = False
-        self._later(self.ctx.orphan_timeout, OrphanCheck())
+        return True
 
     def _held_by(self, node_id: str, attempt: int) -> bool:
         """Whether a process may hold this attempt (not a durably suspended one)."""
