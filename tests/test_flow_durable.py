@@ -525,6 +525,42 @@ def test_retry_backoff_survives_a_flow_restart(tmp_path: Any, clock: FakeClock) 
         flow.stop()
 
 
+def test_task_timeouts_and_retry_policy_survive_a_flow_restart(
+        tmp_path: Any, clock: FakeClock) -> None:
+    """A restarted Flow knows its tasks before any supervisor says Hello again:
+    the running attempt's start-to-close is armed from its stored start, and its
+    failure follows the task's own policy (no retry), not the default."""
+    s = settings(tmp_path, clock=clock, retry_scale=1.0)
+    info = TaskInfo(name="a", timeout=60, retry={"max_attempts": 1})
+    flow = Flow(s).start()
+    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info])
+    try:
+        wf = submit(client, diff(spec("a")))
+        first = sup.assign()
+        sup.started(first)
+        wait_for(lambda: node_states(client, wf).get("a") == "running", timeout=5)
+    finally:
+        client.close()
+        sup.close()
+        flow.stop()
+    clock.advance(30)
+    flow = Flow(s).start()
+    claim = AttemptRef(workflow_id=wf, node="a", attempt=1)
+    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info], running=[claim])
+    try:
+        sup.none(CancelTask, within=0.2)
+        clock.advance(30)  # 60 s since the attempt started
+        assert sup.next(CancelTask).attempt == 1
+        done = result(client, wf)
+        assert done.status == "failed"
+        assert (done.error or {})["type"] == "TimeoutError"
+        sup.none(Assign, within=0.2)  # max_attempts=1: not retried
+    finally:
+        client.close()
+        sup.close()
+        flow.stop()
+
+
 def test_non_retryable_exception_names(client: Peer, supervisor: Factory) -> None:
     sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 5, "initial": 0,
                                                "non_retryable": ["ValueError"]}))

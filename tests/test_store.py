@@ -80,8 +80,11 @@ def test_a_failed_batch_leaves_nothing_behind(db: Database) -> None:
 def test_load_returns_unfinished_streams_that_rebuild(tmp_path: Any, db: Database) -> None:
     db.append(stream("done"))
     db.append(stream("live", end=False))
-    known, streams, schedules = load(str(tmp_path / "flow.db"))
+    db.append([], tasks=[{"name": "a", "timeout": 5.0}])
+    db.append([], tasks=[{"name": "a", "timeout": 7.0}, {"name": "b"}])  # the last word
+    known, streams, schedules, tasks = load(str(tmp_path / "flow.db"))
     assert schedules == []
+    assert tasks == [{"name": "a", "timeout": 7.0}, {"name": "b"}]
     assert known == {"done", "live"}
     assert [wf for wf, _ in streams] == ["live"]
     state = WorkflowState.rebuild("live", streams[0][1])

@@ -3,10 +3,12 @@
 - ``events``: every workflow's stream, the truth (see :mod:`history`);
 - ``workflows``, ``nodes``: a projection of the events, for queries only;
 - ``schedules``: cron schedules (their stored Submit and where they stand);
-- ``cache``: successful results of ``cache=True`` tasks by (task, version, inputs).
+- ``cache``: successful results of ``cache=True`` tasks by (task, version, inputs);
+- ``tasks``: what supervisors last said of each task (timeouts, retry policy), read
+  back at start for the workflows restored before any supervisor is back.
 
-:meth:`Database.append` writes events, their projection, schedule changes and
-cache entries in one transaction. A :class:`Database` is used by one thread:
+:meth:`Database.append` writes events, their projection, schedule changes,
+cache entries and task metadata in one transaction. A :class:`Database` is used by one thread:
 a :class:`DatabaseActor` (the Store, the Reader) opens its own on its thread.
 """
 
@@ -48,6 +50,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE INDEX IF NOT EXISTS workflows_status ON workflows (status);
 CREATE INDEX IF NOT EXISTS workflows_finished ON workflows (finished);
 CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (name TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, task TEXT NOT NULL, version TEXT NOT NULL, output BLOB,
     wf TEXT NOT NULL, node TEXT NOT NULL, ts REAL NOT NULL);
@@ -72,9 +75,9 @@ class Database:
     # --- writing --------------------------------------------------------------
 
     def append(self, events: Sequence[StoredEvent], schedules: Sequence[ScheduleChange] = (),
-               cache: Sequence[CacheEntry] = ()) -> None:
-        """Write events and their projection, schedules and cache entries in one
-        transaction."""
+               cache: Sequence[CacheEntry] = (), tasks: Sequence[dict[str, Any]] = ()) -> None:
+        """Write events and their projection, schedules, cache entries and task
+        metadata in one transaction."""
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -98,6 +101,9 @@ class Database:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(c.key, c.task, c.version, pack(c.output), c.workflow_id, c.node, c.ts)
                      for c in cache])
+            if tasks:
+                cur.executemany("INSERT OR REPLACE INTO tasks (name, body) VALUES (?, ?)",
+                                [(t["name"], pack(dict(t))) for t in tasks])
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -187,6 +193,11 @@ class Database:
         status, output, error = row
         return (status, unpack(output, max_size=_NO_LIMIT) if output is not None else None,
                 unpack(error, max_size=_NO_LIMIT) if error is not None else None)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """What supervisors last said of each task (TaskInfo dumps)."""
+        rows = self.conn.execute("SELECT body FROM tasks ORDER BY name")
+        return [unpack(body, max_size=_NO_LIMIT) for (body,) in rows]
 
     def schedules(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT body FROM schedules ORDER BY name")

@@ -30,6 +30,7 @@ from typing import Any
 
 import pykka
 import zmq
+from pydantic import ValidationError
 
 from plait import memory
 from plait.actors.cache import Cache
@@ -47,7 +48,7 @@ from plait.actors.schedules import Scheduler
 from plait.actors.store import Store, load
 from plait.actors.timers import Timers
 from plait.protocol.codec import DEFAULT_MAX_SIZE
-from plait.protocol.messages import Submit, Welcome
+from plait.protocol.messages import Submit, TaskInfo, Welcome
 from plait.stopping import stop_on_signals
 
 __all__ = ["Flow", "FlowSettings", "run_flow"]
@@ -106,7 +107,8 @@ class Flow:
         self.zctx: zmq.Context[Any] = zmq.Context()
         outbox = f"inproc://plait-flow-{id(self):x}"
         self.registry = Registry(loaded.known)
-        self.sessions, self.catalog, self.timers = Sessions(), Catalog(), Timers()
+        self.sessions, self.timers = Sessions(), Timers()
+        self.catalog = Catalog(_stored_tasks(loaded.tasks))
         self.clock_timers = Timers(s.clock, name="plait-clock")
         self.timers.start()
         self.clock_timers.start()
@@ -149,7 +151,7 @@ class Flow:
             scheduler=self.scheduler, sessions=self.sessions)
         self.gateway = Gateway(
             z, s.endpoint(s.port), outbox, registry=self.registry, sessions=self.sessions,
-            catalog=self.catalog, counters=self.counters, reader=reader,
+            catalog=self.catalog, counters=self.counters, reader=reader, store=self.store,
             dispatcher=self.dispatcher, membership=self.membership, scheduler=self.scheduler,
             spawn_keeper=self._spawn_keeper, max_message_size=s.max_message_size,
             welcome=Welcome(heartbeat_interval=s.heartbeat_interval,
@@ -251,6 +253,19 @@ def run_flow(settings: FlowSettings, ready: threading.Event | None = None,
         raise RuntimeError("flow stopped: the store could not commit") from failed[0]
 
 
+def _stored_tasks(bodies: list[dict[str, Any]]) -> list[TaskInfo]:
+    """The stored task metadata that this version can read (a newer field, say,
+    is skipped: the task's next Hello says it again)."""
+    tasks = []
+    for body in bodies:
+        try:
+            tasks.append(TaskInfo.model_validate(body))
+        except ValidationError as exc:
+            log.warning("stored metadata of task %r is unreadable (%s): skipped",
+                        body.get("name"), exc.errors()[0].get("msg"))
+    return tasks
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m plait.actors.flow``: Flow without the CLI (tests use it)."""
     p = argparse.ArgumentParser(prog="python -m plait.actors.flow")
@@ -284,3 +299,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -23,7 +23,7 @@ import pykka
 import zmq
 
 from plait.actors.dispatcher import Dispatcher
-from plait.actors.mail import Join, Request, Supply
+from plait.actors.mail import Join, Request, Supply, Write
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
 from plait.errors import ProtocolError
 from plait.protocol.codec import correlation_of, decode, encode, error_reply
@@ -112,7 +112,7 @@ class Gateway:
 
     def __init__(self, zctx: zmq.Context[Any], endpoint: str, outbox_address: str, *,
                  registry: Registry, sessions: Sessions, catalog: Catalog, counters: Counters,
-                 reader: pykka.ActorRef[Any], dispatcher: Dispatcher,
+                 reader: pykka.ActorRef[Any], store: pykka.ActorRef[Any], dispatcher: Dispatcher,
                  membership: pykka.ActorRef[Any], scheduler: pykka.ActorRef[Any] | None,
                  spawn_keeper: Callable[[str], pykka.ActorRef[Any]],
                  max_message_size: int, welcome: Welcome) -> None:
@@ -121,7 +121,8 @@ class Gateway:
         self._outbox_address = outbox_address
         self.registry, self.sessions, self.catalog = registry, sessions, catalog
         self.counters = counters
-        self.reader, self.dispatcher, self.membership = reader, dispatcher, membership
+        self.reader, self.store = reader, store
+        self.dispatcher, self.membership = dispatcher, membership
         self.scheduler = scheduler
         self.spawn_keeper = spawn_keeper
         self.max_size = max_message_size
@@ -295,7 +296,9 @@ class Gateway:
 
     def _hello(self, identity: bytes, msg: Hello) -> None:
         self.sessions.join(msg.supervisor_id, identity)
-        self.catalog.update(msg.tasks)
+        changed = self.catalog.update(msg.tasks)
+        if changed:  # stored for the next start: restored workflows need them at once
+            safe_tell(self.store, Write(tasks=[t.model_dump() for t in changed]))
         # Told from this thread, so the Dispatcher knows the supervisor before any Credit.
         self.dispatcher.tell(Join(msg.supervisor_id, identity,
                                   frozenset(t.name for t in msg.tasks), msg.slots))

@@ -61,6 +61,7 @@ class Write:
     then: Callable[[], None] | None = None
     schedules: Sequence[ScheduleChange] = ()
     cache: Sequence[CacheEntry] = ()
+    tasks: Sequence[dict[str, Any]] = ()  # TaskInfo dumps: what Hellos said of tasks
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,16 +165,23 @@ class Sessions:
 
 
 class Catalog:
-    """Task metadata from supervisors' Hello messages (Flow never imports task code)."""
+    """Task metadata from supervisors' Hello messages (Flow never imports task code).
 
-    def __init__(self) -> None:
+    It is stored (the ``tasks`` table) and read back when Flow starts: the
+    workflows restored then need their tasks' timeouts and retry policies before
+    any supervisor has said Hello again."""
+
+    def __init__(self, tasks: Iterable[TaskInfo] = ()) -> None:
         self._lock = threading.Lock()
-        self._tasks: dict[str, TaskInfo] = {}
+        self._tasks: dict[str, TaskInfo] = {info.name: info for info in tasks}
 
-    def update(self, tasks: list[TaskInfo]) -> None:
+    def update(self, tasks: list[TaskInfo]) -> list[TaskInfo]:
+        """Take what a Hello says of its tasks; the ones that are new or changed."""
         with self._lock:
-            for info in tasks:
+            changed = [info for info in tasks if self._tasks.get(info.name) != info]
+            for info in changed:
                 self._tasks[info.name] = info
+            return changed
 
     def get(self, name: str) -> TaskInfo | None:
         with self._lock:

@@ -85,9 +85,10 @@ class Store(DatabaseActor):
         events = [e for w in batch for e in w.events]
         schedules = [c for w in batch for c in w.schedules]
         cache = [c for w in batch for c in w.cache]
-        if events or schedules or cache:
+        tasks = [t for w in batch for t in w.tasks]
+        if events or schedules or cache or tasks:
             try:
-                self.db.append(events, schedules, cache)
+                self.db.append(events, schedules, cache, tasks)
             except Exception as exc:  # a write that cannot commit ends Flow: state is unknown
                 self._failed = True
                 log.exception("store: commit failed; stopping Flow")
@@ -106,17 +107,19 @@ class Store(DatabaseActor):
 
 class Loaded(NamedTuple):
     """What Flow reads at start: every workflow id ever used, the event streams of
-    unfinished workflows, and the stored schedules."""
+    unfinished workflows, the stored schedules, and what supervisors last said of
+    their tasks."""
 
     known: set[str]
     streams: list[tuple[str, Stream]]
     schedules: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
 
 
 def load(path: str) -> Loaded:
     db = Database(path)
     try:
         return Loaded(db.workflow_ids(), [(wf, db.events(wf)) for wf in db.unfinished()],
-                      db.schedules())
+                      db.schedules(), db.tasks())
     finally:
         db.close()
