@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -112,6 +113,20 @@ def big(ctx: Context, n: int) -> str:
 @task
 def boom(ctx: Context) -> int:
     return 1 // 0
+
+
+@task
+async def cancels_itself(ctx: Context) -> int:
+    """Awaits a job it cancelled: a CancelledError plait did not cause."""
+    job = asyncio.ensure_future(asyncio.sleep(60))
+    job.cancel()
+    await job
+    return os.getpid()
+
+
+@task
+def exits(ctx: Context) -> int:
+    raise SystemExit(3)
 
 
 @task(promises=[MaxNodes(10)])

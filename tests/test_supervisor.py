@@ -257,6 +257,19 @@ def test_an_assignment_runs_and_finishes(sup: FakeFlow) -> None:
     assert "1 // 0" in failed.error["traceback"]
 
 
+def test_a_task_ending_in_a_base_exception_fails_as_itself(sup: FakeFlow) -> None:
+    """A CancelledError the task brought on itself, or a SystemExit, is the task's
+    failure (its own type, its policy), not a worker that died (WorkerLost), and
+    the worker serves on."""
+    before = run(sup, assign("pid"))
+    for name, kind in (("cancels_itself", "CancelledError"), ("exits", "SystemExit")):
+        failed = run(sup, assign(name))
+        assert not failed.ok
+        assert (failed.error or {})["type"] == kind
+    after = run(sup, assign("pid"))
+    assert after.output == before.output  # the same worker process
+
+
 def test_unknown_task_and_wrong_arguments_are_clear_errors(sup: FakeFlow) -> None:
     sup.send(b"\x93not a message")  # counted and dropped; the supervisor goes on
     unknown = run(sup, assign("no_such_task"))
@@ -1094,3 +1107,24 @@ def test_a_task_evicted_while_being_cancelled_stays_under_the_escalation() -> No
         relay._from_worker(b"w1", codec.encode(WorkerReady(pid=1234)), 0.0)
         assert [type(m).__name__ for m in told] == ["Cancel", "Settle"]
         assert worker.assign is None
+
+
+def test_a_late_answer_for_the_same_node_of_another_run_is_not_taken() -> None:
+    """Node ids repeat in every run of a workflow: an answer to an ended attempt's
+    request (re-sent after a Flow restart, say) must not settle the request of
+    the attempt this worker runs now; only its own correlation id does."""
+    link = WorkerLink("ipc://@plait-test-unused", "w")  # no thread
+    now = Assign(workflow_id="wf-2", node="etl", attempt=1, task="etl",
+                 inputs={"args": [], "kwargs": {}}, idempotency_key="wf-2/etl")
+    link.hand(now)
+    assert link.take() == now
+    request = Propose(workflow_id="wf-2", node="etl", attempt=1,
+                      diff=PlanDiff(proposer="etl").to_dict())
+    future = link.request(request)
+    link._reply(Proposed(id="old-1", workflow_id="wf-1", node="etl", ok=False,
+                         rejection={"kind": "plan", "message": "etl attempt 1 is not running"}))
+    assert not future.done()
+    link._reply(Proposed(id=request.id, workflow_id="wf-2", node="etl", ok=True))
+    reply = future.result(timeout=1)
+    assert isinstance(reply, Proposed)
+    assert reply.ok

@@ -317,12 +317,11 @@ class WorkerLink:
             log.warning("worker %d: unexpected %s", os.getpid(), type(msg).__name__)
 
     def _reply(self, msg: Message) -> None:
+        # By correlation id only: a late answer to an ended attempt's request (re-sent
+        # by the supervisor after a Flow restart, say) names the same node as the
+        # request of whatever attempt this worker runs now, possibly of another run.
         with self._lock:
             entry = self._pending.pop(msg.id, None)
-            if entry is None:
-                mid = next((mid for mid, (req, _) in self._pending.items()
-                            if _answers(msg, req)), None)
-                entry = self._pending.pop(mid) if mid is not None else None
         future = entry[1] if entry is not None else None
         if future is None:
             log.warning("worker %d: dropped a late %s", os.getpid(), type(msg).__name__)
@@ -375,17 +374,6 @@ class WorkerLink:
         for future in pending:
             if not future.done():
                 future.set_exception(Evicted())
-
-
-def _answers(reply: Message, request: Propose | Wait) -> bool:
-    """Whether ``reply`` (whose correlation id matched nothing) must be ``request``'s."""
-    if isinstance(reply, Proposed):
-        return (isinstance(request, Propose) or (isinstance(request, Wait) and bool(
-            request.diff))) and reply.node == request.node
-    if isinstance(reply, Resolved):
-        return isinstance(request, Wait) and reply.node == request.node \
-            and set(request.handles) <= set(reply.results)
-    return False
 
 
 # --- running one attempt ----------------------------------------------------------------------
@@ -452,7 +440,11 @@ def _execute(assign: Assign, t: Task[Any, Any], ctx: Context, link: WorkerLink) 
         diff = ctx.take_diff()
         return _finish(assign, ok=True, output=output, diff=diff.to_dict() if diff else None,
                        recorded=ctx.take_recorded())
-    except Exception as exc:  # noqa: BLE001 - the task's failure is data for Flow
+    except (Evicted, KeyboardInterrupt):
+        raise  # not the task's failure: the attempt resumes elsewhere / the worker stops
+    except BaseException as exc:  # noqa: BLE001 - the task's failure is data for Flow
+        # A BaseException too (a CancelledError plait did not cause, a SystemExit):
+        # it is the task's outcome, under its retry policy, not a dead worker's.
         # Unsent proposals of a failed attempt are dropped: a retry proposes them again.
         return _finish(assign, ok=False, error=error_dict(exc, t.policy()),
                        recorded=ctx.take_recorded())
