@@ -403,7 +403,17 @@ def test_bad_schedules_are_refused(client: Peer) -> None:
     refused = client.request(AddSchedule(schedule=info, submit=broken))
     assert isinstance(refused, Error)
     assert refused.code == "invalid"
+    # A diff whose applying raises TypeError (an unhashable creator) is refused too,
+    # and the Scheduler lives on: it still answers, and still adds schedules.
+    mangled_diff = diff(spec("y"))
+    mangled_diff["nodes"][0]["creator"] = []
+    mangled = Submit(name="y", root="y", diff=mangled_diff)
+    refused = client.request(AddSchedule(schedule=info, submit=mangled))
+    assert isinstance(refused, Error)
+    assert refused.code == "invalid"
     assert schedules(client) == {}
+    assert not isinstance(add_schedule(client, "z"), Error)
+    assert set(schedules(client)) == {"z"}
 
 
 def test_a_missed_tick_fires_once_after_downtime_never_twice(

@@ -105,7 +105,12 @@ class Scheduler(pykka.ThreadingActor):
         elif isinstance(message, RunEnded):
             self._ended(message.workflow_id)
         elif isinstance(message, Request):
-            self._request(message.identity, message.message)
+            try:
+                self._request(message.identity, message.message)
+            except Exception as exc:  # the edge of a request: reply, never die (no more ticks)
+                log.exception("scheduler: %s failed", type(message.message).__name__)
+                self._write(message.identity, Error(id=message.message.id, code="internal",
+                                                    reason=repr(exc)))
         else:
             return super().on_receive(message)
         return None
@@ -127,7 +132,7 @@ class Scheduler(pykka.ThreadingActor):
         """Add (or replace) a schedule; its first tick is the first after now."""
         try:
             s = self._parse(msg)
-        except ValueError as exc:
+        except (ValueError, TypeError, KeyError) as exc:  # what a malformed diff raises
             self._write(identity, Error(id=msg.id, code="invalid", reason=str(exc)))
             return
         old = self.schedules.get(s.info.name)
