@@ -33,7 +33,7 @@ from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
 from plait.actors.mail import Start
 from plait.actors.membership import Membership
-from plait.protocol.codec import decode, encode
+from plait.protocol.codec import PROTOCOL_VERSION, decode, encode, pack
 from plait.protocol.diff import EdgeSpec
 from plait.protocol.messages import (
     Ack,
@@ -431,6 +431,18 @@ def test_submit_errors(client: Peer) -> None:
         reply = client.request(ask)
         assert isinstance(reply, Error), (ask, reply)
         assert reply.code == "not_found", (ask, reply)
+
+
+def test_an_unreadable_request_is_answered_under_its_own_id(client: Peer) -> None:
+    """A frame Flow cannot read (an int map key deep in a signal's payload) still
+    gets its Error under the request's id: the sender hears why at once instead
+    of waiting out its timeout as if Flow were down."""
+    frame = pack({"v": PROTOCOL_VERSION, "id": "odd-1", "type": "send_signal",
+                  "workflow_id": "w", "name": "go", "payload": {1: "yes"}})
+    client.send_raw(frame)
+    reply = client.next(lambda m: m.id == "odd-1", timeout=5)
+    assert isinstance(reply, Error)
+    assert reply.code == "malformed"
 
 
 def test_graph_history_and_status(client: Peer, supervisor: SupervisorFactory) -> None:

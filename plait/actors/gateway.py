@@ -237,10 +237,14 @@ class Gateway:
     def _fail(self, identity: bytes, exc: ProtocolError, frame: bytes | None) -> None:
         self.counters.add("errors")
         self.counters.add(f"error.{exc.code}")
+        # The id from the header only: the rest may be what could not be read (an
+        # int map key deep in a payload, say), and an uncorrelated Error leaves the
+        # sender waiting for its timeout as if Flow were down.
         correlation = None
         if frame is not None:
-            correlation = (_peek_id(frame) if exc.code == "too_large"
-                           else correlation_of(frame))
+            correlation = _peek_id(frame)
+            if correlation is None and exc.code != "too_large":  # an id among later keys
+                correlation = correlation_of(frame)
         self._reply(identity, error_reply(exc, correlation))
 
     def _reply(self, identity: bytes, message: Message) -> None:
@@ -331,7 +335,8 @@ def _by_peer(parts: list[bytes]) -> Iterator[list[bytes]]:
 
 
 def _peek_id(frame: bytes) -> str | None:
-    """The ``id`` of an oversized frame, read without unpacking the whole frame."""
+    """The ``id`` of a frame that could not be taken (oversized, malformed, invalid),
+    read from the first keys of its map without unpacking the rest."""
     try:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(frame) + 1)
         unpacker.feed(frame)
