@@ -28,7 +28,8 @@ __all__ = ["FlowError", "FlowUnavailable", "NotFound", "Refused", "ReplayDiverge
 
 
 class FlowUnavailable(PlaitError):
-    """Flow did not answer within the client's timeout (down, or wrong address)."""
+    """Flow did not answer within the client's timeout (down, or wrong address), or
+    said it cannot answer now (restoring a workflow, stopping): worth retrying."""
 
     code = "unavailable"
 
@@ -75,6 +76,8 @@ def error_from_reply(error: Error) -> PlaitError:
         return rejection_error(error.detail)
     if error.code in {"malformed", "too_large", "unknown_type", "bad_version"}:
         return ProtocolError(error.code, error.reason)
+    if error.code == "unavailable":  # Flow is starting or stopping: try again later
+        return FlowUnavailable(f"Flow cannot answer now: {error.reason}")
     return FlowError(error.code, error.reason, error.detail)
 
 

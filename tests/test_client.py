@@ -23,6 +23,7 @@ from plait.client import (
     ResultTimeout,
     outcome_error,
 )
+from plait.client_errors import error_from_reply
 from plait.errors import (
     NonDeterminismError,
     PlanError,
@@ -596,3 +597,26 @@ def test_a_request_over_the_message_limit_is_refused_before_it_is_sent(
         assert time.monotonic() - started < 4.0
         assert not client._wanted
     assert flow.seen == []
+
+
+def test_a_workflow_being_restored_is_waited_for_not_an_error(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """Flow answers ``unavailable`` while it restores a workflow: ``result()`` asks
+    again later rather than failing, and other calls raise FlowUnavailable (worth
+    a retry), not a generic FlowError."""
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetStatus):
+            return [codec.encode(StatusReply(id=msg.id, runs=[_info("w")]))]
+        assert isinstance(msg, AwaitResult)
+        if sum(isinstance(m, AwaitResult) for m in flow.seen) < 3:
+            return [codec.encode(Error(id=msg.id, code="unavailable",
+                                       reason="workflow 'w' is being restored; retry"))]
+        return [codec.encode(WorkflowResult(id=msg.id, workflow_id="w", status="succeeded",
+                                            output=7))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=2.0, poll_interval=0.05) as client:
+        assert client.run("w").result(timeout=10) == 7
+    assert sum(isinstance(m, AwaitResult) for m in flow.seen) == 3
+    assert isinstance(error_from_reply(Error(code="unavailable", reason="stopping")),
+                      FlowUnavailable)
