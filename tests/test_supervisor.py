@@ -1128,3 +1128,16 @@ def test_a_late_answer_for_the_same_node_of_another_run_is_not_taken() -> None:
     reply = future.result(timeout=1)
     assert isinstance(reply, Proposed)
     assert reply.ok
+
+
+def test_a_cancel_before_the_task_started_is_delivered_when_it_does() -> None:
+    """The CancelTask came between taking the attempt and installing the async
+    task's hook (its inputs were being decoded): the hook runs when installed."""
+    link = WorkerLink("ipc://@plait-test-unused", "w")  # no thread
+    a = assign("pid")
+    link.hand(a)
+    assert link.take() == a
+    link._cancel(CancelTask(workflow_id="wf", node=a.node, attempt=1))
+    called: list[bool] = []
+    link.set_on_cancel(lambda: called.append(True))
+    assert called == [True]

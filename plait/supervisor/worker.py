@@ -239,8 +239,13 @@ class WorkerLink:
             self._on_cancel = on_cancel
 
     def set_on_cancel(self, on_cancel: Callable[[], None] | None) -> None:
+        """Install the hook that cancels the running task; called at once if the
+        attempt's CancelTask came first (while its inputs were decoded, say)."""
         with self._lock:
             self._on_cancel = on_cancel
+            late = self._cancelled
+        if late and on_cancel is not None:
+            on_cancel()
 
     def end(self) -> None:
         with self._lock:
