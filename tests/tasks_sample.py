@@ -118,7 +118,7 @@ def boom(ctx: Context) -> int:
 @task
 async def cancels_itself(ctx: Context) -> int:
     """Awaits a job it cancelled: a CancelledError plait did not cause."""
-    job = asyncio.ensure_future(asyncio.sleep(60))
+    job = asyncio.ensure_future(asyncio.sleep(60))  # wait-ok: cancelled before it runs
     job.cancel()
     await job
     return os.getpid()

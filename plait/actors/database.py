@@ -8,8 +8,9 @@
   back at start for the workflows restored before any supervisor is back.
 
 :meth:`Database.append` writes events, their projection, schedule changes,
-cache entries and task metadata in one transaction. A :class:`Database` is used by one thread:
-a :class:`DatabaseActor` (the Store, the Reader) opens its own on its thread.
+cache entries and task metadata in one transaction. A :class:`Database` is used
+by one thread: a :class:`DatabaseActor` (the Store, the Reader) opens its own on
+its thread.
 """
 
 from __future__ import annotations
