@@ -379,13 +379,12 @@ class Client:
                                             WorkflowResult)
                     raise ResultTimeout(
                         f"workflow {workflow_id} did not finish within {timeout:g} s")
-                reply = self.receive(ask.id, self.poll_interval if left is None
-                                     else min(left, self.poll_interval))
+                pause = self.poll_interval if left is None else min(left, self.poll_interval)
+                reply = self.receive(ask.id, pause)
                 if isinstance(reply, Error) and reply.code == "unavailable":
                     # The workflow is being restored: ask again after a pause.
                     self._forget(ask.id)
-                    time.sleep(self.poll_interval if left is None
-                               else max(min(left, self.poll_interval), 0.0))
+                    time.sleep(pause)
                     ask = AwaitResult(workflow_id=workflow_id)
                     self.send(ask)
                     continue

@@ -9,7 +9,8 @@ nothing waits for real time.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from flowkit import (
 
 from plait.actors import plan_keeper
 from plait.actors.clock import FakeClock, FileClock
-from plait.actors.flow import Flow
+from plait.actors.flow import Flow, FlowSettings
 from plait.actors.history import WorkflowState
 from plait.actors.plan_keeper import PlanKeeper
 from plait.protocol.messages import (
@@ -72,6 +73,24 @@ def clock() -> FakeClock:
 @pytest.fixture
 def flow_options(clock: FakeClock) -> dict[str, Any]:
     return {"clock": clock, "retry_scale": 1.0}
+
+
+@contextmanager
+def serving(s: FlowSettings, tasks: list[str | TaskInfo], running: Iterable[AttemptRef] = ()
+            ) -> Iterator[tuple[Peer, FakeSupervisor]]:
+    """One lifetime of Flow on ``s`` (its database outlives it): a client and a
+    supervisor serving ``tasks`` (claiming ``running``), all stopped on the way out."""
+    flow = Flow(s).start()
+    client = Peer(flow.endpoint)
+    try:
+        sup = FakeSupervisor(flow.endpoint, tasks, running=running)
+        try:
+            yield client, sup
+        finally:
+            sup.close()
+    finally:
+        client.close()
+        flow.stop()
 
 
 def node_states(client: Peer, wf: str) -> dict[str, str]:
@@ -264,9 +283,7 @@ def test_a_task_that_gives_up_waiting_finishes_from_suspended(
     while Flow holds the node suspended. It succeeds (through running), the stream
     stays gapless, and a restarted Flow picks the workflow up."""
     s = settings(tmp_path, clock=clock)
-    flow = Flow(s).start()
-    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, ["parent", "child"])
-    try:
+    with serving(s, ["parent", "child"]) as (client, sup):
         wf = submit(client, diff(spec("parent")), root="parent")
         p = sup.assign(node="parent")
         assert sup.propose(p, kids("parent", "child")).ok
@@ -277,23 +294,12 @@ def test_a_task_that_gives_up_waiting_finishes_from_suspended(
         assert states(history(client, wf), "parent") == [
             ("running", 1), ("suspended", 1), ("running", 1), ("succeeded", 1)]
         rebuilt_equals_live(client, wf)
-    finally:
-        client.close()
-        sup.close()
-        flow.stop()
-    flow = Flow(s).start()
-    client, sup = Peer(flow.endpoint), FakeSupervisor(
-        flow.endpoint, ["parent", "child"], running=[AttemptRef(
-            workflow_id=wf, node="parent.1", attempt=child.attempt)])
-    try:
+    claim = AttemptRef(workflow_id=wf, node="parent.1", attempt=child.attempt)
+    with serving(s, ["parent", "child"], running=[claim]) as (client, sup):
         sup.finish(child, 7)
         done = result(client, wf)
         assert (done.status, done.output) == ("succeeded", "gave up")
         rebuilt_equals_live(client, wf)
-    finally:
-        client.close()
-        sup.close()
-        flow.stop()
 
 
 def test_a_handler_that_raises_answers_internal_only(
@@ -500,29 +506,17 @@ def test_a_failed_step_is_run_anew_by_a_retry_and_so_is_what_followed_it(
 def test_retry_backoff_survives_a_flow_restart(tmp_path: Any, clock: FakeClock) -> None:
     s = settings(tmp_path, clock=clock, retry_scale=1.0)
     info = TaskInfo(name="a", retry={"initial": 100, "maximum": 100})
-    flow = Flow(s).start()
-    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info])
-    try:
+    with serving(s, [info]) as (client, sup):
         wf = submit(client, diff(spec("a")))
         sup.finish(sup.assign(), ok=False, error=BOOM)
-    finally:
-        client.close()
-        sup.close()
-        flow.stop()
     clock.advance(60)
-    flow = Flow(s).start()
-    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info])
-    try:
+    with serving(s, [info]) as (client, sup):
         sup.none(Assign, within=0.2)  # 40 s of backoff left
         clock.advance(40)
         again = sup.assign()
         assert again.attempt == 2
         sup.finish(again, "ok")
         assert result(client, wf).output == "ok"
-    finally:
-        client.close()
-        sup.close()
-        flow.stop()
 
 
 def test_task_timeouts_and_retry_policy_survive_a_flow_restart(
@@ -532,22 +526,13 @@ def test_task_timeouts_and_retry_policy_survive_a_flow_restart(
     failure follows the task's own policy (no retry), not the default."""
     s = settings(tmp_path, clock=clock, retry_scale=1.0)
     info = TaskInfo(name="a", timeout=60, retry={"max_attempts": 1})
-    flow = Flow(s).start()
-    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info])
-    try:
+    with serving(s, [info]) as (client, sup):
         wf = submit(client, diff(spec("a")))
-        first = sup.assign()
-        sup.started(first)
+        sup.started(sup.assign())
         wait_for(lambda: node_states(client, wf).get("a") == "running", timeout=5)
-    finally:
-        client.close()
-        sup.close()
-        flow.stop()
     clock.advance(30)
-    flow = Flow(s).start()
     claim = AttemptRef(workflow_id=wf, node="a", attempt=1)
-    client, sup = Peer(flow.endpoint), FakeSupervisor(flow.endpoint, [info], running=[claim])
-    try:
+    with serving(s, [info], running=[claim]) as (client, sup):
         sup.none(CancelTask, within=0.2)
         clock.advance(30)  # 60 s since the attempt started
         assert sup.next(CancelTask).attempt == 1
@@ -555,10 +540,6 @@ def test_task_timeouts_and_retry_policy_survive_a_flow_restart(
         assert done.status == "failed"
         assert (done.error or {})["type"] == "TimeoutError"
         sup.none(Assign, within=0.2)  # max_attempts=1: not retried
-    finally:
-        client.close()
-        sup.close()
-        flow.stop()
 
 
 def test_non_retryable_exception_names(client: Peer, supervisor: Factory) -> None:
