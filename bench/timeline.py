@@ -1,6 +1,8 @@
-"""Where plait's time goes: a chain hop stage by stage, a map-reduce phase by phase.
+"""Where plait's time goes: a chain hop or a durable step stage by stage, a
+map-reduce phase by phase.
 
     python bench/timeline.py chain [--hops 1000]
+    python bench/timeline.py steps [--n 2000]
     python bench/timeline.py map [--n 10000] [--reps 3]
 
 ``chain`` runs the chain workload on a ``plait dev`` cluster whose processes
@@ -10,7 +12,8 @@ processes are merged, every hop is matched against the sixteen stages below,
 and the median of each stage is printed. A note costs ~15 µs here and a block
 of notes is written to a file every 64, so a probed hop is ~0.3 ms slower than
 the benchmark's and the stages are inflated unevenly: read the shares, not
-the microseconds.
+the microseconds. ``steps`` does the same for the durable-step workload (the
+eight stages of ``STEP_STAGES``).
 
 ``map`` needs no probe: it reads a map-reduce's event history and prints the
 serial start (from the driver's assignment until its first child's result)
@@ -29,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,6 +66,19 @@ STAGES = [
 PARENT = (0, 15, 16)  # stages noted by the parent's worker
 CHILD = (7, 8)  # and by the child's, another process
 
+# One durable step: from the task's Propose (its recorded value) to the next one.
+STEP_STAGES = [
+    ("worker:enc Propose", "the task's worker sends Propose (the value) to its supervisor"),
+    ("supervisor:dec Propose", "the supervisor relays it to Flow"),
+    ("gateway:dec Propose", "the Gateway hands it to the keeper, which notes the value"),
+    ("keeper:enc Proposed", "the keeper hands the Write to the Store"),
+    ("store:commit-begin", "commit (the recorded value)"),
+    ("store:commit-end", "Store -> Gateway -> supervisor (Proposed)"),
+    ("supervisor:dec Proposed", "the supervisor relays it to the worker"),
+    ("worker:dec Proposed", "the task goes on and runs the next step"),
+    ("worker:enc Propose", ""),
+]
+
 
 class Note(NamedTuple):
     ns: int
@@ -92,33 +109,38 @@ def _notes(directory: Path, since: int, until: int, flow_pid: int) -> list[Note]
     return notes
 
 
-def _hops(notes: list[Note]) -> list[list[int]]:
+def _hops(notes: list[Note], stages: list[tuple[str, str]] = STAGES,
+          parent_stages: tuple[int, ...] = PARENT,
+          child_stages: tuple[int, ...] = CHILD) -> list[list[int]]:
     """Each hop's note times, one per stage. A hop runs from one of the parent's
-    Waits to its next Wait (or its Finish): the stages are matched in order within
-    those bounds only, so a missing note loses its hop instead of borrowing the
-    next hop's, and every stage must come from the process it belongs to."""
-    parent = next((n.pid for n in notes if n.label == "worker:enc Wait"), None)
+    first notes (its Wait) to the next (or its Finish): the stages are matched in
+    order within those bounds only, so a missing note loses its hop instead of
+    borrowing the next hop's, and every stage must come from the process it
+    belongs to."""
+    first = stages[0][0]
+    parent = next((n.pid for n in notes if n.label == first), None)
     if parent is None:
         return []
     bounds = [i for i, n in enumerate(notes) if n.pid == parent
-              and n.label in ("worker:enc Wait", "worker:enc Finish")]
+              and n.label in (first, "worker:enc Finish")]
     hops = []
     for start, end in itertools.pairwise(bounds):
-        if notes[start].label != "worker:enc Wait":
+        if notes[start].label != first:
             continue
         found, k = [notes[start]], 1
         for note in notes[start + 1:end]:
-            if k < len(STAGES) - 1 and note.label == STAGES[k][0]:
+            if k < len(stages) - 1 and note.label == stages[k][0]:
                 found.append(note)
                 k += 1
         found.append(notes[end])
-        if (k == len(STAGES) - 1 and all(found[i].pid == parent for i in PARENT)
-                and all(found[i].pid != parent for i in CHILD)):
+        if (k == len(stages) - 1 and all(found[i].pid == parent for i in parent_stages)
+                and all(found[i].pid != parent for i in child_stages)):
             hops.append([n.ns for n in found])
     return hops
 
 
-def chain(hops: int) -> None:
+def _probed(run: Callable[[Plait], Any]) -> tuple[Any, list[Note]]:
+    """``run(engine)`` on a probed ``plait dev`` cluster, and the notes it took."""
     with tempfile.TemporaryDirectory(prefix="plait-probe-") as directory:
         os.environ["PLAIT_PROBE"] = directory
         os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -129,25 +151,44 @@ def chain(hops: int) -> None:
             engine.hello()
             engine.chain(50)  # warm: imports, first workflow, the database's pages
             since = time.time_ns()
-            laps = engine.chain(hops)
+            out = run(engine)
             until = time.time_ns()
             engine.chain(40)  # pushes every process's last block of notes to its file
             flow_pid = engine.cluster_pids()[0]
         finally:
             engine.stop()
-        matched = _hops(_notes(Path(directory), since, until, flow_pid))
+        return out, _notes(Path(directory), since, until, flow_pid)
+
+
+def _table(stages: list[tuple[str, str]], matched: list[list[int]], what: str) -> None:
+    print("| stage | median µs | share |\n|---|---|---|")
+    medians = [statistics.median(h[k + 1] - h[k] for h in matched) / 1e3
+               for k in range(len(stages) - 1)]
+    total = sum(medians)
+    for (_, stage), median in zip(stages, medians, strict=False):
+        print(f"| {stage} | {median:.0f} | {median / total:.0%} |")
+    one = statistics.median(h[-1] - h[0] for h in matched) / 1e3
+    print(f"| **{what}** (median; the stages' medians add up to {total:.0f}) | **{one:.0f}** | |")
+
+
+def chain(hops: int) -> None:
+    laps, notes = _probed(lambda engine: engine.chain(hops))
+    matched = _hops(notes)
     if not matched:
         raise SystemExit("no hop matched the stages: did the probe load? (PLAIT_PROBE)")
     print(f"chain: {len(matched)} of {hops} hops matched; the driver's own lap p50 "
           f"{statistics.median(laps) * 1e3:.3f} ms (probed)\n")
-    print("| stage | median µs | share |\n|---|---|---|")
-    medians = [statistics.median(h[k + 1] - h[k] for h in matched) / 1e3
-               for k in range(len(STAGES) - 1)]
-    total = sum(medians)
-    for (_, what), median in zip(STAGES, medians, strict=False):
-        print(f"| {what} | {median:.0f} | {median / total:.0%} |")
-    hop = statistics.median(h[-1] - h[0] for h in matched) / 1e3
-    print(f"| **one hop** (median; the stages' medians add up to {total:.0f}) | **{hop:.0f}** | |")
+    _table(STAGES, matched, "one hop")
+
+
+def steps(n: int) -> None:
+    per_step, notes = _probed(lambda engine: engine.steps(n))
+    matched = _hops(notes, STEP_STAGES, (0, 7, 8), ())
+    if not matched:
+        raise SystemExit("no step matched the stages: did the probe load? (PLAIT_PROBE)")
+    print(f"durable step: {len(matched)} of {n} steps matched; the task's own mean "
+          f"{per_step * 1e3:.3f} ms a step (probed)\n")
+    _table(STEP_STAGES, matched, "one step")
 
 
 def _phases(history: list[dict[str, Any]], n: int) -> dict[str, float]:
@@ -201,12 +242,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("chain").add_argument("--hops", type=int, default=1000)
+    sub.add_parser("steps").add_argument("--n", type=int, default=2000)
     m = sub.add_parser("map")
     m.add_argument("--n", type=int, default=10_000)
     m.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     if args.what == "chain":
         chain(args.hops)
+    elif args.what == "steps":
+        steps(args.n)
     else:
         map_reduce(args.n, args.reps)
 

@@ -75,6 +75,18 @@ def test_timeline_splits_chain_hops_into_their_stages() -> None:
     assert all(int(us) > 0 for _, us in rows), out
 
 
+def test_timeline_splits_durable_steps_into_their_stages() -> None:
+    out = _script("bench/timeline.py", "steps", "--n", "30")
+    matched = re.search(r"durable step: (\d+) of 30 steps matched", out)
+    assert matched is not None, out
+    assert int(matched[1]) >= 25, out
+    rows = re.findall(r"^\| (.+?) \| \**(\d+)\** \|", out, re.MULTILINE)
+    stages = [what for what, _ in rows]
+    assert len(stages) == 9, out  # eight stages and the step
+    assert stages[4].startswith("commit")
+    assert all(int(us) > 0 for _, us in rows), out
+
+
 def test_timeline_splits_a_map_reduce_into_its_phases() -> None:
     out = _script("bench/timeline.py", "map", "--n", "300", "--reps", "1")
     phases = dict(re.findall(r"^\| (.+?) \| (\d+) \|$", out, re.MULTILINE))
