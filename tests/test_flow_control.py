@@ -236,6 +236,33 @@ def test_restart_a_node_and_its_downstream_after_the_end(
     assert missing.code == "not_found"
 
 
+def test_a_restarted_node_gets_its_retries_afresh(
+        flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """Retries count within a run: a node that used them all and is restarted by an
+    operator may fail and retry as often again, from the first backoff."""
+    sup = supervisor(TaskInfo(name="a", retry={"max_attempts": 2, "initial": 10,
+                                               "backoff": 100}))
+    wf = submit(client, diff(spec("a")))
+    boom = {"type": "E", "message": "boom", "retryable": True}
+    sup.finish(sup.assign(), ok=False, error=boom)
+    clock.advance(10)
+    sup.finish(sup.assign(), ok=False, error=boom)
+    assert result(client, wf).status == "failed"
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="a")), Ack)
+    third = sup.assign()
+    assert third.attempt == 3
+    sup.finish(third, ok=False, error=boom)  # the restarted run's first failure: retried
+    sup.none(Assign, within=0.1)
+    clock.advance(10)  # after the first backoff, not the third (10 * 100 ** 2 s)
+    fourth = sup.assign()
+    assert fourth.attempt == 4
+    sup.finish(fourth, ok=False, error=boom)  # its second: the run has failed
+    assert result(client, wf).status == "failed"
+    sup.none(Assign, within=0.1)
+    assert_rebuilt_equals_live(client, wf)
+
+
 def test_restarting_a_parent_supersedes_its_children_until_reproposed(
         client: Peer, supervisor: Factory) -> None:
     sup = supervisor("p", "k")

@@ -50,12 +50,12 @@ class FaultMixin(KeeperBase):
     def _fail_or_retry(self, node_id: str, error: dict[str, Any]) -> None:
         node = self.st.plan.nodes[node_id]
         policy = RetryPolicy.of(self.ctx.catalog.get(node.task))
-        if not policy.retries(error, node.attempt):
+        if not policy.retries(error, node.tries):
             self._set(node_id, NodeState.FAILED, error=error)
             if node_id == self.st.root and not self.st.ended:
                 self._terminate("failed", self.st.failure_of(node_id))
             return
-        delay = policy.delay(node.attempt) * self.ctx.retry_scale
+        delay = policy.delay(node.tries) * self.ctx.retry_scale
         due = self._now() + delay
         self._set(node_id, NodeState.READY, error=error, due=due if delay > 0 else None)
         if delay > 0:

@@ -52,7 +52,7 @@ class Node:
     """One task instance. Mutable: its state changes, its identity never does."""
 
     __slots__ = (
-        "attempt", "attrs", "children", "creator", "error", "id", "inputs", "key",
+        "attempt", "attrs", "base_attempt", "children", "creator", "error", "id", "inputs", "key",
         "output", "preds", "rank", "region", "regions", "retired", "scope_parent", "spec", "state",
         "succs", "superseded", "task", "trackers", "unclaimed", "waiting",
     )
@@ -68,6 +68,9 @@ class Node:
         self.creator = creator
         self.state = NodeState.PENDING
         self.attempt = 1
+        # The first attempt of the node's current run: an operator's restart (or a
+        # revival) starts a run whose retries count afresh under the task's policy.
+        self.base_attempt = 1
         self.output: Any = None
         self.error: str | None = None
         self.preds: list[str] = []
@@ -89,6 +92,11 @@ class Node:
     @property
     def live(self) -> bool:
         return self.state not in TERMINAL
+
+    @property
+    def tries(self) -> int:
+        """Attempts in the current run, this one included (what retry policies count)."""
+        return self.attempt - self.base_attempt + 1
 
     def __repr__(self) -> str:
         return f"Node({self.id!r}, {self.task!r}, {self.state.value})"

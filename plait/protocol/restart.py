@@ -88,6 +88,7 @@ def _reset(plan: Plan, node: Node) -> None:
             region.faulted = False
     node.state = NodeState.PENDING
     plan.new_attempt(node)
+    node.base_attempt = node.attempt
     node.output = None
     node.error = None
     node.superseded = False
