@@ -814,6 +814,39 @@ def test_signals_are_buffered_in_order_and_never_lost(
     assert late.code == "rejected"
 
 
+@pytest.mark.parametrize(("b_waits", "first"), [
+    pytest.param([("go", 0, False)], "b", id="b-first"),
+    # Evicted: b's resident wait made durable is the same wait, as old as it was.
+    pytest.param([("go", 0, True), ("go", 0, False)], "b", id="b-evicted"),
+    # b waited for something else first: its wait for "go" is the newest.
+    pytest.param([("stop", 0, True), ("go", 1, False)], "a", id="b-waits-again"),
+])
+def test_a_signal_goes_to_the_oldest_wait_after_a_flow_restart(
+        tmp_path: Any, b_waits: list[tuple[str, int, bool]], first: str) -> None:
+    """The waits are restored in the order they began, not in the plan's node
+    order: the first signal after a restart goes where it would have gone before."""
+    s = settings(tmp_path)
+    with serving(s, ["a", "b"]) as (client, sup):
+        wf = submit(client, diff(spec("a"), spec("b")), root="graph")
+        a, b = sup.assign(node="a"), sup.assign(node="b")
+        name, seq, resident = b_waits[0]
+        sup.wait(b, signal=name, seq=seq, resident=resident)
+        wait_for(lambda: node_states(client, wf).get("b") == "suspended", timeout=5)
+        sup.wait(a, signal="go", seq=0, resident=False)
+        for name, seq, resident in b_waits[1:]:
+            sup.wait(b, signal=name, seq=seq, resident=resident)
+        wait_for(lambda: set(node_states(client, wf).values()) == {"suspended"}, timeout=5)
+    with serving(s, ["a", "b"]) as (client, sup):
+        assert isinstance(client.request(SendSignal(workflow_id=wf, name="go", payload=1)),
+                          Ack)
+        resumed = sup.assign()
+        assert resumed.node == first
+        assert resumed.history is not None
+        assert resumed.history.signals[-1] == (0 if first == "a" else b_waits[-1][1], 1)
+        sup.none(Assign, within=0.2)  # the other waits on
+        assert node_states(client, wf)[{"a": "b", "b": "a"}[first]] == "suspended"
+
+
 def test_a_resident_signal_wait_is_resolved_with_the_payload(
         client: Peer, supervisor: Factory) -> None:
     sup = supervisor("t")

@@ -103,7 +103,8 @@ class WorkflowState:
         # node -> step index -> (function, value or STEP_FAILED, attempt): the durable
         # steps its attempts completed (or failed), the latest attempt's at each index
         self.steps: dict[str, dict[int, tuple[str, Any, int]]] = {}
-        self.waits: dict[str, dict[str, Any]] = {}  # suspended node -> what it waits for
+        # Suspended node -> what it waits for, oldest wait first (signals go to the oldest).
+        self.waits: dict[str, dict[str, Any]] = {}
         self.last_wait: dict[str, dict[str, Any]] = {}  # node -> its wait that ended last
         self.not_before: dict[str, tuple[int, float]] = {}  # node -> (attempt, backoff end)
         self.started_at: dict[str, float] = {}  # running node -> when it (re)started
@@ -239,7 +240,10 @@ class WorkflowState:
         elif kind == "heartbeat":
             self.heartbeat[str(event["node"])] = event.get("details")
         elif kind == "wait":
-            self.waits[str(event["node"])] = dict(event["wait"])
+            node_id, wait = str(event["node"]), dict(event["wait"])
+            if not _same_wait(self.waits.get(node_id), wait):
+                self.waits.pop(node_id, None)  # another wait: the newest of all
+            self.waits[node_id] = wait  # (the same one made durable keeps its place)
         else:
             self._fold_replay(kind, event)
 
@@ -361,3 +365,9 @@ def violation_error(rejection: Rejection) -> dict[str, Any]:
             "reason": rejection.reason, "promise": rejection.promise,
             "owner": rejection.owner, "proposer": rejection.proposer,
             "diff": dict(rejection.diff)}
+
+
+def _same_wait(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` is the wait ``old`` (a resident one its task was evicted from)."""
+    return old is not None and ({k: v for k, v in old.items() if k != "resident"}
+                                == {k: v for k, v in new.items() if k != "resident"})

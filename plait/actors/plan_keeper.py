@@ -202,6 +202,7 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
         if self.st.ended:
             return  # brought back for a control: nothing runs unless it says so
         now = self._now()
+        suspended = []
         for node_id in self.st.plan.order:
             node = self.st.plan.nodes[node_id]
             if node.state is NodeState.READY:
@@ -210,8 +211,15 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
                     self._at(due, RetryDue(node_id, node.attempt))
                 else:
                     self._enqueue(node_id)
+            elif node.state is NodeState.SUSPENDED:
+                suspended.append(node_id)
             elif node.state in ACTIVE:
                 self._restore_active(node_id)
+        # Waits in the order they began, not the plan's: a signal goes to the oldest
+        # wait for it, after a restart as before.
+        began = {node_id: i for i, node_id in enumerate(self.st.waits)}
+        for node_id in sorted(suspended, key=lambda n: began.get(n, -1)):
+            self._restore_active(node_id)
         if self.attempts:
             self._later(self.ctx.orphan_timeout, OrphanCheck())
 
