@@ -485,6 +485,80 @@ def test_a_missed_tick_fires_once_after_downtime_never_twice(
         flow.stop()
 
 
+def runs(client: Peer) -> dict[str, str]:
+    return {r.workflow_id: str(r.status) for r in client.request(GetStatus()).runs}
+
+
+def test_a_run_lost_in_a_crash_after_its_schedule_was_committed_starts_at_restart(
+        tmp_path: Any, clock: FakeClock) -> None:
+    """The schedule's row (next tick, last run) and the run's submission are two
+    commits: if only the first made it, the run starts at restart, under its id."""
+    s = settings(tmp_path, clock=clock)
+    wf = "m-20231114T2215Z"
+    flow = Flow(s).start()
+    peer = Peer(flow.endpoint)
+    try:
+        assert isinstance(add_schedule(peer, "m", cron="*/5 * * * *"), Ack)
+        clock.advance(120)  # 22:15
+        wait_for(lambda: runs(peer) == {wf: "running"}, message="the tick's run")
+    finally:
+        peer.close()
+        flow.stop()
+    db = Database(s.db)  # as if Flow went down between the two commits
+    for table, key in (("events", "wf"), ("nodes", "wf"), ("workflows", "id")):
+        db.conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (wf,))
+    db.close()
+    def restart() -> int:
+        """Runs recovered by one more Flow lifetime, which finds the run live."""
+        again = Flow(s).start()
+        client = Peer(again.endpoint)
+        try:
+            wait_for(lambda: again.counters.get("schedule.checks") >= 1, message="the checks")
+            wait_for(lambda: runs(client) == {wf: "running"}, message="the run")
+            return again.counters.get("schedule.recovered")
+        finally:
+            client.close()
+            again.stop()
+
+    assert [restart(), restart()] == [1, 0]  # once only: the id is taken from then on
+
+
+def test_a_cancel_overlap_cut_short_by_a_crash_cancels_at_restart(
+        tmp_path: Any, clock: FakeClock) -> None:
+    """The tick that cancels the previous run was committed, the cancel was not: the
+    restarted Flow cancels it, and the tick's run starts once it has ended."""
+    s = settings(tmp_path, clock=clock)
+    first, second = "c-20231114T2214Z", "c-20231114T2215Z"
+    flow = Flow(s).start()
+    peer = Peer(flow.endpoint)
+    sup = FakeSupervisor(flow.endpoint, ["job"])
+    try:
+        add_schedule(peer, "c", overlap="queue")
+        clock.advance(40)  # 22:14
+        assert sup.assign().workflow_id == first
+        clock.advance(60)  # 22:15: queued behind the first run
+        wait_for(lambda: schedules(peer)["c"].last_fired == T0 + 100, message="the tick")
+    finally:
+        sup.close()
+        peer.close()
+        flow.stop()
+    db = Database(s.db)  # the same, with "cancel" (its CancelWorkflow never committed)
+    body = unpack(db.conn.execute("SELECT body FROM schedules").fetchone()[0])
+    body["info"]["overlap"] = "cancel"
+    db.conn.execute("UPDATE schedules SET body = ?", (pack(body),))
+    db.close()
+    flow = Flow(s).start()
+    peer = Peer(flow.endpoint)
+    sup = FakeSupervisor(flow.endpoint, ["job"])
+    try:
+        assert sup.assign().workflow_id == second
+        assert status(peer, first) == "cancelled"
+    finally:
+        sup.close()
+        peer.close()
+        flow.stop()
+
+
 # --- the cache ---------------------------------------------------------------------------------
 
 

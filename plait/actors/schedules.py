@@ -4,8 +4,10 @@ A schedule is a stored ``Submit`` (name, root, registration diff), a
 :class:`~plait.actors.cron.Cron` expression and an overlap policy. Each tick
 ``T`` submits a copy as workflow ``f"{schedule}-{T as %Y%m%dT%H%MZ}"``: that
 id is the tick's idempotency key (an id is never used twice), so a tick can
-never start two runs, whatever crashes in between. After Flow was down, the
-ticks missed meanwhile fire once, as the latest of them, never twice.
+never start two runs, whatever crashes in between; and a run whose schedule
+row was committed but not its own submission starts when Flow comes back.
+After Flow was down, the ticks missed meanwhile fire once, as the latest of
+them, never twice.
 
 Overlap, when the schedule's previous run is still live at a tick: ``skip``
 (the tick is dropped), ``queue`` (the run starts when the previous one ends; at
@@ -100,6 +102,8 @@ class Scheduler(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ScheduleDue):
+            if message.at is None:  # Flow has just started: first what a crash cut short
+                self._recover()
             self.armed.discard(message.at or 0.0)
             self._due()
         elif isinstance(message, RunEnded):
@@ -176,6 +180,22 @@ class Scheduler(pykka.ThreadingActor):
             if s.body() != before:
                 self._write(None, None, self._change(s))
             self._arm(s)
+
+    def _recover(self) -> None:
+        """Finish what Flow was doing when it went down. The schedule's change and its
+        run's submission are committed apart: a run whose schedule row was committed
+        first but not itself starts now, under its tick's id (``start_run`` refuses an
+        id ever used, so no tick runs twice). A ``cancel`` overlap whose previous run
+        is still live is told to cancel again (it waits for that run's end)."""
+        for s in self.schedules.values():
+            last = s.info.last_run
+            if last is not None and self.start_run(last, s.submit):
+                self.counters.add("schedule.recovered")
+                log.warning("scheduler: run %s of schedule %s was lost in a crash; "
+                            "started now", last, s.info.name)
+            elif (s.queued is not None and s.info.overlap == "cancel" and last is not None
+                  and self._live(last)):
+                self.registry.tell(last, Request(b"", CancelWorkflow(workflow_id=last)))
 
     def _fire(self, s: Schedule, tick: float) -> None:
         previous = s.info.last_run
