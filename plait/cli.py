@@ -288,11 +288,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a workflow."""
     with client_of(args) as client:
-        client.cancel(args.workflow)
+        status = client.cancel(args.workflow)
+    cancelled = status == "cancelled"
     if args.json:
-        print_json({"workflow_id": args.workflow, "cancelled": True})
-    else:
+        print_json({"workflow_id": args.workflow, "cancelled": cancelled, "status": status})
+    elif cancelled:
         print(f"cancelled {args.workflow}")
+    else:  # idempotent, as for a cancelled one: the workflow runs no more either way
+        print(f"{args.workflow} had already ended ({status}): nothing to cancel")
     return Exit.OK
 
 

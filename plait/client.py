@@ -247,25 +247,30 @@ class Client:
                     workflow_id: str | None = None) -> Run:
         """Start a workflow from a registration diff already built (its dict form).
 
-        A Submit Flow did not answer in time is sent once more, with the same
-        workflow id: the id is made here, not by Flow, so the retry cannot start
-        the workflow twice. If the first one did start it (only its reply was
-        lost), Flow answers the retry "id is taken": that is the workflow."""
+        A Submit Flow did not answer in time is sent once more, as it was: the
+        workflow id is made here, not by Flow, so the retry cannot start the
+        workflow twice. If the first one did start it (only its reply was lost),
+        Flow answers the retry "id is taken", and the workflow's first event names
+        this Submit: that is the workflow. An id taken by another Submit (an
+        explicit ``workflow_id`` used before) stays an error."""
         wid = workflow_id or f"{name}-{secrets.token_hex(4)}"
+        submit = Submit(workflow_id=wid, name=name, root=root, diff=dict(diff))
         try:
-            reply = self._submit(wid, name, root, diff)
+            reply = self.request(submit, Submitted)
         except FlowUnavailable:
             try:
-                reply = self._submit(wid, name, root, diff)
+                reply = self.request(submit, Submitted)
             except FlowError as exc:
-                if exc.code != "invalid" or f"{wid!r} is taken" not in exc.reason:
+                if (exc.code != "invalid" or f"{wid!r} is taken" not in exc.reason
+                        or not self._submitted_by(wid, submit.id)):
                     raise
                 return Run(self, wid)
         return Run(self, reply.workflow_id)
 
-    def _submit(self, wid: str, name: str, root: str, diff: Mapping[str, Any]) -> Submitted:
-        return self.request(
-            Submit(workflow_id=wid, name=name, root=root, diff=dict(diff)), Submitted)
+    def _submitted_by(self, workflow_id: str, request: str) -> bool:
+        """Whether ``workflow_id`` was started by the Submit whose id is ``request``."""
+        first = self.history(workflow_id, upto=1)
+        return bool(first) and first[0].get("request") == request
 
     def run(self, workflow_id: str) -> Run:
         """A handle on an existing workflow (not checked until used)."""
@@ -287,12 +292,17 @@ class Client:
               unfold: bool = False) -> GraphReply:
         return self.request(GetGraph(workflow_id=workflow_id, at=at, unfold=unfold), GraphReply)
 
-    def history(self, workflow_id: str) -> list[dict[str, Any]]:
-        events = self.request(GetHistory(workflow_id=workflow_id), HistoryReply).events
+    def history(self, workflow_id: str, *, upto: int | None = None) -> list[dict[str, Any]]:
+        """The workflow's events, oldest first (with ``upto``: its first ``upto``)."""
+        events = self.request(GetHistory(workflow_id=workflow_id, upto=upto),
+                              HistoryReply).events
         return [dict(e, seq=e.get("seq", i)) for i, e in enumerate(events, start=1)]
 
-    def cancel(self, workflow_id: str) -> None:
+    def cancel(self, workflow_id: str) -> str:
+        """Cancel a workflow; its status after the cancel: "cancelled", or how it had
+        already ended (cancelling an ended workflow changes nothing)."""
         self.request(CancelWorkflow(workflow_id=workflow_id), Ack)
+        return str(self.run_info(workflow_id).status)  # committed before the Ack
 
     # --- operator controls (Run has the same, for its workflow) ----------------------
 

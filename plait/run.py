@@ -90,10 +90,11 @@ class Run:
 
     # --- controls -----------------------------------------------------------------------
 
-    def cancel(self) -> None:
+    def cancel(self) -> str:
         """Running tasks are told to stop (then killed after a grace period); nothing
-        further is scheduled."""
-        self.client.cancel(self.id)
+        further is scheduled. Returns the status: "cancelled", or how the workflow
+        had already ended."""
+        return self.client.cancel(self.id)
 
     def pause(self) -> None:
         """No new task of this workflow starts until :meth:`resume`; running ones finish."""

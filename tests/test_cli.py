@@ -145,12 +145,21 @@ def test_submit_wait_on_a_cancelled_workflow_exits_6(cli: Cli, cluster: Cluster,
             [str(e2e.ROOT), str(e2e.TESTS)])}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: e2e_tasks.lines(log, "start"), e2e.RESULT_TIMEOUT)
-        assert cli("cancel", wid)[0] == Exit.OK
+        assert cli("cancel", wid) == (Exit.OK, f"cancelled {wid}\n")
         assert waiting.wait(e2e.RESULT_TIMEOUT) == Exit.CANCELLED
     finally:
         waiting.kill()
         waiting.wait()
     assert cli.json("status", wid)["status"] == "cancelled"
+
+
+def test_cancel_of_an_ended_workflow_says_so(cli: Cli, static_run: str) -> None:
+    code, out = cli("cancel", static_run)
+    assert (code, out) == (Exit.OK, f"{static_run} had already ended (succeeded): "
+                                     "nothing to cancel\n")
+    assert cli.json("cancel", static_run) == {"workflow_id": static_run, "cancelled": False,
+                                              "status": "succeeded"}
+    assert cli.json("status", static_run)["status"] == "succeeded"
 
 
 def test_status(cli: Cli, static_run: str) -> None:

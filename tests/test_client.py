@@ -487,24 +487,38 @@ def test_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
         fake: Callable[[Script], FakeFlow]) -> None:
-    """The first Submit started the workflow but its reply never came: the retry is
-    told the id is taken, which means the workflow exists. Nothing starts twice."""
-    started: set[str] = set()
+    """The first Submit started the workflow but its reply never came: the retry
+    (the same request) is told the id is taken, and the workflow's first event names
+    that request, so it is this client's workflow. An id another Submit took before
+    (the first Submit was lost on its way) stays an error. Nothing starts twice."""
+    started = {"old": "somebody-else"}  # workflow id -> the Submit that started it
+    unanswered = {"once", "old"}  # the first Submit of each gets no reply
 
     def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetHistory):
+            assert msg.upto == 1
+            first = {"type": "submitted", "name": "wf", "root": "a",
+                     "request": started[msg.workflow_id], "seq": 1, "ts": 0.0}
+            return [codec.encode(HistoryReply(id=msg.id, workflow_id=msg.workflow_id,
+                                              events=[first]))]
         assert isinstance(msg, Submit)
         wid = str(msg.workflow_id)
-        if wid in started:
-            return [codec.encode(Error(id=msg.id, code="invalid",
-                                       reason=f"workflow id {wid!r} is taken"))]
-        started.add(wid)
-        return []  # the reply is lost
+        if wid in unanswered:
+            unanswered.discard(wid)
+            started.setdefault(wid, msg.id)  # "once" starts (its reply is lost); "old" was taken
+            return []
+        return [codec.encode(Error(id=msg.id, code="invalid",
+                                   reason=f"workflow id {wid!r} is taken"))]
 
     flow = fake(script)
     with Client(flow.address, feed=flow.feed, timeout=0.5) as client:
         run = client.submit_diff("wf", "a", {}, workflow_id="once")
-    assert run.id == "once"
-    assert [m.workflow_id for m in flow.seen if isinstance(m, Submit)] == ["once", "once"]
+        assert run.id == "once"
+        with pytest.raises(FlowError, match="'old' is taken"):
+            client.submit_diff("wf", "a", {}, workflow_id="old")
+    submits = [m for m in flow.seen if isinstance(m, Submit)]
+    assert [m.workflow_id for m in submits] == ["once", "once", "old", "old"]
+    assert submits[0].id == submits[1].id  # sent again as it was
 
 
 def test_a_submit_retried_only_after_a_timeout(fake: Callable[[Script], FakeFlow]) -> None:

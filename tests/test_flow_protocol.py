@@ -447,7 +447,8 @@ def test_an_unreadable_request_is_answered_under_its_own_id(client: Peer) -> Non
 
 def test_graph_history_and_status(client: Peer, supervisor: SupervisorFactory) -> None:
     sup = supervisor("a", "b")
-    wf = submit(client, diff(spec("a"), spec("b"), edges=[("a", "b")]), workflow_id="q-1")
+    wf = submit(client, diff(spec("a"), spec("b"), edges=[("a", "b")]), workflow_id="q-1",
+                id="submit-q-1")
     sup.finish(sup.assign(), 1)
     live = client.request(GetGraph(workflow_id=wf))
     stored = client.request(GetGraph(workflow_id=wf, at=live.seq))
@@ -461,6 +462,9 @@ def test_graph_history_and_status(client: Peer, supervisor: SupervisorFactory) -
     events = history(client, wf)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[0] == {**events[0], "type": "submitted", "name": "wf", "root": "a"}
+    assert events[0]["request"] == "submit-q-1"  # a retried Submit tells its own workflow
+    first = client.request(GetHistory(workflow_id=wf, upto=2)).events
+    assert first == events[:2]
     assert events[-1]["type"] == "workflow"
     assert all("ts" in e for e in events)
     runs = client.request(GetStatus()).runs

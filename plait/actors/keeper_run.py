@@ -48,7 +48,10 @@ class RunMixin(KeeperBase):
                                           reason=out.rejection.message(),
                                           detail=out.rejection.to_dict()))
             return
-        self._record({"type": "submitted", "name": msg.name, "root": msg.root})
+        # The Submit's id: a client whose retried Submit finds the id taken can tell
+        # its own workflow (the first reply was lost) from somebody else's.
+        self._record({"type": "submitted", "name": msg.name, "root": msg.root,
+                      "request": msg.id})
         self._record({"type": "diff", "diff": diff.to_dict()}, applied=True)
         self._send(identity, Submitted(id=msg.id, workflow_id=self.wf))
         self._react(out)

@@ -83,7 +83,7 @@ class Reader(DatabaseActor):
                 return _not_found(msg, msg.workflow_id)
             return StatusReply(id=msg.id, runs=runs)
         if isinstance(msg, GetHistory):
-            events = self.db.events(msg.workflow_id)
+            events = self.db.events(msg.workflow_id, upto=msg.upto)
             if not events:
                 return _not_found(msg, msg.workflow_id)
             return HistoryReply(id=msg.id, workflow_id=msg.workflow_id,

@@ -161,10 +161,12 @@ class GraphReply(Message):
 
 
 class GetHistory(Message):
-    """The workflow's event log. Reply: :class:`HistoryReply`."""
+    """The workflow's event log (with ``upto``, its first ``upto`` events).
+    Reply: :class:`HistoryReply`."""
 
     type: Literal["get_history"] = "get_history"
     workflow_id: str
+    upto: int | None = Field(default=None, ge=1)
 
 
 class HistoryReply(Message):
