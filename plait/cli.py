@@ -42,6 +42,7 @@ from plait.errors import (
     TaskFailed,
     WorkflowCancelled,
 )
+from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import FeedEvent, RunInfo
 
 __all__ = ["Exit", "main"]
@@ -94,7 +95,8 @@ def cmd_flow(args: argparse.Namespace) -> int:
     settings = FlowSettings(db=args.db, host=args.host, port=args.port, feed_port=args.feed_port,
                             heartbeat_interval=args.heartbeat_interval,
                             heartbeat_timeout=args.heartbeat_timeout,
-                            retry_scale=args.retry_scale)
+                            retry_scale=args.retry_scale,
+                            max_message_size=args.max_message_size)
     if args.clock_file:  # tests move Flow's time by rewriting the file
         from plait.actors.clock import FileClock
 
@@ -113,7 +115,7 @@ def cmd_supervisor(args: argparse.Namespace) -> int:
     sizes = {k: v for k, v in (("workers", args.workers), ("max_workers", args.max_workers),
                                ("prefetch", args.prefetch)) if v is not None}
     settings = SupervisorSettings(flow=args.flow, imports=args.imports, queues=args.queues,
-                                  **sizes)
+                                  max_frame_size=args.max_message_size, **sizes)
     run_supervisor(settings, ready=_ReadyFile(args.ready_file))
     return Exit.OK
 
@@ -123,9 +125,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from plait.demo import examples_path, run_dev
 
     imports = args.imports or _default_imports()
+    _setup_logging(args.log_level)  # before the supervisor is forked: it logs alike
     db = Path(args.db or DEFAULT_DB).resolve()
     paths = [p for p in [examples_path()] if p is not None]
-    return run_dev(imports, port=args.port, workers=args.workers, db=db, paths=paths)
+    return run_dev(imports, port=args.port, workers=args.workers, db=db, paths=paths,
+                   max_message_size=args.max_message_size)
 
 
 def _default_imports() -> list[str]:
@@ -304,9 +308,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def _process_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--log-level", default="info", help="logging level (default: info)")
+    _log_option(p)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     return p
+
+
+def _log_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   type=str.lower, help="logging level (default: info)")
 
 
 def _dev_options(p: argparse.ArgumentParser) -> None:
@@ -315,6 +324,26 @@ def _dev_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="task module to serve (repeatable; default: the examples)")
     p.add_argument("--db", help=f"SQLite file (default: {DEFAULT_DB})")
+    _log_option(p)
+    _size_option(p)
+
+
+def _bytes(text: str) -> int:
+    """A message size limit: a positive number of bytes."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if size < 1024:
+        raise argparse.ArgumentTypeError(f"{size} bytes is too small for any message "
+                                         "(at least 1024)")
+    return size
+
+
+def _size_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-message-size", type=_bytes, default=DEFAULT_MAX_SIZE, metavar="BYTES",
+                   help=f"largest message taken from a client or worker "
+                        f"(default: {DEFAULT_MAX_SIZE:,})")
 
 
 def _flow_options(p: argparse.ArgumentParser) -> None:
@@ -328,6 +357,7 @@ def _flow_options(p: argparse.ArgumentParser) -> None:
                    help="a supervisor silent this long is dead (default: 3)")
     p.add_argument("--retry-scale", type=float, default=1.0, metavar="X",
                    help="multiply every retry delay by X (default: 1)")
+    _size_option(p)
     p.add_argument("--clock-file", default=None, help=argparse.SUPPRESS)  # tests' clock
 
 
@@ -346,6 +376,9 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=int, default=None,
                    help="assignments queued beyond the free workers, to hide the round "
                         "trip to Flow (default: 48 x workers)")
+    p.add_argument("--max-message-size", type=_bytes, default=DEFAULT_MAX_SIZE, metavar="BYTES",
+                   help="largest message taken from a worker: as Flow's, or less "
+                        f"(default: {DEFAULT_MAX_SIZE:,})")
 
 
 def _submit_options(p: argparse.ArgumentParser) -> None:

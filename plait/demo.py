@@ -22,6 +22,7 @@ from typing import Any
 
 from plait import memory
 from plait.client import ResultTimeout, Run, outcome_error
+from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import WorkflowResult
 from plait.stopping import stop_on_signals
 from plait.supervisor.forking import die_with_parent, fork_call, single_threaded
@@ -75,7 +76,7 @@ def examples_path() -> Path | None:
 
 
 def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
-            paths: Sequence[Path]) -> int:
+            paths: Sequence[Path], max_message_size: int = DEFAULT_MAX_SIZE) -> int:
     """Flow on ``port`` (feed ``port + 1``) in this process, and one supervisor
     process, until SIGINT/SIGTERM (or until the supervisor exits: 1).
 
@@ -84,7 +85,8 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     are forked in turn), its start overlaps Flow's, and it shares this process's
     imported pages, which a laptop's memory notices."""
     address = f"tcp://127.0.0.1:{port}"
-    argv = ["supervisor", "--flow", address, "--workers", str(workers)]
+    argv = ["supervisor", "--flow", address, "--workers", str(workers),
+            "--max-message-size", str(max_message_size)]
     for module in imports:
         argv += ["--import", module]
     supervisor = flow = None
@@ -95,13 +97,14 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
             # Imported only now: the supervisor's start does not wait for Flow's imports.
             from plait.actors.flow import Flow, FlowSettings
 
-            flow = Flow(FlowSettings(db=str(db), port=port, feed_port=port + 1),
+            flow = Flow(FlowSettings(db=str(db), port=port, feed_port=port + 1,
+                                     max_message_size=max_message_size),
                         on_fatal=lambda exc: stop.set()).start()
             print(f"plait dev: Flow on {address} (feed tcp://127.0.0.1:{port + 1}), "
                   f"database {db}\n"
                   f"plait dev: one supervisor ({workers} workers) serving "
                   f"{', '.join(imports)}\n"
-                  f"plait dev: try `plait submit examples.branching:coin --wait`; "
+                  f"plait dev: try `plait submit {_suggestion(imports)} --wait`; "
                   f"Ctrl-C stops", flush=True)
             wait_for(lambda: stop.is_set() or not supervisor.alive(), float("inf"),
                      interval=0.2)
@@ -117,6 +120,12 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
         print("plait dev: the supervisor exited unexpectedly", file=sys.stderr)
         return 1
     return 0
+
+
+def _suggestion(imports: Sequence[str]) -> str:
+    """A target to try: an example's if the examples are served."""
+    return ("examples.branching:coin" if "examples.branching" in imports
+            else f"{imports[0] if imports else 'MODULE'}:TASK")
 
 
 class _Forked:

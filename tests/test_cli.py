@@ -19,6 +19,7 @@ import pytest
 
 from plait.cli import Exit, main
 from plait.client import Client, FlowUnavailable
+from plait.errors import ProtocolError, TaskFailed
 from plait.demo import DEMOS
 from plait.testing import Cluster, alive, descendants, free_port, wait_for
 
@@ -313,13 +314,17 @@ def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
     port = _port_pair()
     dev = subprocess.Popen(
         [sys.executable, "-m", "plait", "dev", "--port", str(port), "--db",
-         str(tmp_path / "dev.db"), "--import", "examples.static", "--workers", "1"],
+         str(tmp_path / "dev.db"), "--import", "examples.static", "--workers", "1",
+         "--max-message-size", "65536", "--log-level", "warning"],
         cwd=e2e.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        with Client(f"tcp://127.0.0.1:{port}", timeout=2) as client:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=2, max_message_size=1 << 20) as client:
             wait_for(lambda: _answers(client), e2e.RESULT_TIMEOUT)
             run = client.submit("examples.static:pipeline")
             assert run.result(timeout=e2e.RESULT_TIMEOUT) is not None
+            with pytest.raises(ProtocolError) as refused:  # over the limit it was given
+                client.submit_diff("big", "a", {"attrs": [{"key": "x" * 70_000}]})
+            assert refused.value.code == "too_large"
         children = descendants(dev.pid)
         # dev (Flow) -> its supervisor -> the zygote -> the worker
         assert len(descendants(dev.pid, depth=3)) == 1
@@ -330,6 +335,24 @@ def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
         dev.kill()
         dev.wait()
     assert (tmp_path / "dev.db").exists()
+    out = dev.stdout.read() if dev.stdout else ""
+    assert "try `plait submit examples.static:TASK --wait`" in out
+    assert " INFO " not in out, out  # --log-level warning: Flow's and its supervisor's
+
+
+def test_flow_and_supervisor_take_a_message_size_limit(tmp_path: Path) -> None:
+    """Flow refuses a request over its ``--max-message-size``; a worker's result over
+    its supervisor's fails the attempt, saying why."""
+    log = str(tmp_path / "log")
+    with e2e.cluster(flow_args=["--max-message-size", "8192"],
+                     supervisor_args=["--max-message-size", "4096"]) as c, \
+            Client(c.address, feed=c.feed, max_message_size=1 << 20) as client:
+        with pytest.raises(ProtocolError) as refused:
+            client.submit("e2e_tasks:record", log, "x" * 10_000)
+        assert refused.value.code == "too_large"
+        run = client.submit("e2e_tasks:record", log, "y" * 6000)  # its result: over 4096
+        with pytest.raises(TaskFailed, match="MessageTooLarge|exceeds the 4,096-byte"):
+            run.result(timeout=e2e.RESULT_TIMEOUT)
 
 
 def _answers(client: Client) -> bool:
