@@ -77,11 +77,8 @@ class Watch(Iterator[FeedEvent]):
                     continue
                 yield from self.accept(self._sub.recv_multipart()[-1])
                 if self.workflow_id is None and time.monotonic() >= self._check_at:
-                    # Other workflows may never let the feed go quiet: ask for the
-                    # recent ends only, not for every workflow Flow knows.
-                    since = (0.0 if self._flow_time is None
-                             else self._flow_time - ENDS_OVERLAP)
-                    yield from self._lost_ends(self.client.runs(ended_since=since))
+                    # Other workflows may never let the feed go quiet.
+                    yield from self._lost_ends(self._recent_ends())
         finally:
             self._sub.close(linger=0)
 
@@ -146,6 +143,12 @@ class Watch(Iterator[FeedEvent]):
                 yield from self.catch_up(info.workflow_id)
                 self.ended[info.workflow_id] = info.finished
 
+    def _recent_ends(self) -> list[RunInfo]:
+        """The workflows that ended lately (on Flow's clock), where a lost end may
+        be: not every workflow Flow knows, which a big database makes a big reply."""
+        since = 0.0 if self._flow_time is None else self._flow_time - ENDS_OVERLAP
+        return self.client.runs(ended_since=since)
+
     def _note_time(self, runs: list[RunInfo]) -> None:
         for info in runs:
             seen = info.finished if info.finished is not None else info.created
@@ -169,7 +172,7 @@ class Watch(Iterator[FeedEvent]):
     def quiet(self) -> Iterator[FeedEvent]:
         if self.workflow_id is None:
             # Also a liveness check: a dead Flow raises FlowUnavailable.
-            yield from self._lost_ends(self.client.runs())
+            yield from self._lost_ends(self._recent_ends())
             return
         if self.client.run_info(self.workflow_id).status in TERMINAL:
             # The end may have been published before our subscription took hold,

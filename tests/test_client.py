@@ -370,6 +370,11 @@ def test_watching_every_workflow_fills_a_lost_end_from_history(
                 break
     assert got == [(2, "snapshot"), (3, "state"), (4, "workflow"), (5, "restart"),
                    (6, "workflow")]
+    # Only the first asks for every workflow (the snapshot); the looks for lost ends
+    # ask for the recent ends, quiet feed or busy.
+    assert asked[0].ended_since is None
+    assert len(asked) > 1
+    assert all(m.ended_since is not None for m in asked[1:])
 
 
 # --- against a real cluster ---------------------------------------------------------------
