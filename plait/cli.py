@@ -242,7 +242,7 @@ def describe(event: FeedEvent) -> str:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Print or write the as-of-now view (or as of --at SEQ)."""
-    from plait.protocol.render import render, to_dot
+    from plait.protocol.render import image, render, to_dot
 
     fmt = args.format or ("json" if args.json else
                           Path(args.output).suffix.lstrip(".") if args.output else "dot")
@@ -255,9 +255,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     elif fmt == "dot":
         sys.stdout.write(to_dot(doc))
     else:
-        import graphviz
-
-        sys.stdout.buffer.write(graphviz.Source(to_dot(doc)).pipe(format=fmt))
+        sys.stdout.buffer.write(image(doc, fmt))
     return Exit.OK
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from plait import memory
 from plait.client import ResultTimeout, Run, outcome_error
+from plait.errors import GraphvizMissing
 from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import WorkflowResult
 from plait.stopping import stop_on_signals
@@ -216,13 +217,11 @@ def run_demo(out: Path, *, timeout: float = 60.0, demos: Sequence[Demo] = DEMOS)
 
 def _draw(graph: dict[str, Any], stem: Path) -> Path:
     """SVG through Graphviz; without the ``dot`` program, the DOT text instead."""
-    import graphviz
-
     from plait.protocol.render import render
 
     try:
         return render(graph, stem.with_suffix(".svg"), "svg")
-    except graphviz.ExecutableNotFound:
+    except GraphvizMissing:
         return render(graph, stem.with_suffix(".dot"), "dot")
 
 

@@ -107,6 +107,11 @@ class MessageTooLarge(ProtocolError):
         super().__init__("too_large", reason)
 
 
+class GraphvizMissing(PlaitError):
+    """Graphviz's ``dot`` program, which draws SVG, PNG and PDF, is not installed:
+    install Graphviz, or ask for DOT or JSON, which need no program."""
+
+
 class ShapeError(PlaitError, ValueError):
     """A Shape expression cannot be enforced (for example, ambiguous alternatives)."""
 

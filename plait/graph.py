@@ -11,14 +11,13 @@ task (one root node), a Graph, or a ``"module:attr"`` string naming either.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plait.errors import PlaitError, PlanError
 from plait.protocol.diff import EdgeSpec, NodeSpec, PlanDiff
 from plait.protocol.promises import NoNewEdges, NoNewNodes, Promise
-from plait.task import Task, as_task, encode_inputs, ref_of
+from plait.task import Task, as_task, encode_inputs, import_user_module, ref_of
 
 __all__ = ["Graph", "NodeRef", "registration"]
 
@@ -133,10 +132,7 @@ def _resolve(target: str) -> Any:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise PlaitError(f"{target!r}: expected 'module:attr' (for example 'myapp.tasks:main')")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PlaitError(f"{target!r}: cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = import_user_module(module_name)
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -15,10 +15,13 @@ and when it runs (so a worker never trusts the wire).
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import traceback
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from pydantic import PydanticSchemaGenerationError, TypeAdapter, ValidationError
@@ -38,6 +41,7 @@ __all__ = [
     "as_task",
     "encode_inputs",
     "get_task",
+    "import_user_module",
     "ref_of",
     "registered",
     "task",
@@ -418,6 +422,26 @@ def as_task(target: Any) -> Task[Any, Any] | None:
     if isinstance(target, Task):
         return target
     return get_task(target) if isinstance(target, str) else None
+
+
+def import_user_module(name: str) -> ModuleType:
+    """Import a module of the user's (tasks, graphs). Whatever its import raises
+    becomes one PlaitError that says where: a process edge prints one line, and a
+    module that fails at import (a SyntaxError, a NameError...) is the user's to fix."""
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # any error of the user's code, converted, never dropped
+        where = ""
+        if isinstance(exc, SyntaxError):
+            where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
+        else:
+            frames = traceback.extract_tb(exc.__traceback__)
+            own = [f for f in frames if "importlib" not in f.filename]
+            if own:
+                where = f" ({own[-1].filename}, line {own[-1].lineno})"
+        detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        raise PlaitError(f"cannot import module {name!r}: {type(exc).__name__}: "
+                         f"{detail}{where}") from exc
 
 
 def registered(modules: Iterable[str] | None = None) -> list[Task[Any, Any]]:

@@ -96,11 +96,14 @@ class Cli:
     def __init__(self, cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
         self.cluster = cluster
         self.capsys = capsys
+        self.err = ""  # the last verb's standard error
 
     def __call__(self, verb: str, *argv: str) -> tuple[int, str]:
         self.capsys.readouterr()
         code = main([verb, *argv, "--flow", self.cluster.address, "--feed", self.cluster.feed])
-        return code, self.capsys.readouterr().out
+        captured = self.capsys.readouterr()
+        self.err = captured.err
+        return code, captured.out
 
     def json(self, verb: str, *argv: str) -> Any:
         code, out = self(verb, *argv, "--json")
@@ -198,6 +201,17 @@ def test_graph_in_each_format(cli: Cli, static_run: str, tmp_path: Path) -> None
     first = cli.json("graph", static_run, "--at", "2")
     assert first["seq"] == 2
     assert {n["state"] for n in first["nodes"]} <= {"pending", "ready"}
+
+
+def test_a_picture_without_graphviz_is_one_clear_error(
+        cli: Cli, static_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` on it
+    code, out = cli("graph", static_run, "--format", "svg")
+    assert (code, out) == (Exit.ERROR, "")
+    assert "needs Graphviz's `dot` program, which is not installed" in cli.err
+    assert cli("graph", static_run, "-o", str(tmp_path / "g.png"))[0] == Exit.ERROR
+    assert not (tmp_path / "g.png").exists()
+    assert cli("graph", static_run, "--format", "dot")[0] == Exit.OK  # no program needed
 
 
 def test_trace_writes_one_frame_per_diff(cli: Cli, static_run: str, cluster: Cluster,

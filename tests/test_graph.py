@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import tasks_sample
 from tasks_sample import add, double, fan_out, leaf
@@ -11,6 +13,7 @@ from plait.graph import Graph, registration
 from plait.protocol.diff import EdgeSpec, NodeState, PlanDiff
 from plait.protocol.plan import Plan
 from plait.protocol.promises import MaxNodes, NoNewEdges, NoNewNodes
+from plait.supervisor.daemon import import_tasks
 from plait.task import InvalidArguments
 
 
@@ -98,6 +101,23 @@ def test_registration_by_module_attr_string() -> None:
 def test_registration_errors_are_clear(target: str, match: str) -> None:
     with pytest.raises(PlaitError, match=match):
         registration(target.replace("tasks_sample", tasks_sample.__name__))
+
+
+@pytest.mark.parametrize(("source", "match"), [
+    ("def broken(:\n", r"SyntaxError: .*\(.*broken_at_import_\w+\.py, line 1\)"),
+    ("x = 1\nundefined_name\n", r"NameError: name 'undefined_name' is not defined "
+                                 r"\(.*broken_at_import_\w+\.py, line 2\)"),
+], ids=["syntax", "name"])
+def test_a_module_that_fails_at_import_is_one_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, match: str) -> None:
+    """Not only ImportError: whatever the module raises says what and where."""
+    name = f"broken_at_import_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PlaitError, match=match):
+        registration(f"{name}:main")
+    with pytest.raises(PlaitError, match=match):
+        import_tasks([name])
 
 
 def test_a_graph_takes_no_submission_arguments() -> None:

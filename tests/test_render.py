@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from plait import demo
+from plait.errors import GraphvizMissing
 from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, PlanDiff
 from plait.protocol.plan import Plan
 from plait.protocol.render import STATE_COLOURS, node_label, quote, render, to_dot
@@ -190,6 +192,16 @@ def test_render_takes_a_json_document_and_an_explicit_format(tmp_path: Path) -> 
 def test_render_refuses_an_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format"):
         render(grammar_view(), tmp_path / "view.gif")
+
+
+def test_without_graphviz_a_picture_is_a_clear_error_and_the_demo_falls_back_to_dot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` on it
+    with pytest.raises(GraphvizMissing, match="apt-get install graphviz"):
+        render(grammar_view(), tmp_path / "view.svg")
+    assert not (tmp_path / "view.svg").exists()
+    drawn = demo._draw(grammar_view().to_json(), tmp_path / "demo")
+    assert (drawn.name, drawn.read_text()) == ("demo.dot", to_dot(grammar_view()))
 
 
 def test_cosmetic_attributes_and_cache_marks_are_drawn() -> None:

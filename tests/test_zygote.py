@@ -89,6 +89,26 @@ def test_a_worker_that_cannot_start_reports_its_exit_code(zygote: Zygote) -> Non
     assert exit_of(zygote, again) == 2  # argparse's usage error
 
 
+def test_a_worker_whose_link_cannot_start_exits_instead_of_hanging(zygote: Zygote) -> None:
+    """Its socket thread failed to connect: nothing would ever hand the task thread
+    an attempt, so the worker exits, saying so, with a failure code."""
+    pid = zygote.fork(["--connect", "nonsense://nowhere", "--ident", "w-3"])
+    assert exit_of(zygote, pid) == 1
+
+
+def test_a_worker_whose_task_module_fails_at_import_exits_3(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken_tasks_for_zygote.py").write_text("def broken(:\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # before the zygote is spawned
+    zygote = Zygote.start(fork=False)
+    try:
+        pid = zygote.fork(["--connect", "tcp://127.0.0.1:1", "--ident", "w-4",
+                           "--import", "broken_tasks_for_zygote"])
+        assert exit_of(zygote, pid) == 3  # a SyntaxError too is "cannot import", not a crash
+    finally:
+        zygote.close()
+
+
 def test_two_workers_of_one_zygote_never_share_message_ids(
         zygote: Zygote, router: tuple[zmq.Socket[bytes], str]) -> None:
     sock, endpoint = router

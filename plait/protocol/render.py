@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from plait.errors import GraphvizMissing, PlaitError
 from plait.protocol.view import TIMES, View, ViewEdge, ViewNode
 
 __all__ = [
@@ -245,7 +246,20 @@ def render(v: View | Mapping[str, Any], path: str | Path, format: str | None = N
     elif fmt == "dot":
         path.write_text(to_dot(v, promises), encoding="utf-8")
     else:
-        import graphviz  # the binding is only needed for images
-
-        path.write_bytes(graphviz.Source(to_dot(v, promises)).pipe(format=fmt))
+        path.write_bytes(image(v, fmt, promises=promises))
     return path
+
+
+def image(v: View | Mapping[str, Any], fmt: str, *, promises: bool = False) -> bytes:
+    """``v`` drawn by Graphviz as ``fmt`` (svg, png, pdf)."""
+    import graphviz  # the binding is only needed for images
+
+    try:
+        return graphviz.Source(to_dot(v, promises)).pipe(format=fmt)
+    except graphviz.ExecutableNotFound as exc:
+        raise GraphvizMissing(f"drawing {fmt.upper()} needs Graphviz's `dot` program, "
+                              "which is not installed (apt-get install graphviz, brew "
+                              "install graphviz...); --format dot or json need none") from exc
+    except graphviz.CalledProcessError as exc:
+        stderr = exc.stderr.decode(errors="replace").strip() if exc.stderr else ""
+        raise PlaitError(f"Graphviz's `dot` failed ({exc.returncode}): {stderr}") from exc

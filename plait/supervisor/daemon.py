@@ -56,7 +56,6 @@ What the Relay does:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import secrets
@@ -114,7 +113,7 @@ from plait.supervisor.pool import (
 from plait.supervisor.routing import Worker, Workers, attempt_of, describe_death
 from plait.supervisor.worker import error_dict
 from plait.supervisor.zygote import Zygote
-from plait.task import Task, UnknownTask, registered
+from plait.task import Task, UnknownTask, import_user_module, registered
 
 log = logging.getLogger("plait.supervisor")
 
@@ -164,10 +163,7 @@ def import_tasks(modules: list[str], queues: list[str] | None = None) -> list[Ta
     """Import the task modules; the tasks they define (on ``queues``, if given) are the
     ones served."""
     for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise PlaitError(f"cannot import task module {name!r}: {exc}") from exc
+        import_user_module(name)
     tasks = registered(modules)
     if not tasks:
         raise PlaitError(f"no @task in {modules}: nothing to serve")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import queue
@@ -80,6 +79,7 @@ from plait.task import (
     Retry,
     Task,
     UnknownTask,
+    import_user_module,
     registered,
 )
 
@@ -259,15 +259,17 @@ class WorkerLink:
     # --- the socket thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        sock = zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self._ident)
-        sock.setsockopt(zmq.LINGER, 1000)
-        connect(sock, self._endpoint)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        sock: zmq.Socket[bytes] | None = None
+        code = 1  # unless the supervisor went away: then this worker's work is done
         try:
+            zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+            sock = zctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self._ident)
+            sock.setsockopt(zmq.LINGER, 1000)
+            connect(sock, self._endpoint)
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
             while os.getppid() == self._parent:
                 events = dict(poller.poll(self._poll_ms()))
                 if self._wake_r in events:
@@ -278,11 +280,13 @@ class WorkerLink:
                 while not self._outbox.empty():
                     sock.send(self._outbox.get())
             log.warning("worker %d: supervisor is gone; exiting", os.getpid())
+            code = 0
         except Exception:  # the process edge: without its link a worker is useless
             log.exception("worker %d: link failed; exiting", os.getpid())
         finally:
-            sock.close(linger=0)
-            os._exit(0)  # the main thread may be deep in task code: do not wait for it
+            if sock is not None:
+                sock.close(linger=0)
+            os._exit(code)  # the main thread may be deep in task code: do not wait for it
 
     def _poll_ms(self) -> int:
         with self._lock:
@@ -457,7 +461,7 @@ def _execute(assign: Assign, t: Task[Any, Any], ctx: Context, link: WorkerLink) 
 
 def _import(modules: Sequence[str]) -> dict[str, Task[Any, Any]]:
     for name in modules:
-        importlib.import_module(name)
+        import_user_module(name)
     return {t.name: t for t in registered(modules)}
 
 
@@ -476,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory.tune_gc()  # every worker, forked or spawned
     try:
         served = _import(opts.imports)
-    except (ImportError, PlaitError) as exc:
+    except PlaitError as exc:
         print(f"plait worker: cannot import task modules: {exc}", file=sys.stderr)
         return 3
     link = WorkerLink(opts.connect, opts.ident, parent, opts.max_frame_size)
