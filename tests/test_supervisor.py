@@ -54,7 +54,7 @@ from plait.supervisor.daemon import (
     import_tasks,
     run_supervisor,
 )
-from plait.supervisor.pool import CrashLoop, PoolSettings, WorkerPool
+from plait.supervisor.pool import Cancel, CrashLoop, PoolSettings, WorkerPool
 from plait.supervisor.routing import Worker
 from plait.supervisor.worker import WorkerLink
 from plait.testing import descendants, proc_stat, wait_for
@@ -1066,6 +1066,26 @@ def test_a_fork_that_fails_is_tried_again_later_not_fatal() -> None:
         assert zygote.forks == 1
         pool._reconcile(105.0)
         assert (zygote.forks, reports) == (2, ["started"])
+    finally:
+        zctx.term()
+
+
+def test_a_cancel_for_a_worker_already_reaped_starts_no_escalation() -> None:
+    """The Relay's Cancel crossed the worker's death: no deadline is kept for a
+    process that is gone (it would never be cleared)."""
+    zctx: zmq.Context[Any] = zmq.Context()
+    settings = PoolSettings(endpoint="ipc://@unused", events="inproc://unused", imports=[],
+                            size=1, max_size=1)
+    zygote = _FlakyZygote(fails=0)
+    pool = WorkerPool(zctx, settings, cast(Any, zygote))  # not started: driven by hand
+    pool._report = lambda kind, **fields: None  # type: ignore[method-assign]
+    try:
+        pool._reconcile(100.0)
+        (live,) = pool._procs
+        pool.on_receive(Cancel(b"w-reaped"))
+        pool.on_receive(Cancel(live))
+        assert b"w-reaped" not in pool._cancels
+        assert live in pool._cancels
     finally:
         zctx.term()
 

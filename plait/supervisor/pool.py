@@ -184,7 +184,8 @@ class WorkerPool(pykka.ThreadingActor):
         elif isinstance(message, Retire):
             self._retire(message.ident)
         elif isinstance(message, Cancel):
-            self._cancels.start(message.ident, now)
+            if message.ident in self._procs:  # else reaped already: nothing to escalate
+                self._cancels.start(message.ident, now)
         elif isinstance(message, Settle):
             self._cancels.clear(message.ident)
         else:
