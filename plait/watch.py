@@ -9,6 +9,10 @@ sees every change, in order, exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import secrets
+import threading
 import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
@@ -34,7 +38,8 @@ ENDS_OVERLAP = 5.0
 class Watch(Iterator[FeedEvent]):
     """One feed subscription with per-workflow sequence tracking (see Client.watch).
 
-    An iterator of :class:`FeedEvent`; ``close()`` (or ``with``) ends the subscription.
+    An iterator of :class:`FeedEvent`; ``close()`` (or ``with``) ends the subscription,
+    also from another thread while this one waits in ``next()``, which then ends.
     """
 
     def __init__(self, client: Client, workflow_id: str | None) -> None:
@@ -53,14 +58,37 @@ class Watch(Iterator[FeedEvent]):
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, (workflow_id or "").encode())
         connect(self._sub, client.feed)
+        # A close() from another thread wakes the iterating one through this.
+        self._closing = threading.Event()
+        self._wake_address = f"inproc://plait-watch-{secrets.token_hex(8)}"
+        self._wake = client._zmq.socket(zmq.PULL)
+        self._wake.setsockopt(zmq.LINGER, 0)
+        self._wake.bind(self._wake_address)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._wake, zmq.POLLIN)
         self._events = self._run()
 
     def __next__(self) -> FeedEvent:
         return next(self._events)
 
     def close(self) -> None:
+        self._closing.set()
+        if inspect.getgeneratorstate(self._events) == inspect.GEN_RUNNING:
+            # Another thread is in next(): woken, it ends, and closes the sockets.
+            nudge = self.client._zmq.socket(zmq.PUSH)
+            nudge.setsockopt(zmq.LINGER, 1000)
+            nudge.connect(self._wake_address)
+            with contextlib.suppress(zmq.Again):
+                nudge.send(b"", zmq.NOBLOCK)
+            nudge.close()
+            return
         self._events.close()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
         self._sub.close(linger=0)
+        self._wake.close(linger=0)
 
     def __enter__(self) -> Watch:
         return self
@@ -71,8 +99,11 @@ class Watch(Iterator[FeedEvent]):
     def _run(self) -> Generator[FeedEvent, None, None]:
         try:
             yield from self._snapshots()
-            while not self.done:
-                if not self._sub.poll(int(self.client.poll_interval * 1000)):
+            while not self.done and not self._closing.is_set():
+                ready = dict(self._poller.poll(int(self.client.poll_interval * 1000)))
+                if self._closing.is_set():
+                    return
+                if self._sub not in ready:
                     yield from self.quiet()
                     continue
                 yield from self.accept(self._sub.recv_multipart()[-1])
@@ -80,7 +111,7 @@ class Watch(Iterator[FeedEvent]):
                     # Other workflows may never let the feed go quiet.
                     yield from self._lost_ends(self._recent_ends())
         finally:
-            self._sub.close(linger=0)
+            self._close_sockets()
 
     def _snapshots(self) -> Iterator[FeedEvent]:
         """The Clone pattern's snapshot, taken after subscribing."""
