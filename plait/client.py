@@ -93,9 +93,14 @@ _M = TypeVar("_M", bound=Message)
 def feed_address(address: str) -> str:
     """Flow's feed is published on the port after its request port."""
     parts = urlsplit(address)
-    if parts.scheme != "tcp" or parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:  # not a number
+        port = None
+    if parts.scheme != "tcp" or port is None or not parts.hostname:
         raise ValueError(f"cannot derive the feed address of {address!r}: pass feed=...")
-    return f"tcp://{parts.hostname}:{parts.port + 1}"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
+    return f"tcp://{host}:{port + 1}"
 
 
 class Client:

@@ -21,6 +21,7 @@ from plait.client import (
     NotFound,
     Refused,
     ResultTimeout,
+    feed_address,
     outcome_error,
 )
 from plait.client_errors import error_from_reply
@@ -519,6 +520,23 @@ def test_watch_every_workflow(cluster: Cluster, tmp_path: Path) -> None:
     assert seen[0].event["type"] == "snapshot"
     assert seen[-1].event["status"] == "succeeded"
     assert [e.seq for e in seen] == list(range(seen[0].seq, seen[-1].seq + 1))
+
+
+@pytest.mark.parametrize(("address", "feed"), [
+    ("tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101"),
+    ("tcp://flow.example.com:9000", "tcp://flow.example.com:9001"),
+    ("tcp://[::1]:7100", "tcp://[::1]:7101"),
+    ("tcp://[fe80::1%25eth0]:7100", "tcp://[fe80::1%25eth0]:7101"),
+])
+def test_the_feed_is_on_the_next_port(address: str, feed: str) -> None:
+    assert feed_address(address) == feed
+
+
+@pytest.mark.parametrize("address", ["ipc:///tmp/flow", "tcp://127.0.0.1", "tcp://:7100",
+                                     "tcp://host:port"])
+def test_a_feed_that_cannot_be_derived_is_a_clear_error(address: str) -> None:
+    with pytest.raises(ValueError, match="pass feed="):
+        feed_address(address)
 
 
 def test_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

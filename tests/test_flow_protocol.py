@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
 from plait.actors.mail import Start
 from plait.actors.membership import Membership
+from plait.client import Client
 from plait.protocol.codec import PROTOCOL_VERSION, decode, encode, pack
 from plait.protocol.diff import EdgeSpec
 from plait.protocol.messages import (
@@ -749,3 +751,35 @@ def test_a_start_for_a_gone_connection_queues_the_node_again(
     sup.finish(a, "ok")
     assert result(client, wf).output == "ok"
     assert states(history(client, wf), "a") == [("running", 1), ("succeeded", 1)]
+
+
+def test_flow_on_ipv6_serves_requests_and_its_feed(tmp_path: Any) -> None:
+    """``--host ::1``: Flow binds its sockets on IPv6, and a client given
+    ``tcp://[::1]:P`` derives the feed (``[::1]:P+1``) and gets events from it."""
+    port = wait_for(_free_pair_v6, 10)
+    flow = Flow(settings(tmp_path, host="::1", port=port, feed_port=port + 1)).start()
+    try:
+        assert flow.endpoint == f"tcp://[::1]:{port}"
+        with Client(f"tcp://[::1]:{port}", timeout=5, poll_interval=30) as client:
+            assert client.feed == f"tcp://[::1]:{port + 1}"
+            run = client.submit_diff("wf", "a", diff(spec("a")))
+            with client.watch(run.id) as watch:
+                assert next(watch).event["type"] == "snapshot"
+                client.cancel(run.id)
+                ended = next(watch)  # from the feed: the watch polls only every 30 s
+            assert (ended.event["type"], ended.event["status"]) == ("workflow", "cancelled")
+    finally:
+        flow.stop()
+
+
+def _free_pair_v6() -> int:
+    """A port P on the IPv6 loopback such that P + 1 is free too (0: try again)."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = int(s.getsockname()[1])
+    with socket.socket(socket.AF_INET6) as s:
+        try:
+            s.bind(("::1", port + 1))
+        except OSError:
+            return 0
+    return port

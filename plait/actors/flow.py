@@ -49,6 +49,7 @@ from plait.actors.store import Store, load
 from plait.actors.timers import Timers
 from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import Submit, TaskInfo, Welcome
+from plait.protocol.sockets import tcp
 from plait.stopping import stop_on_signals
 
 __all__ = ["Flow", "FlowSettings", "run_flow"]
@@ -76,7 +77,7 @@ class FlowSettings:
     clock: Clock = field(default_factory=WallClock)
 
     def endpoint(self, port: int) -> str:
-        return f"tcp://{self.host}:{port if port else '*'}"
+        return tcp(self.host, port if port else "*")
 
     def feed(self) -> int:
         if self.feed_port is not None:

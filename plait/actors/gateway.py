@@ -56,7 +56,7 @@ from plait.protocol.messages import (
     Wait,
     Welcome,
 )
-from plait.protocol.sockets import waiting
+from plait.protocol.sockets import bind, waiting
 
 __all__ = ["Gateway", "Outbox"]
 
@@ -174,7 +174,7 @@ class Gateway:
         # those up to 4x the limit still get a "too_large" reply.
         router.setsockopt(zmq.MAXMSGSIZE, self.max_size * 4 + 4096)
         try:
-            router.bind(self._endpoint)
+            bind(router, self._endpoint)
         except zmq.ZMQError:
             pull.close(linger=0)
             router.close(linger=0)

@@ -37,7 +37,7 @@ import zmq
 from plait.actors.mail import Publish
 from plait.protocol.codec import pack
 from plait.protocol.messages import PROTOCOL_VERSION, FeedEvent, new_id
-from plait.protocol.sockets import waiting
+from plait.protocol.sockets import bind, waiting
 
 __all__ = ["Audience", "Publisher"]
 
@@ -81,7 +81,7 @@ class Publisher(pykka.ThreadingActor):
         self.sock = self._zctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(self._endpoint)
+        bind(self.sock, self._endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.audience.watch(self.sock.getsockopt(zmq.FD))
         self._subscriptions()  # none yet: this only resets ZMQ_FD

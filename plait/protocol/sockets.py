@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import zmq
 
-__all__ = ["RECONNECT_MAX_MS", "RECONNECT_MS", "connect", "waiting"]
+__all__ = ["RECONNECT_MAX_MS", "RECONNECT_MS", "bind", "connect", "tcp", "waiting"]
 
 # ZeroMQ retries a refused connection every 100 ms by default: a supervisor or
 # client started alongside Flow idled a tenth of a second of a cold start. The
@@ -27,9 +27,23 @@ def waiting(sock: zmq.Socket[Any]) -> bool:
     return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
 
 
+def tcp(host: str, port: int | str) -> str:
+    """A TCP endpoint; an IPv6 host goes in brackets."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
 def connect(sock: zmq.Socket[Any], address: str) -> None:
     """Connect ``sock``, retrying a refused connection after 5, 10, 20... ms, then
-    every 100 ms."""
+    every 100 ms. IPv6 is on, so an IPv6 address is reached too."""
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    if address.startswith("tcp://"):
+        sock.setsockopt(zmq.IPV6, 1)
     sock.connect(address)
+
+
+def bind(sock: zmq.Socket[Any], address: str) -> None:
+    """Bind ``sock``; a TCP socket takes IPv6 too (an IPv6 host, or ``*`` on both)."""
+    if address.startswith("tcp://"):
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.bind(address)
