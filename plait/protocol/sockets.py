@@ -34,16 +34,21 @@ def tcp(host: str, port: int | str) -> str:
 
 def connect(sock: zmq.Socket[Any], address: str) -> None:
     """Connect ``sock``, retrying a refused connection after 5, 10, 20... ms, then
-    every 100 ms. IPv6 is on, so an IPv6 address is reached too."""
+    every 100 ms. An IPv6 address (``tcp://[::1]:7100``) is reached too."""
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
-    if address.startswith("tcp://"):
-        sock.setsockopt(zmq.IPV6, 1)
+    _ipv6(sock, address)
     sock.connect(address)
 
 
 def bind(sock: zmq.Socket[Any], address: str) -> None:
-    """Bind ``sock``; a TCP socket takes IPv6 too (an IPv6 host, or ``*`` on both)."""
-    if address.startswith("tcp://"):
-        sock.setsockopt(zmq.IPV6, 1)
+    """Bind ``sock``, on an IPv6 address too (``tcp://[::1]:7100``)."""
+    _ipv6(sock, address)
     sock.bind(address)
+
+
+def _ipv6(sock: zmq.Socket[Any], address: str) -> None:
+    # Only for an IPv6 literal: with IPv6 on, a name such as "localhost" may resolve to
+    # ::1 first, which a Flow bound on 127.0.0.1 refuses for ever.
+    if address.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
