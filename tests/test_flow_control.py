@@ -505,7 +505,7 @@ def test_a_run_lost_in_a_crash_after_its_schedule_was_committed_starts_at_restar
         peer.close()
         flow.stop()
     db = Database(s.db)  # as if Flow went down between the two commits
-    for table, key in (("events", "wf"), ("nodes", "wf"), ("workflows", "id")):
+    for table, key in (("events", "wf"), ("workflows", "id")):
         db.conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (wf,))
     db.close()
     def restart() -> int:

@@ -185,7 +185,8 @@ class KeeperBase(pykka.ThreadingActor):
             out = Outcome()
         else:
             out = self.st.fold(event, ts)
-        self._events.append(StoredEvent(self.wf, self.st.seq, ts, event))
+        self._events.append(StoredEvent(self.wf, self.st.seq, ts, event,
+                                        len(self.st.plan.nodes)))
         return out
 
     # --- time -----------------------------------------------------------------------

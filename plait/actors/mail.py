@@ -22,10 +22,15 @@ __all__ = [
 
 
 class StoredEvent(NamedTuple):
+    """An event on its way to the database. ``nodes``: the workflow's node count
+    once the event is applied (the ``workflows`` row shows it; not part of the
+    event itself)."""
+
     workflow_id: str
     seq: int
     ts: float
     event: Mapping[str, Any]
+    nodes: int | None = None
 
 
 class ScheduleChange(NamedTuple):
