@@ -28,6 +28,7 @@ from plait.cli_base import (
     client_options,
     importable_cwd,
     interruptible,
+    message_size,
     one_workflow,
     print_json,
     registration_of,
@@ -326,20 +327,9 @@ def _dev_options(p: argparse.ArgumentParser) -> None:
     _size_option(p)
 
 
-def _bytes(text: str) -> int:
-    """A message size limit: a positive number of bytes."""
-    try:
-        size = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
-    if size < 1024:
-        raise argparse.ArgumentTypeError(f"{size} bytes is too small for any message "
-                                         "(at least 1024)")
-    return size
-
-
 def _size_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-message-size", type=_bytes, default=DEFAULT_MAX_SIZE, metavar="BYTES",
+    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
+                   metavar="BYTES",
                    help=f"largest message taken from a client or worker "
                         f"(default: {DEFAULT_MAX_SIZE:,})")
 
@@ -374,7 +364,8 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=int, default=None,
                    help="assignments queued beyond the free workers, to hide the round "
                         "trip to Flow (default: 48 x workers)")
-    p.add_argument("--max-message-size", type=_bytes, default=DEFAULT_MAX_SIZE, metavar="BYTES",
+    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
+                   metavar="BYTES",
                    help="largest message taken from a worker: as Flow's, or less "
                         f"(default: {DEFAULT_MAX_SIZE:,})")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from plait.client import Client
 from plait.errors import PlaitError
+from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.diff import PlanDiff
 from plait.stopping import on_signals
 
@@ -73,7 +74,8 @@ def done(args: argparse.Namespace, text: str, data: dict[str, Any]) -> int:
 
 
 def client_of(args: argparse.Namespace) -> Client:
-    return Client(args.flow, feed=args.feed, timeout=args.timeout)
+    return Client(args.flow, feed=args.feed, timeout=args.timeout,
+                  max_message_size=args.max_message_size)
 
 
 def parse_arg(text: str) -> Any:
@@ -127,6 +129,18 @@ def one_workflow(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow")
 
 
+def message_size(text: str) -> int:
+    """A message size limit: a positive number of bytes."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if size < 1024:
+        raise argparse.ArgumentTypeError(f"{size} bytes is too small for any message "
+                                         "(at least 1024)")
+    return size
+
+
 def client_options() -> argparse.ArgumentParser:
     """The options of every verb that talks to Flow (a parent parser)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -136,5 +150,8 @@ def client_options() -> argparse.ArgumentParser:
                    help="Flow's feed address (default: $PLAIT_FEED, else Flow's port + 1)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for Flow to answer (default: 10)")
+    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
+                   metavar="BYTES", help="largest request sent: as Flow's "
+                   f"--max-message-size (default: {DEFAULT_MAX_SIZE:,})")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p

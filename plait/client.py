@@ -87,6 +87,7 @@ __all__ = [
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:7100"
 OVERLAP = ("skip", "queue", "cancel")  # what a cron tick does while the last run is live
+_RETRY_PAUSE = 0.05  # seconds between asks for what Flow is about to commit
 _M = TypeVar("_M", bound=Message)
 
 
@@ -175,7 +176,8 @@ class Client:
             raise ProtocolError("too_large", (
                 f"{type(message).__name__} of {len(frame):,} bytes exceeds the "
                 f"{self.max_message_size:,}-byte message limit (Flow's "
-                "--max-message-size; Client(max_message_size=...) if Flow's is higher)"))
+                "--max-message-size; if Flow's is higher, Client(max_message_size=...) "
+                "or the CLI's --max-message-size)"))
         with self._lock:
             self._wanted.add(message.id)
             self._sock().send(frame)
@@ -273,9 +275,21 @@ class Client:
         return Run(self, reply.workflow_id)
 
     def _submitted_by(self, workflow_id: str, request: str) -> bool:
-        """Whether ``workflow_id`` was started by the Submit whose id is ``request``."""
-        first = self.history(workflow_id, upto=1)
-        return bool(first) and first[0].get("request") == request
+        """Whether ``workflow_id`` was started by the Submit whose id is ``request``.
+        Flow takes an id before the workflow's first events are committed: while
+        they are not, the history is not found yet, and is asked for again."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                first = self.history(workflow_id, upto=1)
+            except NotFound:
+                if time.monotonic() >= deadline:
+                    raise FlowUnavailable(
+                        f"Flow took workflow id {workflow_id!r} but has not recorded it "
+                        f"within {self.timeout:g} s") from None
+                time.sleep(_RETRY_PAUSE)  # a commit that is on its way
+                continue
+            return bool(first) and first[0].get("request") == request
 
     def run(self, workflow_id: str) -> Run:
         """A handle on an existing workflow (not checked until used)."""

@@ -436,7 +436,8 @@ def import_user_module(name: str) -> ModuleType:
             where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
         else:
             frames = traceback.extract_tb(exc.__traceback__)
-            own = [f for f in frames if "importlib" not in f.filename]
+            # The user's frames only: a module that is not there has none.
+            own = [f for f in frames if "importlib" not in f.filename and f.filename != __file__]
             if own:
                 where = f" ({own[-1].filename}, line {own[-1].lineno})"
         detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)

@@ -10,7 +10,6 @@ sees every change, in order, exactly once.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import secrets
 import threading
 import time
@@ -60,6 +59,8 @@ class Watch(Iterator[FeedEvent]):
         connect(self._sub, client.feed)
         # A close() from another thread wakes the iterating one through this.
         self._closing = threading.Event()
+        self._lock = threading.Lock()  # over _closing and _iterating
+        self._iterating = False
         self._wake_address = f"inproc://plait-watch-{secrets.token_hex(8)}"
         self._wake = client._zmq.socket(zmq.PULL)
         self._wake.setsockopt(zmq.LINGER, 0)
@@ -70,20 +71,36 @@ class Watch(Iterator[FeedEvent]):
         self._events = self._run()
 
     def __next__(self) -> FeedEvent:
-        return next(self._events)
+        with self._lock:
+            closing = self._closing.is_set()
+            self._iterating = not closing
+        if closing:  # closed from another thread while this one was not in next()
+            self._end()
+            raise StopIteration
+        try:
+            return next(self._events)
+        finally:
+            with self._lock:
+                self._iterating = False
 
     def close(self) -> None:
-        self._closing.set()
-        if inspect.getgeneratorstate(self._events) == inspect.GEN_RUNNING:
-            # Another thread is in next(): woken, it ends, and closes the sockets.
-            nudge = self.client._zmq.socket(zmq.PUSH)
-            nudge.setsockopt(zmq.LINGER, 1000)
-            nudge.connect(self._wake_address)
-            with contextlib.suppress(zmq.Again):
-                nudge.send(b"", zmq.NOBLOCK)
-            nudge.close()
+        with self._lock:
+            self._closing.set()
+            iterating = self._iterating
+        if not iterating:
+            self._end()
             return
-        self._events.close()
+        # Another thread is in next(): woken, it ends, and closes the sockets.
+        nudge = self.client._zmq.socket(zmq.PUSH)
+        nudge.setsockopt(zmq.LINGER, 1000)
+        nudge.connect(self._wake_address)
+        with contextlib.suppress(zmq.Again):
+            nudge.send(b"", zmq.NOBLOCK)
+        nudge.close()
+
+    def _end(self) -> None:
+        with contextlib.suppress(ValueError):  # being closed by the other thread as well
+            self._events.close()
         self._close_sockets()
 
     def _close_sockets(self) -> None:

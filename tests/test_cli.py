@@ -354,7 +354,8 @@ def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
     assert " INFO " not in out, out  # --log-level warning: Flow's and its supervisor's
 
 
-def test_flow_and_supervisor_take_a_message_size_limit(tmp_path: Path) -> None:
+def test_flow_and_supervisor_take_a_message_size_limit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Flow refuses a request over its ``--max-message-size``; a worker's result over
     its supervisor's fails the attempt, saying why."""
     log = str(tmp_path / "log")
@@ -367,6 +368,12 @@ def test_flow_and_supervisor_take_a_message_size_limit(tmp_path: Path) -> None:
         run = client.submit("e2e_tasks:record", log, "y" * 6000)  # its result: over 4096
         with pytest.raises(TaskFailed, match=r"exceeds the 4,096-byte message limit"):
             run.result(timeout=e2e.RESULT_TIMEOUT)
+        # The CLI's client has a limit of its own: refused before it is sent.
+        argv = ["submit", "e2e_tasks:record", json.dumps(log), json.dumps("z" * 3000),
+                "--flow", c.address, "--feed", c.feed]
+        assert main([*argv, "--max-message-size", "2048"]) == Exit.ERROR
+        assert "exceeds the 2,048-byte message limit" in capsys.readouterr().err
+        assert main(argv) == Exit.OK  # under Flow's 8192
 
 
 def _answers(client: Client) -> bool:

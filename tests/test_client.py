@@ -557,10 +557,15 @@ def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
     (the first Submit was lost on its way) stays an error. Nothing starts twice."""
     started = {"old": "somebody-else"}  # workflow id -> the Submit that started it
     unanswered = {"once", "old"}  # the first Submit of each gets no reply
+    uncommitted = {"once"}  # its first history read comes before its first commit
 
     def script(msg: Message, _: FakeFlow) -> list[bytes]:
         if isinstance(msg, GetHistory):
             assert msg.upto == 1
+            if msg.workflow_id in uncommitted:
+                uncommitted.discard(msg.workflow_id)
+                return [codec.encode(Error(id=msg.id, code="not_found",
+                                           reason=f"no workflow {msg.workflow_id!r}"))]
             first = {"type": "submitted", "name": "wf", "root": "a",
                      "request": started[msg.workflow_id], "seq": 1, "ts": 0.0}
             return [codec.encode(HistoryReply(id=msg.id, workflow_id=msg.workflow_id,
@@ -583,6 +588,7 @@ def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
     submits = [m for m in flow.seen if isinstance(m, Submit)]
     assert [m.workflow_id for m in submits] == ["once", "once", "old", "old"]
     assert submits[0].id == submits[1].id  # sent again as it was
+    assert not uncommitted  # "once" was looked up again once it was committed
 
 
 def test_a_submit_retried_only_after_a_timeout(fake: Callable[[Script], FakeFlow]) -> None:

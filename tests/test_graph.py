@@ -99,8 +99,9 @@ def test_registration_by_module_attr_string() -> None:
     ("tasks_sample", "expected 'module:attr'"),
 ])
 def test_registration_errors_are_clear(target: str, match: str) -> None:
-    with pytest.raises(PlaitError, match=match):
+    with pytest.raises(PlaitError, match=match) as raised:
         registration(target.replace("tasks_sample", tasks_sample.__name__))
+    assert "task.py" not in str(raised.value)  # no location inside plait
 
 
 @pytest.mark.parametrize(("source", "match"), [

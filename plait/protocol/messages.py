@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # 2: Ack.more (one Ack for a batch of Finishes), which a version-1 peer would refuse.
-PROTOCOL_VERSION = 2
+# 3: GetHistory.upto, which a version-2 Flow would refuse (and the Submit's id in
+#    the "submitted" event, which a version-3 client's retried Submit looks for).
+PROTOCOL_VERSION = 3
 
 _ids = itertools.count(1)
 _prefix = f"{os.getpid():x}-"
