@@ -58,6 +58,7 @@ from plait.protocol.messages import (
     Wait,
 )
 from plait.protocol.promises import MaxParallel, NoNewNodes
+from plait.protocol.sockets import tcp
 from plait.testing import free_port, wait_for
 
 SupervisorFactory = Callable[..., FakeSupervisor]
@@ -783,3 +784,11 @@ def _free_pair_v6() -> int:
         except OSError:
             return 0
     return port
+
+
+@pytest.mark.parametrize(("host", "endpoint"), [
+    ("127.0.0.1", "tcp://127.0.0.1:7100"), ("flow.example.com", "tcp://flow.example.com:7100"),
+    ("::1", "tcp://[::1]:7100"), ("[::1]", "tcp://[::1]:7100"), ("*", "tcp://*:7100"),
+])
+def test_an_endpoint_brackets_an_ipv6_host_once(host: str, endpoint: str) -> None:
+    assert tcp(host, 7100) == endpoint

@@ -28,7 +28,8 @@ def waiting(sock: zmq.Socket[Any]) -> bool:
 
 
 def tcp(host: str, port: int | str) -> str:
-    """A TCP endpoint; an IPv6 host goes in brackets."""
+    """A TCP endpoint; an IPv6 host goes in brackets (given with them or without)."""
+    host = host.removeprefix("[").removesuffix("]")
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
