@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from plait.testing import descendants
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,31 +62,23 @@ def test_every_plait_workload_produces_its_figures(tmp_path: Path) -> None:
     assert "| plait |" in text
 
 
-def test_timeline_splits_chain_hops_into_their_stages() -> None:
-    out = _script("bench/timeline.py", "chain", "--hops", "30")
-    matched = re.search(r"chain: (\d+) of 30 hops matched", out)
+@pytest.mark.parametrize(("argv", "header", "rows", "commits"), [
+    (["chain", "--hops", "30"], r"chain: (\d+) of 30 hops matched", 17, [4, 12]),  # 16 + hop
+    (["steps", "--n", "30"], r"durable step: (\d+) of 30 steps matched", 9, [4]),  # 8 + step
+], ids=["chain", "steps"])
+def test_timeline_splits_a_hop_into_its_stages(argv: list[str], header: str, rows: int,
+                                               commits: list[int]) -> None:
+    out = _script("bench/timeline.py", *argv)
+    matched = re.search(header, out)
     assert matched is not None, out
     # A hop with a note lost (a process stopped before writing its last block) is
     # dropped, not counted: nearly all must match.
     assert int(matched[1]) >= 25, out
-    rows = re.findall(r"^\| (.+?) \| \**(\d+)\** \|", out, re.MULTILINE)
-    stages = [what for what, _ in rows]
-    assert len(stages) == 17, out  # sixteen stages and the hop
-    assert stages[4].startswith("commit")
-    assert stages[12].startswith("commit")
-    assert all(int(us) > 0 for _, us in rows), out
-
-
-def test_timeline_splits_durable_steps_into_their_stages() -> None:
-    out = _script("bench/timeline.py", "steps", "--n", "30")
-    matched = re.search(r"durable step: (\d+) of 30 steps matched", out)
-    assert matched is not None, out
-    assert int(matched[1]) >= 25, out
-    rows = re.findall(r"^\| (.+?) \| \**(\d+)\** \|", out, re.MULTILINE)
-    stages = [what for what, _ in rows]
-    assert len(stages) == 9, out  # eight stages and the step
-    assert stages[4].startswith("commit")
-    assert all(int(us) > 0 for _, us in rows), out
+    found = re.findall(r"^\| (.+?) \| \**(\d+)\** \|", out, re.MULTILINE)
+    stages = [what for what, _ in found]
+    assert len(stages) == rows, out
+    assert all(stages[i].startswith("commit") for i in commits), out
+    assert all(int(us) > 0 for _, us in found), out
 
 
 def test_timeline_splits_a_map_reduce_into_its_phases() -> None:
