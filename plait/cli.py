@@ -28,7 +28,7 @@ from plait.cli_base import (
     client_options,
     importable_cwd,
     interruptible,
-    message_size,
+    message_size_option,
     one_workflow,
     print_json,
     registration_of,
@@ -43,7 +43,6 @@ from plait.errors import (
     TaskFailed,
     WorkflowCancelled,
 )
-from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import FeedEvent, RunInfo
 
 __all__ = ["Exit", "main"]
@@ -328,10 +327,7 @@ def _dev_options(p: argparse.ArgumentParser) -> None:
 
 
 def _size_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
-                   metavar="BYTES",
-                   help=f"largest message taken from a client or worker "
-                        f"(default: {DEFAULT_MAX_SIZE:,})")
+    message_size_option(p, "largest message taken from a client or worker")
 
 
 def _flow_options(p: argparse.ArgumentParser) -> None:
@@ -364,10 +360,7 @@ def _supervisor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefetch", type=int, default=None,
                    help="assignments queued beyond the free workers, to hide the round "
                         "trip to Flow (default: 48 x workers)")
-    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
-                   metavar="BYTES",
-                   help="largest message taken from a worker: as Flow's, or less "
-                        f"(default: {DEFAULT_MAX_SIZE:,})")
+    message_size_option(p, "largest message taken from a worker: as Flow's, or less")
 
 
 def _submit_options(p: argparse.ArgumentParser) -> None:

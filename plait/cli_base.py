@@ -141,6 +141,12 @@ def message_size(text: str) -> int:
     return size
 
 
+def message_size_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--max-message-size BYTES``: ``what`` says which messages it bounds."""
+    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
+                   metavar="BYTES", help=f"{what} (default: {DEFAULT_MAX_SIZE:,})")
+
+
 def client_options() -> argparse.ArgumentParser:
     """The options of every verb that talks to Flow (a parent parser)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -150,8 +156,6 @@ def client_options() -> argparse.ArgumentParser:
                    help="Flow's feed address (default: $PLAIT_FEED, else Flow's port + 1)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for Flow to answer (default: 10)")
-    p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,
-                   metavar="BYTES", help="largest request sent: as Flow's "
-                   f"--max-message-size (default: {DEFAULT_MAX_SIZE:,})")
+    message_size_option(p, "largest request sent: as Flow's --max-message-size")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p

@@ -63,7 +63,7 @@ from plait.protocol.messages import (
     Submitted,
     WorkflowResult,
 )
-from plait.protocol.sockets import connect
+from plait.protocol.sockets import connect, tcp
 from plait.run import Run
 from plait.watch import TERMINAL, Watch
 
@@ -100,8 +100,7 @@ def feed_address(address: str) -> str:
         port = None
     if parts.scheme != "tcp" or port is None or not parts.hostname:
         raise ValueError(f"cannot derive the feed address of {address!r}: pass feed=...")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
-    return f"tcp://{host}:{port + 1}"
+    return tcp(parts.hostname, port + 1)
 
 
 class Client:

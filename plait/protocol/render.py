@@ -19,7 +19,8 @@ from plait.errors import GraphvizMissing, PlaitError
 from plait.protocol.view import TIMES, View, ViewEdge, ViewNode
 
 __all__ = [
-    "FORMATS", "INFINITY", "STATE_COLOURS", "TIMES", "node_label", "quote", "render", "to_dot",
+    "FORMATS", "INFINITY", "STATE_COLOURS", "TIMES", "image", "node_label", "quote", "render",
+    "to_dot",
 ]
 
 FORMATS = ("svg", "png", "pdf", "dot", "json")
