@@ -7,6 +7,7 @@ harness cannot rot; it asserts nothing about speed.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -92,3 +93,27 @@ def test_timeline_splits_a_map_reduce_into_its_phases() -> None:
     parts = sum(int(ms) for phase, ms in phases.items() if phase != "submitted -> ended")
     assert parts <= int(phases["submitted -> ended"]) + 5, out  # the phases follow each other
     assert re.search(r"steady rate [\d,]+ tasks/s", out), out
+
+
+def test_floor_measures_each_step_of_the_path_and_adds_them_up() -> None:
+    out = _script("bench/floor.py", "--n", "30")
+    steps = re.findall(r"^\| (a .+?) \| ([\d,]+) \|$", out, re.MULTILINE)
+    assert len(steps) == 5, out
+    assert all(int(us.replace(",", "")) > 0 for _, us in steps), out
+    floors = dict(re.findall(r"^\| (chain hop|durable step)\b.*? \| ([\d.]+) \| ≤ 1 ms \|",
+                             out, re.MULTILINE))
+    assert set(floors) == {"chain hop", "durable step"}, out
+    assert float(floors["chain hop"]) > float(floors["durable step"]) > 0, out
+
+
+def test_floor_counts_the_design_path() -> None:
+    spec = importlib.util.spec_from_file_location("floor", REPO / "bench" / "floor.py")
+    assert spec is not None
+    assert spec.loader is not None
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    unit = {"ipc": 1.0, "tcp": 1.0, "queue": 1.0, "inproc": 1.0, "commit": 0.0}
+    # A chain hop: 8 crossings and 10 hand-offs; a durable step: 4 and 5.
+    assert floor.floors(unit) == {"chain": 18.0, "step": 9.0}
+    commits = {**dict.fromkeys(unit, 0.0), "commit": 1.0}
+    assert floor.floors(commits) == {"chain": 2.0, "step": 1.0}
