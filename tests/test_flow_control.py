@@ -263,6 +263,28 @@ def test_a_restarted_node_gets_its_retries_afresh(
     assert_rebuilt_equals_live(client, wf)
 
 
+def test_a_node_after_one_that_failed_is_not_restarted_alone(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    """b runs after a, which failed: restarting b alone would leave it waiting for
+    ever (nothing runs a again). It is refused, naming a; restarting a runs both."""
+    sup = supervisor("a", "b")
+    wf = submit(client, chain("a", "b"), root="graph")
+    sup.finish(sup.assign(node="a"), ok=False,
+               error={"type": "E", "message": "boom", "retryable": False})
+    assert result(client, wf).status == "failed"
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
+    refused = client.request(RestartNode(workflow_id=wf, node="b"))
+    assert isinstance(refused, Error)
+    assert refused.code == "rejected"
+    assert "b runs after a, which failed; restart a instead" in refused.reason
+    assert status(client, wf) == "failed"
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="a")), Ack)
+    sup.finish(sup.assign(node="a"), 1)
+    sup.finish(sup.assign(node="b"), 2)
+    assert result(client, wf).output == 2
+    assert_rebuilt_equals_live(client, wf)
+
+
 def test_restarting_a_parent_supersedes_its_children_until_reproposed(
         client: Peer, supervisor: Factory) -> None:
     sup = supervisor("p", "k")

@@ -80,3 +80,24 @@ def test_restarting_a_middle_node_leaves_upstream_alone() -> None:
     assert plan.nodes["c"].state is S.PENDING
     assert plan.nodes["c"].attempt == 2
     assert _run(plan, "b") == ["c"]
+
+
+def test_restart_refuses_a_node_whose_predecessor_outside_it_did_not_succeed() -> None:
+    plan = Plan("w")
+    nodes = (NodeSpec("a", "t"), NodeSpec("b", "t"), NodeSpec("c", "t"))
+    assert plan.apply(PlanDiff(None, nodes, (EdgeSpec("a", "b"), EdgeSpec("b", "c")))).ok
+    plan.set_state("a", S.RUNNING)
+    plan.set_state("a", S.FAILED)
+    plan.cancel()  # the workflow ended: b and c never ran
+    out = plan.restart("c")
+    assert out.rejection is not None
+    assert "c runs after b, which was cancelled; restart b instead" in out.rejection.reason
+    assert plan.nodes["c"].attempt == 1  # nothing changed
+    assert plan.nodes["c"].state is S.CANCELLED
+    out = plan.restart("b")
+    assert out.rejection is not None
+    assert "b runs after a, which failed" in out.rejection.reason
+    out = plan.restart("a")
+    assert out.rejection is None
+    assert out.ready == ["a"]
+    assert _run(plan, "a") == ["b"]

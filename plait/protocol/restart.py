@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from plait.protocol.staging import Region
 
 _BUSY = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
+_UNSUCCESSFUL = frozenset({NodeState.FAILED, NodeState.CANCELLED})
 
 
 def closure(plan: Plan, start: Node) -> list[Node]:
@@ -55,18 +56,35 @@ def restart(plan: Plan, node_id: str, out: Outcome) -> Rejection | None:
         return Rejection("plan", f"cannot restart {node_id}: {', '.join(busy[:5])} still "
                                  f"running; cancel or wait first", None)
     members = {n.id for n in nodes}
-    reset = []
+    reset = [n for n in nodes if n.id == node_id or not _created_within(n, members)]
+    blocked = _blocked(plan, reset, members)
+    if blocked is not None:
+        node, pred = blocked
+        ended = "failed" if pred.state is NodeState.FAILED else "was cancelled"
+        return Rejection("plan", f"cannot restart {node_id}: {node.id} runs after {pred.id}, "
+                                 f"which {ended}; restart {pred.id} instead", None)
+    resetting = {n.id for n in reset}
     for node in nodes:
-        if node.id != node_id and _created_within(node, members):
-            _supersede(plan, node, out)
-        else:
+        if node.id in resetting:
             _reset(plan, node)
-            reset.append(node)
+        else:
+            _supersede(plan, node, out)
     for node in reset:
         node.waiting = sum(1 for pred in node.preds if _holds(plan, plan.nodes[pred], node))
         if node.waiting == 0:
             node.state = NodeState.READY
             out.ready.append(node.id)
+    return None
+
+
+def _blocked(plan: Plan, reset: list[Node], members: set[str]) -> tuple[Node, Node] | None:
+    """A node to reset that runs after a node outside the restart which ended
+    without succeeding: it would wait for ever (nothing runs that predecessor again)."""
+    for node in reset:
+        for pred_id in node.preds:
+            pred = plan.nodes[pred_id]
+            if pred_id not in members and not pred.superseded and pred.state in _UNSUCCESSFUL:
+                return node, pred
     return None
 
 
