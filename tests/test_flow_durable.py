@@ -203,6 +203,26 @@ def test_a_stale_resent_durable_wait_is_only_acknowledged(
     assert result(client, wf).output == "ok"
 
 
+def test_an_earlier_wait_resent_while_suspended_in_a_later_one_is_only_acknowledged(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """The first sleep's Wait, re-sent late, reaches Flow while the node sleeps
+    durably in its second: it must not end the second sleep early."""
+    sup = supervisor("sleeper")
+    wf = submit(client, diff(spec("sleeper")), root="sleeper")
+    a = sup.assign()
+    sup.wait(a, timer=5, seq=0, resident=False)
+    clock.advance(5)
+    again = sup.assign()
+    sup.wait(again, timer=100, seq=1, resident=False)
+    sup.wait(a, timer=5, seq=0, resident=False)  # the first one, re-sent late
+    sup.none(Assign, within=0.1)
+    assert node_states(client, wf)["sleeper"] == "suspended"
+    clock.advance(100)
+    last = sup.assign()
+    sup.finish(last, "ok")
+    assert result(client, wf).output == "ok"
+
+
 def test_an_evicted_attempt_whose_wait_flow_has_not_seen_is_not_lost(
         client: Peer, supervisor: Factory) -> None:
     """The supervisor reconnected (a new socket) between evicting a task and Flow

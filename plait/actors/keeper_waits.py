@@ -43,6 +43,13 @@ class WaitMixin(KeeperBase):
         existing = self.waits.get(msg.node)
         if existing is not None and _same(existing, msg):
             self._rewait(identity, msg, existing)
+        elif existing is not None and not existing.resident \
+                and plan.nodes[msg.node].state is NodeState.SUSPENDED:
+            # Suspended durably, no process holds the task: another wait of this
+            # attempt is an earlier one, re-sent after a reconnection. Answering it
+            # would drop the wait the node is in.
+            self.ctx.counters.add("dropped.wait")
+            self._send(identity, Ack(id=msg.id))
         elif not msg.resident and self._stale(msg):
             self.ctx.counters.add("dropped.wait")  # a re-sent wait, satisfied since
             self._send(identity, Ack(id=msg.id))
