@@ -54,6 +54,7 @@ from plait.supervisor.daemon import (
     import_tasks,
     run_supervisor,
 )
+from plait.supervisor.flow_link import Outstanding
 from plait.supervisor.pool import Cancel, CrashLoop, PoolSettings, WorkerPool
 from plait.supervisor.routing import Worker
 from plait.supervisor.worker import WorkerLink
@@ -849,11 +850,12 @@ class _NoZygote:
 
 
 @contextmanager
-def relay_with_a_worker() -> Iterator[tuple[Supervisor, Worker, zmq.Socket[bytes]]]:
+def relay_with_a_worker(max_workers: int = 1
+                        ) -> Iterator[tuple[Supervisor, Worker, zmq.Socket[bytes]]]:
     """The Relay's routing alone (no loop, pool or Flow), with one worker record whose
     socket the test holds: what the Relay sends that worker arrives there."""
     settings = SupervisorSettings(flow="tcp://127.0.0.1:9", imports=[tasks_sample.__name__],
-                                  workers=1, max_workers=1, prefetch=2)
+                                  workers=1, max_workers=max_workers, prefetch=2)
     relay = Supervisor(settings, import_tasks(settings.imports), cast(Any, _NoZygote()))
     sock = relay.zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, b"w1")
@@ -934,6 +936,43 @@ def test_what_a_worker_says_of_the_attempt_sent_ahead_shows_it_started() -> None
         relay._from_worker(b"w1", codec.encode(Retracted(workflow_id="wf", node=y.node,
                                                          attempt=1, ok=False)), 0.0)
         assert (worker.assign, worker.ahead) == (y, None)
+
+
+def test_a_late_answer_to_an_ended_attempts_wait_leaves_the_next_task_waiting() -> None:
+    """x waited (resident) and was cancelled unanswered; y now waits on the same
+    worker. Flow's answer to x's Wait, re-sent after a reconnection, is dropped: y
+    still waits (its worker is not given attempts ahead, nor its stand-in retired),
+    and x's Wait is not kept to be sent again."""
+    with relay_with_a_worker(max_workers=2) as (relay, worker, sock):
+        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
+        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+        relay._poll_once()
+        x = assign("pid")
+        relay._on_assign(x, codec.encode(x))
+        relay._dispatch()
+        assert received(sock) == x
+        x_wait = Wait(workflow_id="wf", node=x.node, attempt=1, handles=["c"])
+        relay._from_worker(b"w1", codec.encode(x_wait), 0.0)
+        assert worker.waiting
+        relay._on_cancel(CancelTask(workflow_id="wf", node=x.node, attempt=1))
+        assert isinstance(received(sock), CancelTask)
+        relay._from_worker(b"w1", codec.encode(Finish(
+            workflow_id="wf", node=x.node, attempt=1, ok=False,
+            error={"type": "WorkflowCancelled", "message": "", "retryable": False})), 0.0)
+        assert x_wait.id not in relay.link.outstanding
+        y = assign("pid")
+        relay._on_assign(y, codec.encode(y))
+        relay._dispatch()
+        assert received(sock) == y
+        relay._from_worker(b"w1", codec.encode(
+            Wait(workflow_id="wf", node=y.node, attempt=1, handles=["d"])), 0.0)
+        assert worker.waiting
+        late = Error(id=x_wait.id, code="not_found", reason="ended")
+        relay.link.outstanding[x_wait.id] = Outstanding(x_wait, b"w1", codec.encode(x_wait))
+        relay._on_reply(late, codec.encode(late))
+        assert worker.waiting
+        assert relay.workers.target() == 2
+        assert not sock.poll(50)  # nothing for the worker: nobody there awaits it
 
 
 def test_a_cancel_reaches_the_worker_running_that_attempt_not_an_earlier_one() -> None:

@@ -438,12 +438,18 @@ class Supervisor:
         if isinstance(msg, Proposed) and isinstance(request, Wait) and not request.resident:
             return  # refused proposals of an evicted task: Flow failed the node itself
         worker = self.workers.get(ident) if ident is not None else None
-        if worker is None and isinstance(msg, Proposed | Resolved):
-            worker = self._worker_of(msg.workflow_id, msg.node)
         if worker is None:
             log.info("dropped %s for a worker that is gone", type(msg).__name__)
             return
-        if isinstance(msg, Resolved) or isinstance(request, Wait):
+        if not isinstance(request, Propose | Wait) or worker.assign is None \
+                or attempt_of(worker.assign) != attempt_of(request):
+            # A late answer (to a request of an attempt that has ended, re-sent after a
+            # reconnection, say): nobody awaits it, and the worker's current task may
+            # be in a wait of its own, which this answer must not end.
+            log.info("dropped a late %s for %s/%s", type(msg).__name__,
+                     getattr(msg, "workflow_id", "?"), getattr(msg, "node", "?"))
+            return
+        if isinstance(request, Wait):
             worker.waiting = False  # resolved, or refused: the task goes on
         self._to_worker(worker.ident, msg, frame)
 
@@ -461,10 +467,6 @@ class Supervisor:
             "message": f"Flow refused the attempt's {type(refused).__name__} "
                        f"({error.code}): {error.reason}"})
         self._stand_ins.add(stand_in.id)
-
-    def _worker_of(self, workflow_id: str, node: str) -> Worker | None:
-        return next((w for w in self.workers.values()
-                     if w.key() == (workflow_id, node) and not w.evicting), None)
 
     # --- from the pool -----------------------------------------------------------------------
 
@@ -521,6 +523,7 @@ class Supervisor:
                 log.warning("dropped the Finish of evicted %s/%s", msg.workflow_id, msg.node)
             else:
                 self.link.send(msg, ident, track=True, frame=frame)
+            self.link.ended(ident, attempt_of(msg))
             self._release(worker)
             if not worker.retracting:  # else Retracted says whether it started the next
                 self._promote(worker, now)

@@ -153,6 +153,14 @@ class FlowLink:
                 self.last_beat = beat.id
         return now - self._heard > self.timeout
 
+    def ended(self, worker: bytes, attempt: tuple[str, str, int]) -> None:
+        """The worker ended ``attempt``: a resident Wait of it still unanswered (its
+        workflow was cancelled, say) awaits nothing any more, and is not sent again."""
+        for mid, (msg, ident, _) in list(self.outstanding.items()):
+            if ident == worker and isinstance(msg, Wait) and msg.resident \
+                    and (msg.workflow_id, msg.node, msg.attempt) == attempt:
+                del self.outstanding[mid]
+
     def forget(self, worker: bytes) -> None:
         """Drop the requests a dead worker awaited answers to (a Propose, a resident
         Wait); what Flow must still learn (Finish, an evicted Wait, state) stays."""

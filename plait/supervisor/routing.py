@@ -39,9 +39,6 @@ class Worker:
         # the worker started it.
         return self.ready and self.assign is None and self.ahead is None and not self.retiring
 
-    def key(self) -> tuple[str, str] | None:
-        return (self.assign.workflow_id, self.assign.node) if self.assign else None
-
 
 class Workers:
     """Worker records by socket identity, and the pool size they call for."""
