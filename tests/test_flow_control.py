@@ -263,6 +263,34 @@ def test_a_restarted_node_gets_its_retries_afresh(
     assert_rebuilt_equals_live(client, wf)
 
 
+def test_a_restarted_node_starts_without_the_earlier_runs_heartbeat_details(
+        flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """Heartbeat details carry progress from an attempt to its retry; a run an
+    operator restarts starts afresh, as its steps do (it would skip its work)."""
+    sup = supervisor(TaskInfo(name="a", retry={"initial": 0}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    sup.heartbeat(first, {"done": 100})
+    sup.finish(first, ok=False, error={"type": "E", "message": "boom", "retryable": True})
+    retry = sup.assign()
+    assert retry.history is not None
+    assert retry.history.heartbeat == {"done": 100}  # a retry resumes from them
+    sup.finish(retry, "ok")
+    assert result(client, wf).output == "ok"
+    wait_for(lambda: wf not in flow.registry.live(), message="the keeper to retire")
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="a")), Ack)
+    again = sup.assign()
+    assert again.attempt == 3
+    assert again.history is None or again.history.heartbeat is None
+    sup.heartbeat(again, {"done": 100})  # the same progress, in this run: recorded
+    events = history(client, wf)
+    assert [(e["attempt"], e["details"]) for e in events if e["type"] == "heartbeat"] == [
+        (1, {"done": 100}), (3, {"done": 100})]
+    sup.finish(again, "again")
+    assert result(client, wf).output == "again"
+    assert_rebuilt_equals_live(client, wf)
+
+
 def test_a_node_after_one_that_failed_is_not_restarted_alone(
         flow: Flow, client: Peer, supervisor: Factory) -> None:
     """b runs after a, which failed: restarting b alone would leave it waiting for

@@ -109,13 +109,22 @@ class WorkflowState:
         self.not_before: dict[str, tuple[int, float]] = {}  # node -> (attempt, backoff end)
         self.started_at: dict[str, float] = {}  # running node -> when it (re)started
         self.signals: dict[str, deque[Any]] = {}  # name -> payloads nobody consumed yet
-        self.heartbeat: dict[str, Any] = {}  # node -> last heartbeat details
+        # node -> (attempt, details) of its last heartbeat with details
+        self.beats: dict[str, tuple[int, Any]] = {}
         self.query: dict[str, Any] = {}  # node -> last ctx.set_state value
         self.query_latest: Any = None
 
     @property
     def ended(self) -> bool:
         return self.status in ENDED
+
+    def heartbeat(self, node_id: str) -> Any:
+        """The details of the node's last heartbeat in its current run (its retries
+        resume from them; a run restarted by an operator, or a superseded child
+        proposed again, starts without them). None if there are none."""
+        attempt, details = self.beats.get(node_id, (0, None))
+        node = self.plan.nodes.get(node_id)
+        return details if node is not None and attempt >= node.base_attempt else None
 
     @classmethod
     def rebuild(cls, workflow_id: str,
@@ -238,7 +247,8 @@ class WorkflowState:
         elif kind == "set_state":
             self.query[str(event["node"])] = self.query_latest = event.get("value")
         elif kind == "heartbeat":
-            self.heartbeat[str(event["node"])] = event.get("details")
+            self.beats[str(event["node"])] = (int(event.get("attempt") or 0),
+                                              event.get("details"))
         elif kind == "wait":
             node_id, wait = str(event["node"]), dict(event["wait"])
             if not _same_wait(self.waits.get(node_id), wait):

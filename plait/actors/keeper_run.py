@@ -120,7 +120,7 @@ class RunMixin(KeeperBase):
             steps=[PreviousStep(index=i, name=name, value=value)  # this attempt's are recorded
                    for i, (name, value, attempt) in sorted(self.st.steps.get(node.id, {}).items())
                    if attempt < node.attempt and value is not STEP_FAILED],
-            heartbeat=self.st.heartbeat.get(node.id))
+            heartbeat=self.st.heartbeat(node.id))
 
     def _previous(self, node: Node) -> list[PreviousChild]:
         """Children that earlier attempts spawned, with their spawn seq (read back from
@@ -269,9 +269,7 @@ class RunMixin(KeeperBase):
         if info is not None and info.heartbeat_timeout:
             self._at(now + info.heartbeat_timeout,
                      Expire(msg.node, msg.attempt, "heartbeat", since=now))
-        known = self.st.heartbeat.get(msg.node)
-        if msg.details is not None and (msg.node not in self.st.heartbeat
-                                        or known != msg.details):
+        if msg.details is not None and msg.details != self.st.heartbeat(msg.node):
             self._record({"type": "heartbeat", "node": msg.node, "attempt": msg.attempt,
                           "details": msg.details})
 
