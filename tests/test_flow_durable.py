@@ -799,6 +799,32 @@ def test_sleep_is_a_durable_timer(client: Peer, supervisor: Factory, clock: Fake
     rebuilt_equals_live(client, wf)
 
 
+def test_signals_consumed_by_an_attempt_a_cancel_ends_go_back(
+        client: Peer, supervisor: Factory) -> None:
+    """As a failed attempt's do: the node restarted after the cancel gets the signal
+    its cancelled attempt had consumed, instead of waiting for it for ever."""
+    sup = supervisor("approve")
+    wf = submit(client, diff(spec("approve")), root="approve")
+    a = sup.assign()
+    sup.wait(a, signal="go", seq=0, resident=False)
+    assert isinstance(client.request(SendSignal(workflow_id=wf, name="go", payload=1)), Ack)
+    replay = sup.assign()  # consumed: the attempt is to replay with it
+    assert replay.history is not None
+    assert replay.history.signals == [(0, 1)]
+    assert isinstance(client.request(CancelWorkflow(workflow_id=wf)), Ack)
+    assert result(client, wf).status == "cancelled"
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="approve")), Ack)
+    again = sup.assign()
+    assert again.attempt == 2
+    sup.wait(again, signal="go", seq=0, resident=False)
+    resumed = sup.assign()
+    assert resumed.history is not None
+    assert resumed.history.signals == [(0, 1)]
+    sup.finish(resumed, "approved")
+    assert result(client, wf).output == "approved"
+    rebuilt_equals_live(client, wf)
+
+
 def test_signals_are_buffered_in_order_and_never_lost(
         client: Peer, supervisor: Factory) -> None:
     sup = supervisor("approve")

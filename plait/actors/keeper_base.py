@@ -134,6 +134,9 @@ class KeeperBase(pykka.ThreadingActor):
     def _failed(self, node_id: str, error: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _undeliver(self, node_id: str) -> list[str]:
+        raise NotImplementedError
+
     def _terminate(self, status: str, error: dict[str, Any]) -> None:
         raise NotImplementedError
 

@@ -125,6 +125,11 @@ class ControlMixin(KeeperBase):
             if node_id in self.limited:
                 self.ctx.dispatcher.tell(Stopped(self.wf, node_id, attempt))
         self.attempts.clear()
+        # The signals that attempts which end unfinished consumed go back, as a failed
+        # attempt's do: a restarted node waits for them again.
+        for node in self.st.plan.nodes.values():
+            if node.live:
+                self._undeliver(node.id)
         self.waits.clear()
         self.watchers.clear()
         self.signal_waiters.clear()
