@@ -938,6 +938,30 @@ def test_what_a_worker_says_of_the_attempt_sent_ahead_shows_it_started() -> None
         assert (worker.assign, worker.ahead) == (y, None)
 
 
+def test_the_attempt_sent_ahead_is_taken_back_from_a_worker_being_cancelled() -> None:
+    """The cancel of x may end in a signal to its worker: y, sent ahead to it, is
+    taken back rather than started there and killed with it."""
+    with relay_with_a_worker() as (relay, worker, sock):
+        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
+        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+        relay._poll_once()
+        x, y = assign("pid"), assign("pid")
+        for a in (x, y):
+            relay._on_assign(a, codec.encode(a))
+        relay._dispatch()
+        assert [received(sock), received(sock)] == [x, y]
+        cancel = CancelTask(workflow_id="wf", node=x.node, attempt=1)
+        relay._on_cancel(cancel)
+        assert received(sock) == cancel
+        retract = received(sock)
+        assert isinstance(retract, Retract)
+        assert retract.node == y.node
+        relay._from_worker(b"w1", codec.encode(Retracted(
+            workflow_id="wf", node=y.node, attempt=1, ok=True)), 0.0)
+        assert worker.ahead is None
+        assert [a for a, _ in relay.queue] == [y]  # first in line for the next worker
+
+
 def test_a_late_answer_to_an_ended_attempts_wait_leaves_the_next_task_waiting() -> None:
     """x waited (resident) and was cancelled unanswered; y now waits on the same
     worker. Flow's answer to x's Wait, re-sent after a reconnection, is dropped: y

@@ -415,6 +415,10 @@ class Supervisor:
             worker.cancelling = True
             self._to_worker(worker.ident, msg)
             self._tell(Cancel(worker.ident))
+            # The cancel may be escalated to a signal: the attempt sent ahead would
+            # die with it, or be started just before and take the signal meant for
+            # this one. It goes to another worker.
+            self._take_back(worker)
 
     def _on_reply(self, msg: Proposed | Resolved | Error | Ack, frame: bytes) -> None:
         request, ident = self.link.answered(msg.id)
