@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flowkit import (
@@ -28,6 +28,7 @@ from plait.actors.database import Database
 from plait.actors.flow import Flow
 from plait.actors.history import WorkflowState
 from plait.actors.plan_keeper import AWAITS_PER_PEER
+from plait.actors.registry import Registry
 from plait.actors.schedules import run_id
 from plait.protocol.codec import pack, unpack
 from plait.protocol.diff import EdgeSpec
@@ -261,6 +262,54 @@ def test_a_restarted_node_gets_its_retries_afresh(
     assert result(client, wf).status == "failed"
     sup.none(Assign, within=0.1)
     assert_rebuilt_equals_live(client, wf)
+
+
+class _Keeper:
+    """Stands for a keeper's ActorRef: notes what it is told."""
+
+    def __init__(self, name: str, told: list[tuple[str, str]]) -> None:
+        self.name, self._told = name, told
+
+    def tell(self, message: str) -> None:
+        self._told.append((self.name, message))
+
+
+def test_an_ended_workflow_revived_twice_at_once_is_revived_from_its_last_commit() -> None:
+    """Two requests revive an ended workflow (two SetAttrs, say). The first one's
+    keeper commits and retires while the second reads the events: that read misses
+    the commit, and a keeper started from it would write the same seq again (a
+    UNIQUE violation: the Store stops Flow). The state is read again."""
+    registry = Registry()
+    told: list[tuple[str, str]] = []
+    loads: list[int] = []
+
+    def load() -> str:
+        loads.append(len(loads) + 1)
+        if len(loads) == 1:  # meanwhile: the first request's keeper starts, commits, leaves
+            registry.add("wf", cast(Any, _Keeper("first", told)))
+            assert registry.remove("wf") is not None
+        return f"state as of load {len(loads)}"
+
+    started: list[str] = []
+
+    def start(state: str) -> Any:
+        started.append(state)
+        return _Keeper("second", told)
+
+    assert registry.adopt("wf", load, start, "set attrs")
+    assert started == ["state as of load 2"]
+    assert told == [("second", "set attrs")]
+    # A live keeper is told, not replaced; a workflow forever changing gives up.
+    assert registry.adopt("wf", load, start, "again")
+    assert told[-1] == ("second", "again")
+    assert len(started) == 1
+
+    def churn() -> str:
+        registry.add("other", cast(Any, _Keeper("k", told)))
+        registry.remove("other")
+        return "stale"
+
+    assert not registry.adopt("other", churn, start, "x", tries=3)
 
 
 def test_a_restarted_node_starts_without_the_earlier_runs_heartbeat_details(

@@ -174,11 +174,12 @@ class Flow:
         keeper.tell(Request(b"", submit.model_copy(update={"workflow_id": workflow_id})))
         return True
 
-    def _revive(self, workflow_id: str, state: WorkflowState, request: Request) -> None:
+    def _revive(self, workflow_id: str, load: Callable[[], WorkflowState],
+                request: Request) -> bool:
         """An ended workflow comes back (restart, attributes): a keeper for it."""
-        self.registry.adopt(
-            workflow_id, lambda: PlanKeeper.start(workflow_id, self.keeper_ctx, state),
-            request)
+        return self.registry.adopt(
+            workflow_id, load,
+            lambda state: PlanKeeper.start(workflow_id, self.keeper_ctx, state), request)
 
     def _restore(self, streams: list[tuple[str, list[tuple[int, float, dict[str, Any]]]]]
                  ) -> None:

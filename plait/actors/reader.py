@@ -50,13 +50,16 @@ __all__ = ["Reader", "Revive"]
 
 log = logging.getLogger(__name__)
 
-Revive = Callable[[str, WorkflowState, Request], None]
+# (workflow id, how to read its state from the events, the request) -> False if its
+# keepers kept coming and going while the state was read
+Revive = Callable[[str, Callable[[], WorkflowState], Request], bool]
 LATE = (Finish, TaskHeartbeat, SetState)  # from a worker after the end: nothing to count
 
 
 class Reader(DatabaseActor):
-    """See the module docstring; ``revive(workflow_id, state, request)`` starts a
-    keeper for an ended workflow and hands it the request."""
+    """See the module docstring; ``revive(workflow_id, load, request)`` starts a
+    keeper for an ended workflow from the state ``load()`` reads and hands it the
+    request."""
 
     def __init__(self, path: str, zctx: zmq.Context[Any], outbox_address: str,
                  revive: Revive | None = None) -> None:
@@ -125,7 +128,10 @@ class Reader(DatabaseActor):
         if isinstance(msg, RestartNode | SetAttrs):
             if self._revive is None:
                 return Error(id=msg.id, code="unavailable", reason="Flow is stopping")
-            self._revive(wf, WorkflowState.rebuild(wf, self.db.events(wf)), request)
+            if not self._revive(wf, lambda: WorkflowState.rebuild(wf, self.db.events(wf)),
+                                request):
+                return Error(id=msg.id, code="unavailable",
+                             reason=f"workflow {wf!r} is changing; retry")
             return None  # the revived keeper answers
         return WorkflowResult(id=msg.id, workflow_id=wf, status=status, output=output,
                               error=error)

@@ -14,13 +14,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 
 from plait.protocol.messages import TaskInfo
 
 __all__ = ["Catalog", "Counters", "Registry", "Session", "Sessions", "safe_tell"]
+
+T = TypeVar("T")
 
 
 def safe_tell(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
@@ -46,6 +48,9 @@ class Registry:
         self._lock = threading.Lock()
         self._keepers: dict[str, pykka.ActorRef[Any]] = {}
         self._known: set[str] = set(known or ())
+        # Workflow -> how often a keeper of it started or left: a state read from the
+        # events while this stood still is the committed state (see ``adopt``).
+        self._turns: dict[str, int] = {}
 
     def claim(self, workflow_id: str) -> bool:
         """Reserve a new workflow id; False if it was ever used."""
@@ -59,24 +64,44 @@ class Registry:
         """Forget an id whose registration was rejected: it never existed."""
         with self._lock:
             self._known.discard(workflow_id)
-            self._keepers.pop(workflow_id, None)
+            if self._keepers.pop(workflow_id, None) is not None:
+                self._turn(workflow_id)
 
     def add(self, workflow_id: str, keeper: pykka.ActorRef[Any]) -> None:
         with self._lock:
             self._known.add(workflow_id)
             self._keepers[workflow_id] = keeper
+            self._turn(workflow_id)
 
-    def adopt(self, workflow_id: str, start: Callable[[], pykka.ActorRef[Any]],
-              message: Any) -> None:
-        """Tell the workflow's keeper ``message``, starting one (``start()``) if it has
-        none: how an ended workflow comes back for a restart. Under the lock, so two
-        requests never start two keepers."""
-        with self._lock:
-            keeper = self._keepers.get(workflow_id)
-            if keeper is None or not safe_tell(keeper, message):
-                keeper = self._keepers[workflow_id] = start()
+    def _turn(self, workflow_id: str) -> None:
+        self._turns[workflow_id] = self._turns.get(workflow_id, 0) + 1
+
+    def adopt(self, workflow_id: str, load: Callable[[], T],
+              start: Callable[[T], pykka.ActorRef[Any]], message: Any,
+              tries: int = 10) -> bool:
+        """Tell the workflow's keeper ``message``, starting one if it has none: how an
+        ended workflow comes back (a restart, new attributes). ``load()`` reads its
+        state from the committed events, outside the lock; ``start(state)`` runs
+        under it, so two requests never start two keepers. A keeper that came and
+        went while ``load`` ran (it committed what ``load`` may have missed) means
+        loading again. False if that happened ``tries`` times."""
+        for _ in range(tries):
+            with self._lock:
+                if safe_tell(self._keepers.get(workflow_id), message):
+                    return True
+                turn = self._turns.get(workflow_id, 0)
+            state = load()
+            with self._lock:
+                if safe_tell(self._keepers.get(workflow_id), message):
+                    return True
+                if self._turns.get(workflow_id, 0) != turn:
+                    continue
+                keeper = self._keepers[workflow_id] = start(state)
                 self._known.add(workflow_id)
+                self._turn(workflow_id)
                 keeper.tell(message)
+                return True
+        return False
 
     def is_live(self, workflow_id: str) -> bool:
         with self._lock:
@@ -84,7 +109,10 @@ class Registry:
 
     def remove(self, workflow_id: str) -> pykka.ActorRef[Any] | None:
         with self._lock:
-            return self._keepers.pop(workflow_id, None)
+            keeper = self._keepers.pop(workflow_id, None)
+            if keeper is not None:
+                self._turn(workflow_id)
+            return keeper
 
     def tell(self, workflow_id: str, message: Any) -> bool:
         """Tell the workflow's keeper; False when the workflow is not live."""
