@@ -12,9 +12,9 @@ import pykka
 
 from plait.actors.dispatcher import Dispatcher
 from plait.actors.keeper_base import KeeperContext
-from plait.actors.mail import Join, Ready, Refund, Start, Stopped
+from plait.actors.mail import Join, Leave, Ready, Refund, Start, Stopped
 from plait.actors.plan_keeper import PlanKeeper
-from plait.actors.registry import Counters, Registry
+from plait.actors.registry import Counters, Registry, Sessions
 
 KEY = (("shared", 1),)
 
@@ -135,3 +135,25 @@ def test_a_refund_from_before_the_supervisor_rejoined_gives_no_credit() -> None:
     d.on_receive(Refund("w", new.node, new.attempt, "sup", new.session))
     assert d.supervisors["sup"].credit == 8
     assert keepers["w"].started == ["a", "b"]
+
+
+def test_a_supervisor_that_says_hello_while_declared_dead_keeps_its_credit() -> None:
+    """Membership expires a silent supervisor, whose Hello (on the same connection)
+    lands before Membership's Leave reaches the Dispatcher: the Leave is for the
+    old session, and the new one keeps getting work."""
+    registry, keeper, sessions = Registry(), Keeper(), Sessions()
+    registry.add("wf", cast(pykka.ActorRef[Any], keeper))
+    d = Dispatcher(registry, Counters(), sessions)
+    sessions.join("sup", b"conn")
+    d.on_receive(Join("sup", b"conn", frozenset({"kid"}), 1))
+    dead, _ = sessions.expire(-1.0)  # silent for too long
+    assert dead == ["sup"]
+    sessions.join("sup", b"conn")  # its Hello, from the Gateway's thread
+    d.on_receive(Join("sup", b"conn", frozenset({"kid"}), 1))
+    d.on_receive(Leave("sup"))  # Membership's, for the session that expired
+    assert "sup" in d.supervisors
+    d.on_receive(Ready("wf", "a", 1, "kid", ()))
+    assert keeper.started == ["a"]
+    sessions.expire(-1.0)  # silent again, and no Hello this time: forgotten
+    d.on_receive(Leave("sup"))
+    assert "sup" not in d.supervisors

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.actors.mail import Join, Leave, Ready, Refund, Resumed, Start, Stopped, Supply
-from plait.actors.registry import Counters, Registry
+from plait.actors.registry import Counters, Registry, Sessions
 
 __all__ = ["Dispatcher"]
 
@@ -48,10 +48,12 @@ class Supervisor:
 class Dispatcher:
     """Matches ready nodes with supervisor credit; see the module docstring."""
 
-    def __init__(self, registry: Registry, counters: Counters) -> None:
+    def __init__(self, registry: Registry, counters: Counters,
+                 sessions: Sessions | None = None) -> None:
         self._lock = threading.Lock()
         self.registry = registry
         self.counters = counters
+        self.sessions = sessions  # who is connected: a Leave may come after a new Hello
         self.queues: dict[str, deque[Ready]] = {}
         self.supervisors: dict[str, Supervisor] = {}
         self.serving: dict[str, list[str]] = {}  # task -> supervisor ids, in join order
@@ -82,7 +84,7 @@ class Dispatcher:
         elif isinstance(message, Join):
             self._join(message)
         elif isinstance(message, Leave):
-            self._leave(message.supervisor)
+            self._gone(message.supervisor)
         else:
             raise TypeError(f"the Dispatcher is not told {type(message).__name__}")
 
@@ -96,6 +98,17 @@ class Dispatcher:
         for task in msg.tasks:
             self.serving.setdefault(task, []).append(msg.supervisor)
         self._pump_for(msg.supervisor)
+
+    def _gone(self, supervisor: str) -> None:
+        """Membership declared it dead, unless it said Hello again meanwhile: its
+        session there is live again (Membership's expiry and the Gateway's Hello run
+        in two threads). Forgotten, a connected supervisor would idle for good: its
+        Credit is ignored, and it has no reason to say Hello again."""
+        sup = self.supervisors.get(supervisor)
+        if sup is not None and self.sessions is not None \
+                and self.sessions.current(supervisor, sup.identity):
+            return
+        self._leave(supervisor)
 
     def _leave(self, supervisor: str) -> None:
         sup = self.supervisors.pop(supervisor, None)

@@ -136,7 +136,7 @@ class Flow:
                                            self._fatal))
         reader = self._add(Reader.start(s.db, z, outbox, self._revive))
         cache = self._add(Cache.start(s.db))
-        self.dispatcher = Dispatcher(self.registry, self.counters)
+        self.dispatcher = Dispatcher(self.registry, self.counters, self.sessions)
         self.membership = self._add(Membership.start(
             z, outbox, sessions=self.sessions, registry=self.registry,
             dispatcher=self.dispatcher, counters=self.counters,
