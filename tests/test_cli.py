@@ -16,6 +16,7 @@ from typing import Any
 import e2e
 import e2e_tasks
 import pytest
+import zmq
 
 from plait.cli import Exit, main
 from plait.client import Client, FlowUnavailable
@@ -352,6 +353,24 @@ def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
     out = dev.stdout.read() if dev.stdout else ""
     assert "try `plait submit examples.static:TASK --wait`" in out
     assert " INFO " not in out, out  # --log-level warning: Flow's and its supervisor's
+
+
+@pytest.mark.parametrize("taken", ["request", "feed"])
+def test_flow_on_a_port_taken_says_so_in_one_line(taken: str, tmp_path: Path) -> None:
+    """Either of its two ports in use: one line and the usage exit code, as for a
+    bad address, not a traceback."""
+    port = free_port()
+    holder: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
+    holder.setsockopt(zmq.LINGER, 0)
+    holder.bind(f"tcp://127.0.0.1:{port + (taken == 'feed')}")
+    try:
+        done = plait("flow", "--port", str(port), "--db", str(tmp_path / "f.db"), timeout=60)
+    finally:
+        holder.close()
+    assert done.returncode == Exit.USAGE, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"plait flow: Address already in use (addr='tcp://127.0.0.1:"
+        f"{port + (taken == 'feed')}')"], done.stderr
 
 
 def test_flow_and_supervisor_take_a_message_size_limit(

@@ -130,7 +130,10 @@ class Flow:
     def _start_actors(self, outbox: str, schedules: list[dict[str, Any]]) -> None:
         s, z = self.settings, self.zctx
         self.publisher = publisher = self._add(Publisher.start(z, s.endpoint(s.feed())))
-        self.feed_endpoint = publisher.proxy().bound().get(timeout=STOP_TIMEOUT)
+        bound = publisher.proxy().bound().get(timeout=STOP_TIMEOUT)
+        if isinstance(bound, zmq.ZMQError):
+            raise bound
+        self.feed_endpoint = bound
         audience = publisher.proxy().audience.get(timeout=STOP_TIMEOUT)
         self.store = self._add(Store.start(s.db, z, outbox, publisher, audience.maybe,
                                            self._fatal))

@@ -75,13 +75,19 @@ class Publisher(pykka.ThreadingActor):
         self.endpoint = ""
         self.sent = 0
         self.audience = Audience()
+        self._error: zmq.ZMQError | None = None
 
     def on_start(self) -> None:
         self.topics: set[bytes] = set()  # subscribed prefixes of workflow ids
         self.sock = self._zctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.LINGER, 0)
-        bind(self.sock, self._endpoint)
+        try:
+            bind(self.sock, self._endpoint)
+        except zmq.ZMQError as exc:  # port taken, no such address: bound() raises it
+            self.sock.close(linger=0)
+            self._error = exc
+            return
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.audience.watch(self.sock.getsockopt(zmq.FD))
         self._subscriptions()  # none yet: this only resets ZMQ_FD
@@ -95,9 +101,11 @@ class Publisher(pykka.ThreadingActor):
         log.error("the feed's Publisher failed (%s): the feed is silent", exception_value)
         self.sock.close(linger=0)
 
-    def bound(self) -> str:
-        """The endpoint the feed is bound to (asked once, at start, by Flow)."""
-        return self.endpoint
+    def bound(self) -> str | zmq.ZMQError:
+        """The endpoint the feed is bound to, or why it could not bind (asked once,
+        at start, by Flow, whose start raises it as it does for its request socket;
+        returned, not raised: pykka would log a raise with its traceback)."""
+        return self._error if self._error is not None else self.endpoint
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Publish):
