@@ -124,9 +124,10 @@ class Watch(Iterator[FeedEvent]):
                     yield from self.quiet()
                     continue
                 yield from self.accept(self._sub.recv_multipart()[-1])
-                if self.workflow_id is None and time.monotonic() >= self._check_at:
-                    # Other workflows may never let the feed go quiet.
-                    yield from self._lost_ends(self._recent_ends())
+                if time.monotonic() >= self._check_at:
+                    # Other workflows may never let the feed go quiet (for one
+                    # workflow: those whose ids it prefixes, "wf-1" of "wf-12").
+                    yield from self.quiet()
         finally:
             self._close_sockets()
 
@@ -222,6 +223,7 @@ class Watch(Iterator[FeedEvent]):
             # Also a liveness check: a dead Flow raises FlowUnavailable.
             yield from self._lost_ends(self._recent_ends())
             return
+        self._check_at = time.monotonic() + self.client.poll_interval
         if self.client.run_info(self.workflow_id).status in TERMINAL:
             # The end may have been published before our subscription took hold,
             # or before our snapshot, which then already shows the final graph.

@@ -3,6 +3,7 @@ the whole API against a real Flow, supervisor and workers."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -312,6 +313,41 @@ def test_watch_snapshots_then_fills_a_gap_from_history(
     with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client:
         got = [(e.seq, e.event["type"]) for e in client.watch(wid)]
     assert got == [(2, "snapshot"), (3, "state"), (4, "state"), (5, "diff"), (6, "workflow")]
+
+
+def test_a_watch_of_one_workflow_finds_its_lost_end_on_a_feed_busy_with_others(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """Topics match by prefix: watching "wf-1" brings "wf-12"'s events too, which
+    never let the feed go quiet. The end the feed lost is found from the status
+    all the same, while "wf-12" still publishes."""
+    wid = "wf-1"
+    stored = [{"type": "submitted", "name": "wf", "root": "r", "seq": 1},
+              {"type": "diff", "diff": {"nodes": []}, "seq": 2},
+              {"type": "workflow", "status": "succeeded", "ts": 5.0, "seq": 3}]
+    chatted = itertools.count(1)
+    most = 500  # ~10 s of chatter: then the feed goes quiet anyway
+
+    def chatter() -> FeedEvent:
+        n = next(chatted)
+        return FeedEvent(workflow_id="wf-12" if n < most else "wf-99", seq=n,
+                         event=stored[1])
+
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetGraph):
+            flow.chatter = chatter  # wf-1's end was published before the subscription
+            return [codec.encode(GraphReply(id=msg.id, workflow_id=wid, seq=2,
+                                            graph={"nodes": [], "edges": []}))]
+        if isinstance(msg, GetHistory):
+            return [codec.encode(HistoryReply(id=msg.id, workflow_id=wid, events=stored))]
+        assert isinstance(msg, GetStatus)
+        return [codec.encode(StatusReply(id=msg.id, runs=[RunInfo(
+            workflow_id=wid, name="wf", status="succeeded", created=0.0, finished=5.0)]))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client:
+        got = [(e.seq, e.event["type"]) for e in client.watch(wid)]
+    assert got == [(2, "snapshot"), (3, "workflow")]
+    assert next(chatted) < most  # found while the other workflow still published
 
 
 @pytest.mark.parametrize(("restarted", "busy"), [(False, False), (True, False), (False, True)],
