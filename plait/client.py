@@ -14,6 +14,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -88,6 +89,9 @@ __all__ = [
 DEFAULT_ADDRESS = "tcp://127.0.0.1:7100"
 OVERLAP = ("skip", "queue", "cancel")  # what a cron tick does while the last run is live
 _RETRY_PAUSE = 0.05  # seconds between asks for what Flow is about to commit
+# How long close() lets a watch iterated in another thread end (it is woken at once;
+# it may be in a request, which Flow answers within the client's timeout).
+WATCH_CLOSE_TIMEOUT = 2.0
 _M = TypeVar("_M", bound=Message)
 
 
@@ -125,6 +129,7 @@ class Client:
         self._socket: zmq.Socket[bytes] | None = None
         self._stash: dict[str, Message] = {}  # replies that arrived while waiting for another
         self._wanted: set[str] = set()
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
 
     @property
     def feed(self) -> str:
@@ -133,7 +138,14 @@ class Client:
     # --- lifecycle ------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the client and any watch still open on it."""
+        """Close the client and any watch still open on it (a watch iterated in
+        another thread ends there, as if closed)."""
+        watches = list(self._watches)
+        for watch in watches:  # not under the lock: a watch may be in a request
+            watch.close()
+        deadline = time.monotonic() + WATCH_CLOSE_TIMEOUT
+        for watch in watches:  # its thread closes its sockets: never two threads on one
+            watch.closed.wait(max(deadline - time.monotonic(), 0))
         with self._lock:
             self._drop_socket()
             # destroy, not term: a watch left unfinished must not block the close.
@@ -444,7 +456,9 @@ class Client:
         from the history (for all workflows, also while the feed is busy: it
         then asks for the workflows that ended lately).
         """
-        return Watch(self, workflow_id)
+        watch = Watch(self, workflow_id)
+        self._watches.add(watch)
+        return watch
 
 
 def _registration() -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:

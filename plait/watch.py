@@ -61,6 +61,7 @@ class Watch(Iterator[FeedEvent]):
         self._closing = threading.Event()
         self._lock = threading.Lock()  # over _closing and _iterating
         self._iterating = False
+        self.closed = threading.Event()  # its sockets are closed (Client.close waits)
         self._wake_address = f"inproc://plait-watch-{secrets.token_hex(8)}"
         self._wake = client._zmq.socket(zmq.PULL)
         self._wake.setsockopt(zmq.LINGER, 0)
@@ -104,8 +105,12 @@ class Watch(Iterator[FeedEvent]):
         self._close_sockets()
 
     def _close_sockets(self) -> None:
-        self._sub.close(linger=0)
-        self._wake.close(linger=0)
+        with self._lock:  # once: both threads may get here (close() and the generator)
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            self._sub.close(linger=0)
+            self._wake.close(linger=0)
 
     def __enter__(self) -> Watch:
         return self

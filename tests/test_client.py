@@ -455,6 +455,42 @@ def test_a_watch_closed_from_another_thread_ends_its_loop(
     assert took < 2.5  # woken, not after the 3 s poll interval
 
 
+def test_closing_the_client_from_another_thread_ends_a_watch_iterated_there(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """Client.close() closes its watches: one being iterated in another thread is
+    woken and ends there (its thread closes its sockets), with nothing raised."""
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetGraph):
+            return [codec.encode(GraphReply(id=msg.id, workflow_id="wf-1", seq=1,
+                                            graph={"nodes": [], "edges": []}))]
+        assert isinstance(msg, GetStatus)
+        return [codec.encode(StatusReply(id=msg.id, runs=[_info("wf-1")]))]
+
+    flow = fake(script)
+    client = Client(flow.address, feed=flow.feed, timeout=5, poll_interval=3)
+    watch = client.watch("wf-1")
+    seen, ended = threading.Event(), threading.Event()
+    outcome: list[Any] = []
+
+    def iterate() -> None:
+        try:
+            for event in watch:
+                outcome.append(event.event["type"])
+                seen.set()
+        except BaseException as exc:  # noqa: BLE001 - what the test reports
+            outcome.append(exc)
+        ended.set()
+
+    thread = threading.Thread(target=iterate)
+    thread.start()
+    assert seen.wait(10)
+    client.close()
+    assert ended.wait(10)
+    thread.join(10)
+    assert outcome == ["snapshot"]
+    assert watch.closed.is_set()
+
+
 # --- against a real cluster ---------------------------------------------------------------
 
 
