@@ -276,31 +276,37 @@ class Client:
         try:
             reply = self.request(submit, Submitted)
         except FlowUnavailable:
-            try:
-                reply = self.request(submit, Submitted)
-            except FlowError as exc:
-                if (exc.code != "invalid" or f"{wid!r} is taken" not in exc.reason
-                        or not self._submitted_by(wid, submit.id)):
-                    raise
-                return Run(self, wid)
+            return self._submit_again(submit, wid)
         return Run(self, reply.workflow_id)
 
-    def _submitted_by(self, workflow_id: str, request: str) -> bool:
-        """Whether ``workflow_id`` was started by the Submit whose id is ``request``.
-        Flow takes an id before the workflow's first events are committed: while
-        they are not, the history is not found yet, and is asked for again."""
+    def _submit_again(self, submit: Submit, wid: str) -> Run:
+        """The same Submit once more, after one Flow did not answer in time.
+
+        "Taken" may mean that the first one got there: if the workflow's first
+        event names it, that is the workflow. Flow takes an id before it commits
+        the workflow's first events, and gives it back if it refuses the
+        registration: while the history is not found, the Submit is sent again,
+        and answered as the first one was, or as the first one will be."""
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                first = self.history(workflow_id, upto=1)
+                return Run(self, self.request(submit, Submitted).workflow_id)
+            except FlowError as exc:
+                if exc.code != "invalid" or f"{wid!r} is taken" not in exc.reason:
+                    raise
+                taken = exc
+            try:
+                first = self.history(wid, upto=1)
             except NotFound:
                 if time.monotonic() >= deadline:
                     raise FlowUnavailable(
-                        f"Flow took workflow id {workflow_id!r} but has not recorded it "
+                        f"Flow took workflow id {wid!r} but has not recorded it "
                         f"within {self.timeout:g} s") from None
-                time.sleep(_RETRY_PAUSE)  # a commit that is on its way
+                time.sleep(_RETRY_PAUSE)  # a commit, or a refusal, on its way
                 continue
-            return bool(first) and first[0].get("request") == request
+            if first and first[0].get("request") == submit.id:
+                return Run(self, wid)
+            raise taken  # by another Submit (an explicit id used before)
 
     def run(self, workflow_id: str) -> Run:
         """A handle on an existing workflow (not checked until used)."""

@@ -658,9 +658,42 @@ def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
         with pytest.raises(FlowError, match="'old' is taken"):
             client.submit_diff("wf", "a", {}, workflow_id="old")
     submits = [m for m in flow.seen if isinstance(m, Submit)]
-    assert [m.workflow_id for m in submits] == ["once", "once", "old", "old"]
-    assert submits[0].id == submits[1].id  # sent again as it was
+    # "once": sent again as it was, and once more while its history was not found
+    assert [m.workflow_id for m in submits] == ["once", "once", "once", "old", "old"]
+    assert submits[0].id == submits[1].id == submits[2].id
     assert not uncommitted  # "once" was looked up again once it was committed
+
+
+def test_a_retried_submit_whose_first_is_refused_late_gets_the_refusal(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """The first Submit reached Flow late: its id was taken when the retry came,
+    then given back when the registration was refused. The retry, sent again while
+    no history is found, gets the refusal itself (a plan error, not "Flow
+    unreachable")."""
+    given_back = threading.Event()
+    submits: list[Submit] = []
+
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetHistory):
+            given_back.set()  # by now the keeper has refused the first one
+            return [codec.encode(Error(id=msg.id, code="not_found",
+                                       reason=f"no workflow {msg.workflow_id!r}"))]
+        assert isinstance(msg, Submit)
+        submits.append(msg)
+        if len(submits) == 1:
+            return []  # late: the client gives up on it
+        if not given_back.is_set():
+            return [codec.encode(Error(id=msg.id, code="invalid",
+                                       reason=f"workflow id {msg.workflow_id!r} is taken"))]
+        return [codec.encode(Error(id=msg.id, code="rejected", reason="a cycle: a -> a",
+                                   detail={"kind": "plan", "reason": "a cycle: a -> a"}))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=0.5) as client, \
+            pytest.raises(PlanError, match="a cycle"):
+        client.submit_diff("wf", "a", {}, workflow_id="late")
+    assert len(submits) == 3
+    assert len({m.id for m in submits}) == 1
 
 
 def test_a_submit_retried_only_after_a_timeout(fake: Callable[[Script], FakeFlow]) -> None:
