@@ -360,6 +360,25 @@ def test_max_parallel_limits_running_children(
     assert result(client, wf).output == "done"
 
 
+def test_a_node_under_max_parallel_may_not_wait_in_its_worker(
+        client: Peer, supervisor: SupervisorFactory) -> None:
+    """A resident wait would resume without queueing for a slot (the slot was given
+    up while it waited): the Assign of a limited node says it must give up its
+    worker whenever it waits; other nodes may keep theirs."""
+    sup = supervisor("root", "kid", slots=8)
+    wf = submit(client, diff(spec("root"), promises=[("root", MaxParallel(1))]), root="root")
+    root = sup.assign(node="root")
+    assert root.resident_waits
+    kids = [spec(f"root.{i}", "kid", i, creator="root") for i in range(2)]
+    assert sup.propose(root, diff(*kids, proposer="root")).ok
+    for _ in kids:
+        kid = sup.assign()
+        assert not kid.resident_waits
+        sup.finish(kid, 0)
+    sup.finish(root, "done")
+    assert result(client, wf).output == "done"
+
+
 def test_a_retried_child_gives_its_max_parallel_slot_back(
         client: Peer, supervisor: SupervisorFactory) -> None:
     """A child that fails and is retried leaves the running state at its first

@@ -28,6 +28,7 @@ from plait.protocol.messages import (
     CancelTask,
     Credit,
     Error,
+    Evict,
     Finish,
     Heartbeat,
     Hello,
@@ -936,6 +937,30 @@ def test_what_a_worker_says_of_the_attempt_sent_ahead_shows_it_started() -> None
         relay._from_worker(b"w1", codec.encode(Retracted(workflow_id="wf", node=y.node,
                                                          attempt=1, ok=False)), 0.0)
         assert (worker.assign, worker.ahead) == (y, None)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_task_waits_in_its_worker_only_if_its_assign_allows_it(allowed: bool) -> None:
+    """There is room for a resident wait; an Assign with ``resident_waits`` False
+    (a node under MaxParallel) has its task evicted and its Wait made durable."""
+    with relay_with_a_worker(max_workers=2) as (relay, worker, sock):
+        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
+        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
+        relay._poll_once()
+        x = assign("pid").model_copy(update={"resident_waits": allowed})
+        relay._on_assign(x, codec.encode(x))
+        relay._dispatch()
+        assert received(sock) == x
+        wait = Wait(workflow_id="wf", node=x.node, attempt=1, handles=["c"])
+        relay._from_worker(b"w1", codec.encode(wait), 0.0)
+        relayed = relay.link.outstanding[wait.id].message
+        assert isinstance(relayed, Wait)
+        assert relayed.resident is allowed
+        assert worker.waiting is allowed
+        assert worker.evicting is not allowed
+        if not allowed:
+            assert isinstance(received(sock), Evict)
+        assert not sock.poll(50)
 
 
 def test_the_attempt_sent_ahead_is_taken_back_from_a_worker_being_cancelled() -> None:

@@ -92,7 +92,9 @@ class RunMixin(KeeperBase):
         self._send(msg.identity, Assign(
             workflow_id=self.wf, node=node.id, attempt=node.attempt, task=node.task,
             inputs=self._resolve(node.inputs), idempotency_key=f"{self.wf}/{node.id}",
-            history=self._history(node)))
+            history=self._history(node),
+            # Resumed in its worker, it would run again without queueing for a slot.
+            resident_waits=node.id not in self.limited))
         info = self.ctx.catalog.get(node.task)
         if info is None or not info.timed:
             self._arm_running(node.id)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # 2: Ack.more (one Ack for a batch of Finishes), which a version-1 peer would refuse.
 # 3: GetHistory.upto, which a version-2 Flow would refuse (and the Submit's id in
 #    the "submitted" event, which a version-3 client's retried Submit looks for).
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 _ids = itertools.count(1)
 _prefix = f"{os.getpid():x}-"
@@ -315,7 +315,10 @@ class Assign(Message):
     """Flow -> supervisor -> worker: run one attempt of one node. ``inputs`` are
     the node's arguments with data edges already resolved to outputs. ``history``
     is set when the node resumes after a suspension or retries: the task body
-    runs again and replays it (completed children are never run again)."""
+    runs again and replays it (completed children are never run again).
+    ``resident_waits`` False: the task gives up its worker whenever it waits (a
+    node under a ``MaxParallel`` limit, which gives up its slot meanwhile and must
+    queue for one to go on)."""
 
     type: Literal["assign"] = "assign"
     workflow_id: str
@@ -325,6 +328,7 @@ class Assign(Message):
     inputs: dict[str, Any]
     idempotency_key: str
     history: History | None = None
+    resident_waits: bool = True
 
 
 class CancelTask(Message):

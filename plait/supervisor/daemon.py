@@ -542,7 +542,7 @@ class Supervisor:
         # First: the attempt sent ahead may be a child this task waits for. The worker
         # reads the Retract before any answer to the Wait, so it has not started it.
         self._take_back(worker)
-        resident = self._resident(msg)
+        resident = self._resident(worker, msg)
         if resident == msg.resident:  # relayed as it came: a big map's Wait is megabytes
             self.link.send(msg, worker.ident, track=True, frame=frame)
         else:
@@ -557,10 +557,11 @@ class Supervisor:
         self._to_worker(worker.ident, Evict(workflow_id=msg.workflow_id, node=msg.node,
                                             attempt=msg.attempt))
 
-    def _resident(self, wait: Wait) -> bool:
-        """Whether a waiting task may keep its worker: there is room, and it waits
-        for children (durable timers and signals may last for ever)."""
-        if self.settings.evict_waiting or wait.timer is not None or wait.signal is not None:
+    def _resident(self, worker: Worker, wait: Wait) -> bool:
+        """Whether a waiting task may keep its worker: Flow allows it, there is room,
+        and it waits for children (durable timers and signals may last for ever)."""
+        if self.settings.evict_waiting or wait.timer is not None or wait.signal is not None \
+                or (worker.assign is not None and not worker.assign.resident_waits):
             return False
         busy = sum(1 for w in self.workers.values() if w.assign and not w.evicting)
         return busy < self.workers.max_size
