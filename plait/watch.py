@@ -52,6 +52,9 @@ class Watch(Iterator[FeedEvent]):
         # Every workflow: the latest time on Flow's clock it has shown us, and when
         # to look for lost ends next while the feed is busy.
         self._flow_time: float | None = None
+        # Flow's time when every workflow was listed: one created later that the feed
+        # never showed ended before the subscription took hold.
+        self._snapshot_time = float("inf")
         self._check_at = time.monotonic() + client.poll_interval
         self._sub = client._zmq.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
@@ -143,6 +146,7 @@ class Watch(Iterator[FeedEvent]):
             return
         runs = self.client.runs()
         self._note_time(runs)
+        self._snapshot_time = self._flow_time if self._flow_time is not None else 0.0
         for info in runs:
             if info.status not in TERMINAL:
                 yield self.snapshot(info.workflow_id)
@@ -192,8 +196,13 @@ class Watch(Iterator[FeedEvent]):
         self._note_time(runs)
         self._check_at = time.monotonic() + self.client.poll_interval
         for info in runs:
-            if info.status in TERMINAL and info.workflow_id in self.last \
-                    and self._end_lost(info.workflow_id, info.finished):
+            if info.status not in TERMINAL:
+                continue
+            if info.workflow_id in self.last:
+                lost = self._end_lost(info.workflow_id, info.finished)
+            else:  # begun after the snapshot and over before the subscription took hold
+                lost = info.created > self._snapshot_time
+            if lost:
                 yield from self.catch_up(info.workflow_id)
                 self.ended[info.workflow_id] = info.finished
 

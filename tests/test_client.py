@@ -414,6 +414,45 @@ def test_watching_every_workflow_fills_a_lost_end_from_history(
     assert all(m.ended_since is not None for m in asked[1:])
 
 
+def test_watching_every_workflow_shows_one_begun_and_ended_out_of_the_feeds_sight(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """A workflow created after the watch listed every workflow, and over before
+    its subscription took hold: the feed brings none of it, and the watch shows it
+    from its history, whole. One that had ended before the listing is not shown."""
+    stored = [{"type": "submitted", "name": "wf", "root": "r", "seq": 1, "ts": 7.0},
+              {"type": "diff", "diff": {"nodes": []}, "seq": 2, "ts": 7.0},
+              {"type": "workflow", "status": "succeeded", "ts": 8.0, "seq": 3}]
+    old = RunInfo(workflow_id="wf-old", name="wf", status="succeeded", created=1.0,
+                  finished=5.0)
+    new = RunInfo(workflow_id="wf-new", name="wf", status="succeeded", created=7.0,
+                  finished=8.0)
+    histories: list[str] = []
+
+    def script(msg: Message, _: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetHistory):
+            histories.append(msg.workflow_id)
+            return [codec.encode(HistoryReply(id=msg.id, workflow_id=msg.workflow_id,
+                                              events=stored))]
+        assert isinstance(msg, GetStatus)
+        runs = [old] if msg.ended_since is None else [old, new]
+        return [codec.encode(StatusReply(id=msg.id, runs=runs))]
+
+    flow = fake(script)
+    got = []
+    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client, \
+            client.watch() as watch:
+        bound = threading.Timer(10, watch.close)  # a watch that shows nothing ends here
+        bound.start()
+        for event in watch:
+            got.append((event.workflow_id, event.seq, event.event["type"]))
+            if event.event["type"] == "workflow":
+                break
+        bound.cancel()
+    assert got == [("wf-new", 1, "submitted"), ("wf-new", 2, "diff"),
+                   ("wf-new", 3, "workflow")]
+    assert histories == ["wf-new"]
+
+
 def test_a_watch_closed_from_another_thread_ends_its_loop(
         fake: Callable[[Script], FakeFlow]) -> None:
     """The iterating thread waits on a quiet feed; a close() from elsewhere wakes it
