@@ -12,9 +12,11 @@ import pykka
 
 from plait.actors.dispatcher import Dispatcher
 from plait.actors.keeper_base import KeeperContext
-from plait.actors.mail import Join, Leave, Ready, Refund, Start, Stopped
+from plait.actors.mail import Join, Leave, Ready, Refund, Start, Stopped, Welcomed, Write
 from plait.actors.plan_keeper import PlanKeeper
 from plait.actors.registry import Counters, Registry, Sessions
+from plait.protocol import codec
+from plait.protocol.messages import CancelTask
 
 KEY = (("shared", 1),)
 
@@ -157,3 +159,20 @@ def test_a_supervisor_that_says_hello_while_declared_dead_keeps_its_credit() -> 
     sessions.expire(-1.0)  # silent again, and no Hello this time: forgotten
     d.on_receive(Leave("sup"))
     assert "sup" not in d.supervisors
+
+
+def test_a_keeper_told_a_hello_as_it_left_stops_the_ended_workflows_leftovers() -> None:
+    """Membership counts a workflow as told once the Hello's Welcomed is on its way
+    to the keeper; one that has left meanwhile stops the supervisor's claimed
+    attempts itself (nobody else will: the workflow is over)."""
+    writes: list[Write] = []
+    store = SimpleNamespace(tell=writes.append)
+    retired = PlanKeeper("over", cast(KeeperContext, SimpleNamespace(
+        store=store, counters=Counters(), registry=Registry())))
+    retired.gone = True
+    retired.on_receive(Welcomed("sup", b"conn", frozenset({("a", 2), ("b", 1)})))
+    sent = [(identity, codec.decode(frame)) for w in writes for identity, frame in w.out]
+    assert sent == [(b"conn", CancelTask(id=sent[0][1].id, workflow_id="over", node="a",
+                                         attempt=2)),
+                    (b"conn", CancelTask(id=sent[1][1].id, workflow_id="over", node="b",
+                                         attempt=1))]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from plait.actors.keeper_base import KeeperBase
-from plait.actors.mail import Refund, Request, Retire, RunEnded, Start, Stopped
+from plait.actors.mail import Refund, Request, Retire, RunEnded, Start, Stopped, Welcomed
 from plait.actors.registry import safe_tell
 from plait.protocol.diff import AttrChange, NodeState, PlanDiff
 from plait.protocol.messages import (
@@ -183,6 +183,12 @@ class ControlMixin(KeeperBase):
             self.ctx.counters.add("dispatch.gone")
             self.ctx.dispatcher.tell(Refund(self.wf, message.node, message.attempt,
                                             message.supervisor, message.session))
+        elif isinstance(message, Welcomed):
+            # A Hello told as this keeper left (Membership counts the workflow as
+            # told): what the supervisor still runs of the ended workflow stops.
+            for node, attempt in sorted(message.claims):
+                self._send(message.identity, CancelTask(workflow_id=self.wf, node=node,
+                                                        attempt=attempt))
 
     def _result(self, correlation: str) -> WorkflowResult:
         return WorkflowResult(id=correlation, workflow_id=self.wf, status=self.st.status,
