@@ -89,9 +89,6 @@ __all__ = [
 DEFAULT_ADDRESS = "tcp://127.0.0.1:7100"
 OVERLAP = ("skip", "queue", "cancel")  # what a cron tick does while the last run is live
 _RETRY_PAUSE = 0.05  # seconds between asks for what Flow is about to commit
-# How long close() lets a watch iterated in another thread end (it is woken at once;
-# it may be in a request, which Flow answers within the client's timeout).
-WATCH_CLOSE_TIMEOUT = 2.0
 _M = TypeVar("_M", bound=Message)
 
 
@@ -143,7 +140,9 @@ class Client:
         watches = list(self._watches)
         for watch in watches:  # not under the lock: a watch may be in a request
             watch.close()
-        deadline = time.monotonic() + WATCH_CLOSE_TIMEOUT
+        # A watch iterated in another thread is woken at once, but may be in a request,
+        # which is answered (or given up) within the client's timeout.
+        deadline = time.monotonic() + self.timeout + 1.0
         for watch in watches:  # its thread closes its sockets: never two threads on one
             watch.closed.wait(max(deadline - time.monotonic(), 0))
         with self._lock:

@@ -89,15 +89,23 @@ def test_restart_refuses_a_node_whose_predecessor_outside_it_did_not_succeed() -
     plan.set_state("a", S.RUNNING)
     plan.set_state("a", S.FAILED)
     plan.cancel()  # the workflow ended: b and c never ran
-    out = plan.restart("c")
+    out = plan.restart("c", operator=True)
     assert out.rejection is not None
-    assert "c runs after b, which was cancelled; restart b instead" in out.rejection.reason
+    assert "c runs after b, which was cancelled; restart b (or a node upstream of it)" \
+        in out.rejection.reason
     assert plan.nodes["c"].attempt == 1  # nothing changed
     assert plan.nodes["c"].state is S.CANCELLED
-    out = plan.restart("b")
+    out = plan.restart("b", operator=True)
     assert out.rejection is not None
     assert "b runs after a, which failed" in out.rejection.reason
-    out = plan.restart("a")
+    # A restart already stored (by a version that allowed it) is folded as it was.
+    folded = Plan("w")
+    assert folded.apply(PlanDiff(None, nodes, (EdgeSpec("a", "b"), EdgeSpec("b", "c")))).ok
+    folded.set_state("a", S.RUNNING)
+    folded.set_state("a", S.FAILED)
+    folded.cancel()
+    assert folded.restart("c").rejection is None
+    out = plan.restart("a", operator=True)
     assert out.rejection is None
     assert out.ready == ["a"]
     assert _run(plan, "a") == ["b"]

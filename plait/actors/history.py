@@ -307,10 +307,10 @@ class WorkflowState:
                 self.born[spec.id] = self.plan.nodes[str(spec.creator)].attempt
         return out
 
-    def restart(self, node_id: str) -> Outcome:
+    def restart(self, node_id: str, *, operator: bool = False) -> Outcome:
         """Restart a node and its downstream (``Plan.restart``); the workflow runs again."""
         attempts = {n: self.plan.nodes[n].attempt for n in self.steps}
-        out = self.plan.restart(node_id)
+        out = self.plan.restart(node_id, operator=operator)
         if out.rejection is not None:
             return out
         nodes = self.plan.nodes

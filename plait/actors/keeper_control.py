@@ -80,7 +80,7 @@ class ControlMixin(KeeperBase):
                                        reason=f"{self.wf} broke a promise: it cannot run "
                                               "again"))
             return
-        out = self.st.restart(msg.node)
+        out = self.st.restart(msg.node, operator=True)
         if out.rejection is not None:
             self._send(identity, Error(id=msg.id, code="rejected",
                                        reason=out.rejection.message(),

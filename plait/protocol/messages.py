@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # 2: Ack.more (one Ack for a batch of Finishes), which a version-1 peer would refuse.
 # 3: GetHistory.upto, which a version-2 Flow would refuse (and the Submit's id in
 #    the "submitted" event, which a version-3 client's retried Submit looks for).
+# 4: Assign.resident_waits, which a version-3 supervisor would refuse.
 PROTOCOL_VERSION = 4
 
 _ids = itertools.count(1)

@@ -438,10 +438,12 @@ class Plan:
             self._release(self.nodes[waiter], out)
         region.waiters.clear()
 
-    def restart(self, node_id: str) -> Outcome:
-        """Run ``node_id`` and everything downstream of it again (see :mod:`restart`)."""
+    def restart(self, node_id: str, *, operator: bool = False) -> Outcome:
+        """Run ``node_id`` and everything downstream of it again (see :mod:`restart`).
+        An ``operator``'s restart is also refused when it would wait for ever."""
         out = Outcome()
-        out.rejection = restart.restart(self, node_id, out)
+        out.rejection = (restart.blocked(self, node_id) if operator else None) \
+            or restart.restart(self, node_id, out)
         return out
 
     def cancel(self) -> list[str]:

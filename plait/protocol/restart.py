@@ -57,12 +57,6 @@ def restart(plan: Plan, node_id: str, out: Outcome) -> Rejection | None:
                                  f"running; cancel or wait first", None)
     members = {n.id for n in nodes}
     reset = [n for n in nodes if n.id == node_id or not _created_within(n, members)]
-    blocked = _blocked(plan, reset, members)
-    if blocked is not None:
-        node, pred = blocked
-        ended = "failed" if pred.state is NodeState.FAILED else "was cancelled"
-        return Rejection("plan", f"cannot restart {node_id}: {node.id} runs after {pred.id}, "
-                                 f"which {ended}; restart {pred.id} instead", None)
     resetting = {n.id for n in reset}
     for node in nodes:
         if node.id in resetting:
@@ -77,14 +71,23 @@ def restart(plan: Plan, node_id: str, out: Outcome) -> Rejection | None:
     return None
 
 
-def _blocked(plan: Plan, reset: list[Node], members: set[str]) -> tuple[Node, Node] | None:
-    """A node to reset that runs after a node outside the restart which ended
-    without succeeding: it would wait for ever (nothing runs that predecessor again)."""
-    for node in reset:
+def blocked(plan: Plan, node_id: str) -> Rejection | None:
+    """Why restarting ``node_id`` would hang, if it would: a node it resets runs
+    after a node outside the restart that failed or was cancelled, which nothing
+    runs again. Asked before an operator's restart only: a restart already stored
+    is folded as it was applied."""
+    nodes = closure(plan, plan.nodes[node_id])
+    members = {n.id for n in nodes}
+    for node in nodes:
+        if node.id != node_id and _created_within(node, members):
+            continue  # superseded, not reset
         for pred_id in node.preds:
             pred = plan.nodes[pred_id]
             if pred_id not in members and not pred.superseded and pred.state in _UNSUCCESSFUL:
-                return node, pred
+                ended = "failed" if pred.state is NodeState.FAILED else "was cancelled"
+                return Rejection("plan", f"cannot restart {node_id}: {node.id} runs after "
+                                         f"{pred_id}, which {ended}; restart {pred_id} (or a "
+                                         f"node upstream of it) instead", None)
     return None
 
 

@@ -56,6 +56,9 @@ class FlowLink:
         self.timeout = settings.heartbeat_timeout
         # Requests by id until Flow answers them (Finishes until acknowledged).
         self.outstanding: dict[str, Outstanding] = {}
+        # Worker -> ids of the resident Waits it sent (some answered since): what its
+        # attempt's end looks at, rather than every request outstanding.
+        self._resident: dict[bytes, list[str]] = {}
         self._out: list[bytes] = []  # frames for Flow, sent together by flush()
         self.sock: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None
@@ -111,6 +114,8 @@ class FlowLink:
             frame = codec.encode(msg)
         if track:
             self.outstanding[msg.id] = Outstanding(msg, worker, frame)
+            if worker is not None and isinstance(msg, Wait) and msg.resident:
+                self._resident.setdefault(worker, []).append(msg.id)
         if self.sock is None or (self.greeting and not isinstance(msg, Hello)):
             return False
         if isinstance(msg, Hello):  # at once: whether it went decides what follows
@@ -155,15 +160,20 @@ class FlowLink:
 
     def ended(self, worker: bytes, attempt: tuple[str, str, int]) -> None:
         """The worker ended ``attempt``: a resident Wait of it still unanswered (its
-        workflow was cancelled, say) awaits nothing any more, and is not sent again."""
-        for mid, (msg, ident, _) in list(self.outstanding.items()):
-            if ident == worker and isinstance(msg, Wait) and msg.resident \
-                    and (msg.workflow_id, msg.node, msg.attempt) == attempt:
+        workflow was cancelled, say) awaits nothing any more, and is not sent again.
+        (A worker runs one attempt at a time: its Waits before this end are this
+        attempt's.)"""
+        for mid in self._resident.pop(worker, ()):
+            request = self.outstanding.get(mid)
+            if request is not None and isinstance(request.message, Wait) and (
+                    request.message.workflow_id, request.message.node,
+                    request.message.attempt) == attempt:
                 del self.outstanding[mid]
 
     def forget(self, worker: bytes) -> None:
         """Drop the requests a dead worker awaited answers to (a Propose, a resident
         Wait); what Flow must still learn (Finish, an evicted Wait, state) stays."""
+        self._resident.pop(worker, None)
         for mid, (msg, ident, _) in list(self.outstanding.items()):
             if ident == worker and (isinstance(msg, Propose) or (
                     isinstance(msg, Wait) and msg.resident)):
