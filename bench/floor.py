@@ -94,7 +94,7 @@ def process_one_way(address: str, n: int) -> float:
     return statistics.median(laps) / 2 * 1e6
 
 
-def _ping_pong(send: Callable[[bytes], None], recv: Callable[[], Any], n: int) -> float:
+def _ping_pong(send: Callable[[bytes], Any], recv: Callable[[], Any], n: int) -> float:
     warm = max(n // 10, 10)
     laps = []
     for i in range(warm + n):
@@ -106,6 +106,18 @@ def _ping_pong(send: Callable[[bytes], None], recv: Callable[[], Any], n: int) -
     return statistics.median(laps) / 2 * 1e6
 
 
+def _with_echo(echo: Callable[[], None], stop: Callable[[], Any],
+               send: Callable[[bytes], Any], recv: Callable[[], Any], n: int) -> float:
+    """A ping-pong with ``echo`` answering in a thread of this process."""
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        return _ping_pong(send, recv, n)
+    finally:
+        stop()
+        thread.join(timeout=10)
+
+
 def queue_hand_off(n: int) -> float:
     """Median µs of one hand-off between two threads through ``queue.Queue``."""
     there: queue.Queue[bytes | None] = queue.Queue()
@@ -115,13 +127,7 @@ def queue_hand_off(n: int) -> float:
         while (item := there.get()) is not None:
             back.put(item)
 
-    thread = threading.Thread(target=echo, daemon=True)
-    thread.start()
-    try:
-        return _ping_pong(there.put, back.get, n)
-    finally:
-        there.put(None)
-        thread.join(timeout=10)
+    return _with_echo(echo, lambda: there.put(None), there.put, back.get, n)
 
 
 def inproc_hand_off(n: int) -> float:
@@ -136,13 +142,9 @@ def inproc_hand_off(n: int) -> float:
         while (item := far.recv()) != b"":
             far.send(item)
 
-    thread = threading.Thread(target=echo, daemon=True)
-    thread.start()
     try:
-        return _ping_pong(near.send, near.recv, n)
+        return _with_echo(echo, lambda: near.send(b""), near.send, near.recv, n)
     finally:
-        near.send(b"")
-        thread.join(timeout=10)
         near.close(linger=0)
         far.close(linger=0)
         zctx.term()

@@ -453,18 +453,20 @@ def test_watching_every_workflow_shows_one_begun_and_ended_out_of_the_feeds_sigh
     assert histories == ["wf-new"]
 
 
+def _running_quietly(msg: Message, _: FakeFlow) -> list[bytes]:
+    """A Flow where wf-1 runs and nothing happens: a snapshot, then "running"."""
+    if isinstance(msg, GetGraph):
+        return [codec.encode(GraphReply(id=msg.id, workflow_id="wf-1", seq=1,
+                                        graph={"nodes": [], "edges": []}))]
+    assert isinstance(msg, GetStatus)
+    return [codec.encode(StatusReply(id=msg.id, runs=[_info("wf-1")]))]
+
+
 def test_a_watch_closed_from_another_thread_ends_its_loop(
         fake: Callable[[Script], FakeFlow]) -> None:
     """The iterating thread waits on a quiet feed; a close() from elsewhere wakes it
     and its loop ends at once, not after a poll interval, and nothing raises."""
-    def script(msg: Message, _: FakeFlow) -> list[bytes]:
-        if isinstance(msg, GetGraph):
-            return [codec.encode(GraphReply(id=msg.id, workflow_id="wf-1", seq=1,
-                                            graph={"nodes": [], "edges": []}))]
-        assert isinstance(msg, GetStatus)
-        return [codec.encode(StatusReply(id=msg.id, runs=[_info("wf-1")]))]
-
-    flow = fake(script)
+    flow = fake(_running_quietly)
     failures: list[BaseException] = []
 
     def close_soon(watch: Any, seen: threading.Event) -> None:
@@ -498,14 +500,7 @@ def test_closing_the_client_from_another_thread_ends_a_watch_iterated_there(
         fake: Callable[[Script], FakeFlow]) -> None:
     """Client.close() closes its watches: one being iterated in another thread is
     woken and ends there (its thread closes its sockets), with nothing raised."""
-    def script(msg: Message, _: FakeFlow) -> list[bytes]:
-        if isinstance(msg, GetGraph):
-            return [codec.encode(GraphReply(id=msg.id, workflow_id="wf-1", seq=1,
-                                            graph={"nodes": [], "edges": []}))]
-        assert isinstance(msg, GetStatus)
-        return [codec.encode(StatusReply(id=msg.id, runs=[_info("wf-1")]))]
-
-    flow = fake(script)
+    flow = fake(_running_quietly)
     client = Client(flow.address, feed=flow.feed, timeout=5, poll_interval=3)
     watch = client.watch("wf-1")
     seen, ended = threading.Event(), threading.Event()

@@ -188,14 +188,21 @@ def test_a_resident_wait_that_turns_durable(client: Peer, supervisor: Factory) -
     assert [e["type"] for e in history(client, wf)].count("wait") == 1
 
 
-def test_a_stale_resent_durable_wait_is_only_acknowledged(
-        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+def slept_once(client: Peer, supervisor: Factory, clock: FakeClock
+               ) -> tuple[FakeSupervisor, str, Assign, Assign]:
+    """A node slept 5 s durably (its first attempt's Wait) and was assigned again:
+    the supervisor, the workflow, the first assignment and the second."""
     sup = supervisor("sleeper")
     wf = submit(client, diff(spec("sleeper")), root="sleeper")
     a = sup.assign()
     sup.wait(a, timer=5, seq=0, resident=False)
     clock.advance(5)
-    again = sup.assign()
+    return sup, wf, a, sup.assign()
+
+
+def test_a_stale_resent_durable_wait_is_only_acknowledged(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    sup, wf, a, again = slept_once(client, supervisor, clock)
     sup.wait(a, timer=5, seq=0, resident=False)  # the first one, re-sent late
     sup.none(Assign, within=0.1)
     assert node_states(client, wf)["sleeper"] == "running"
@@ -207,12 +214,7 @@ def test_an_earlier_wait_resent_while_suspended_in_a_later_one_is_only_acknowled
         client: Peer, supervisor: Factory, clock: FakeClock) -> None:
     """The first sleep's Wait, re-sent late, reaches Flow while the node sleeps
     durably in its second: it must not end the second sleep early."""
-    sup = supervisor("sleeper")
-    wf = submit(client, diff(spec("sleeper")), root="sleeper")
-    a = sup.assign()
-    sup.wait(a, timer=5, seq=0, resident=False)
-    clock.advance(5)
-    again = sup.assign()
+    sup, wf, a, again = slept_once(client, supervisor, clock)
     sup.wait(again, timer=100, seq=1, resident=False)
     sup.wait(a, timer=5, seq=0, resident=False)  # the first one, re-sent late
     sup.none(Assign, within=0.1)

@@ -880,19 +880,31 @@ def received(sock: zmq.Socket[bytes]) -> Message:
     return codec.decode(sock.recv())
 
 
-def finished_while_taking_back(relay: Supervisor, worker: Worker,
-                               sock: zmq.Socket[bytes]) -> tuple[Assign, Assign]:
-    """The worker runs x with y sent ahead; a Retract of y goes out, and x's Finish
-    arrives before the answer. Returns x and y."""
-    sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
+def say_ready(relay: Supervisor, sock: zmq.Socket[bytes]) -> None:
+    """The test's worker says WorkerReady: the ROUTER routes to it from now."""
+    sock.send(codec.encode(WorkerReady(pid=1234)))
     wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
     relay._poll_once()
+
+
+def running_with_one_ahead(relay: Supervisor, worker: Worker,
+                           sock: zmq.Socket[bytes]) -> tuple[Assign, Assign]:
+    """The worker, ready, runs x with y sent ahead to it. Returns x and y."""
+    say_ready(relay, sock)
     x, y = assign("pid"), assign("pid")
     for a in (x, y):
         relay._on_assign(a, codec.encode(a))
     relay._dispatch()
     assert (worker.assign, worker.ahead and worker.ahead[0]) == (x, y)
     assert [received(sock), received(sock)] == [x, y]
+    return x, y
+
+
+def finished_while_taking_back(relay: Supervisor, worker: Worker,
+                               sock: zmq.Socket[bytes]) -> tuple[Assign, Assign]:
+    """The worker runs x with y sent ahead; a Retract of y goes out, and x's Finish
+    arrives before the answer. Returns x and y."""
+    x, y = running_with_one_ahead(relay, worker, sock)
     worker.since -= 1.0
     relay._take_back(worker)  # as for an idle worker elsewhere
     assert isinstance(received(sock), Retract)
@@ -944,9 +956,7 @@ def test_a_task_waits_in_its_worker_only_if_its_assign_allows_it(allowed: bool) 
     """There is room for a resident wait; an Assign with ``resident_waits`` False
     (a node under MaxParallel) has its task evicted and its Wait made durable."""
     with relay_with_a_worker(max_workers=2) as (relay, worker, sock):
-        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
-        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
-        relay._poll_once()
+        say_ready(relay, sock)
         x = assign("pid").model_copy(update={"resident_waits": allowed})
         relay._on_assign(x, codec.encode(x))
         relay._dispatch()
@@ -967,14 +977,7 @@ def test_the_attempt_sent_ahead_is_taken_back_from_a_worker_being_cancelled() ->
     """The cancel of x may end in a signal to its worker: y, sent ahead to it, is
     taken back rather than started there and killed with it."""
     with relay_with_a_worker() as (relay, worker, sock):
-        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
-        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
-        relay._poll_once()
-        x, y = assign("pid"), assign("pid")
-        for a in (x, y):
-            relay._on_assign(a, codec.encode(a))
-        relay._dispatch()
-        assert [received(sock), received(sock)] == [x, y]
+        x, y = running_with_one_ahead(relay, worker, sock)
         cancel = CancelTask(workflow_id="wf", node=x.node, attempt=1)
         relay._on_cancel(cancel)
         assert received(sock) == cancel
@@ -993,9 +996,7 @@ def test_a_late_answer_to_an_ended_attempts_wait_leaves_the_next_task_waiting() 
     still waits (its worker is not given attempts ahead, nor its stand-in retired),
     and x's Wait is not kept to be sent again."""
     with relay_with_a_worker(max_workers=2) as (relay, worker, sock):
-        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
-        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
-        relay._poll_once()
+        say_ready(relay, sock)
         x = assign("pid")
         relay._on_assign(x, codec.encode(x))
         relay._dispatch()
@@ -1029,9 +1030,7 @@ def test_a_cancel_reaches_the_worker_running_that_attempt_not_an_earlier_one() -
     runs in another (a retry after a timeout): cancelling attempt 2 tells its worker,
     whichever worker the routing table lists first."""
     with relay_with_a_worker() as (relay, worker, sock):
-        sock.send(codec.encode(WorkerReady(pid=1234)))  # the ROUTER routes to it from now
-        wait_for(lambda: waiting_frames(relay), TIMEOUT, message="no WorkerReady")
-        relay._poll_once()
+        say_ready(relay, sock)
         first, second = assign("pid", node="n"), assign("pid", node="n", attempt=2)
         unwinding = Worker(b"w0", 4321, ready=True, assign=first, cancelling=True)
         relay.workers.by_ident = {b"w0": unwinding, b"w1": worker}
