@@ -329,20 +329,24 @@ class ChildIds:
         # with its id, never at all of them (a retried map spawns thousands).
         self._by_seq: dict[int, list[tuple[int, PreviousChild]]] = {}
         self._by_id: dict[str, tuple[int, PreviousChild]] = {}
+        # Natural id -> the children made under it (``natural``, ``natural@attempt``):
+        # a keyed child's seq is not known (-1), its id is all there is.
+        self._by_natural: dict[str, list[tuple[int, PreviousChild]]] = {}
         for i, p in enumerate(previous):
             self._by_seq.setdefault(p.seq, []).append((i, p))
             self._by_id.setdefault(p.id, (i, p))
+            self._by_natural.setdefault(_AT_ATTEMPT.sub("", p.id), []).append((i, p))
 
     def derive(self, seq: int, key: str | None, task: str, inputs: Mapping[str, Any]) -> str:
         natural = child_id(self._node, seq, key)
-        candidates = list(self._by_seq.get(seq, ()))
-        if natural in self._by_id:
-            candidates.append(self._by_id[natural])
+        candidates = [*self._by_seq.get(seq, ()), *self._by_natural.get(natural, ())]
         for _, p in sorted(candidates, key=lambda c: c[0]):  # the earliest listed wins
             if p.task == task and dict(p.inputs) == dict(inputs):
                 return p.id
         return f"{natural}@{self._attempt}" if natural in self._by_id else natural
 
+
+_AT_ATTEMPT = re.compile(r"@\d+$")  # what a later attempt's different spawn appends
 
 # --- side effects' values ---------------------------------------------------------------
 

@@ -417,6 +417,17 @@ def test_child_ids_prefer_the_earliest_listed_match() -> None:
     assert ids.derive(2, None, "t", {}) == "r.2"
 
 
+def test_a_keyed_child_a_later_attempt_made_is_reused() -> None:
+    """Attempt 1 spawned key k with one input, attempt 2 with another (r/k@2, which
+    completed): attempt 3 spawning what attempt 2 did reuses r/k@2, not a new node."""
+    previous = [PreviousChild(seq=-1, id="r/k", task="t", inputs={"args": [1]}),
+                PreviousChild(seq=-1, id="r/k@2", task="t", inputs={"args": [2]})]
+    ids = ChildIds("r", 3, previous)
+    assert ids.derive(5, "k", "t", {"args": [2]}) == "r/k@2"
+    assert ids.derive(5, "k", "t", {"args": [1]}) == "r/k"
+    assert ids.derive(5, "k", "t", {"args": [3]}) == "r/k@3"
+
+
 # --- durable steps ------------------------------------------------------------------------------
 
 
