@@ -32,8 +32,6 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from pydantic_core import PydanticSerializationError
-
 from plait.errors import PlaitError, PlanError, PromiseViolation, TaskFailed, WorkflowCancelled
 from plait.handles import Durable, Gathered, Handle, Step
 from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, PlanDiff, Rejection
@@ -61,7 +59,7 @@ from plait.replay import (
     spawn_divergence,
     value_adapter,
 )
-from plait.task import Task, as_data, as_task, encode_inputs, ref_of
+from plait.task import Task, as_data, as_task, checked_output, encode_inputs, ref_of
 
 __all__ = ["Context", "Durable", "Gathered", "Handle", "Recorder", "Transport"]
 
@@ -296,11 +294,7 @@ class Context:
         adapter = value_adapter(fn, returns)
 
         def produce() -> Any:
-            value = fn()
-            try:
-                return adapter.dump_python(value, mode="json")
-            except PydanticSerializationError as exc:
-                raise PlaitError(f"side_effect value {value!r} is not data: {exc}") from exc
+            return checked_output(adapter, fn(), f"side_effect {getattr(fn, '__name__', fn)}")
 
         return cast(T, adapter.validate_python(
             self.recorder.record("side_effect", produce, call_site())))
@@ -409,10 +403,7 @@ class Context:
         return failure
 
     def _step_done(self, s: Step[Any], seq: int, index: int, out: Any) -> Any:
-        try:
-            value = value_adapter(s.fn).dump_python(out, mode="json")
-        except PydanticSerializationError as exc:
-            raise PlaitError(f"step {s.name} returned {out!r}, which is not data: {exc}") from exc
+        value = checked_output(value_adapter(s.fn), out, f"step {s.name}")
         self.recorder.step_done(seq, index, s.name, value, s.site)
         return value
 

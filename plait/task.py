@@ -170,6 +170,18 @@ def as_data(value: Any, what: str) -> Any:
         raise InvalidArguments(f"{what} {value!r} is not JSON-able data: {exc}") from exc
 
 
+def checked_output(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
+    """What ``what`` returned, checked against its return type, as JSON-able data to
+    record: a value of the wrong type is refused here, before it is recorded (dumped
+    unchecked, pydantic only warns, and every replay would fail on it)."""
+    try:
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
+    except ValidationError as exc:
+        raise InvalidOutput(f"{what} returned {value!r}: {_first_error(exc)}") from exc
+    except PydanticSerializationError as exc:
+        raise InvalidOutput(f"{what} returned {value!r}, which is not data: {exc}") from exc
+
+
 def _first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
@@ -384,14 +396,7 @@ class Task(Generic[P, R]):
         """A result, checked against the return annotation, as JSON-able data."""
         if ref_of(value) is not None:
             raise InvalidOutput(f"{self.name} returned a handle; await it and return its result")
-        adapter = self.adapters()["return"]
-        try:
-            return adapter.dump_python(adapter.validate_python(value), mode="json")
-        except ValidationError as exc:
-            raise InvalidOutput(f"{self.name} returned {value!r}: {_first_error(exc)}") from exc
-        except PydanticSerializationError as exc:
-            raise InvalidOutput(
-                f"{self.name} returned {value!r}, which is not data: {exc}") from exc
+        return checked_output(self.adapters()["return"], value, self.name)
 
     def decode_output(self, data: Any) -> Any:
         """A recorded result back to the return annotation's Python type."""

@@ -33,6 +33,7 @@ from plait.protocol.messages import (
     Wait,
 )
 from plait.replay import ChildIds, Evicted, StepFailure, value_adapter
+from plait.task import InvalidOutput
 
 
 def make(transport: FakeTransport, history: History | None = None, attempt: int = 1) -> Context:
@@ -619,6 +620,23 @@ def test_a_failure_is_recorded_within_msgpack_s_reach() -> None:
 def test_a_step_value_must_be_data() -> None:
     with pytest.raises(PlaitError, match="not data"):
         make(FakeTransport()).step(object).result()
+
+
+def lookup() -> int:
+    return "abc"  # type: ignore[return-value]  # the bug under test
+
+
+def test_a_value_of_the_wrong_type_is_refused_before_it_is_recorded() -> None:
+    """Recorded unchecked, a step's wrong value would fail every replay and retry
+    (a retry reads a completed step back instead of running it again)."""
+    transport = FakeTransport()
+    ctx = make(transport)
+    with pytest.raises(InvalidOutput, match=r"step lookup returned 'abc': .*integer"):
+        ctx.step(lookup).result()
+    with pytest.raises(InvalidOutput, match=r"side_effect lookup returned 'abc'"):
+        ctx.side_effect(lookup)
+    assert transport.sent == []
+    assert ctx.take_recorded() == []
 
 
 def test_a_step_s_function_may_not_use_ctx_and_a_step_runs_once_however_often_waited() -> None:
