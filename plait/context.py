@@ -346,8 +346,18 @@ class Context:
         return self._end_step(s, value)
 
     async def _await_step(self, s: Step[Any]) -> Any:
+        if s.running is not None:  # awaited concurrently: its first await runs it
+            await asyncio.shield(s.running)
         if s.done:
             return self._kept(s)
+        s.running = asyncio.get_running_loop().create_future()
+        try:
+            return await self._run_step(s)
+        finally:
+            s.running.set_result(None)
+            s.running = None
+
+    async def _run_step(self, s: Step[Any]) -> Any:
         seq, index, done, value = self._begin_step(s)
         if not done:
             try:

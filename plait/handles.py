@@ -8,6 +8,7 @@ on it does, through the :class:`~plait.context.Context` that made it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -161,7 +162,7 @@ class Step(Generic[T]):
     the step again.
     """
 
-    __slots__ = ("_ctx", "args", "done", "fn", "kwargs", "name", "site", "value")
+    __slots__ = ("_ctx", "args", "done", "fn", "kwargs", "name", "running", "site", "value")
 
     def __init__(self, ctx: Context, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], site: str) -> None:
@@ -173,6 +174,9 @@ class Step(Generic[T]):
         self.site = site
         self.done = False  # waited on once: its value is kept (a second wait runs nothing)
         self.value: Any = None
+        # Set while the first ``await`` runs it: awaits meanwhile (asyncio.gather) wait
+        # for that one instead of running the step again.
+        self.running: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Step {self.name} at {self.site}>"

@@ -661,6 +661,33 @@ async def _awaited(step: Any) -> Any:
     return await step
 
 
+def test_one_step_awaited_concurrently_runs_once_and_replays_alike() -> None:
+    """Two coroutines await one Step (asyncio.gather): the first runs it, the other
+    waits for that (the first waits for Flow's commit in between), and a replay
+    takes the same records, so what follows is no divergence."""
+    calls: list[int] = []
+
+    def charge_card() -> int:
+        calls.append(1)
+        return 7
+
+    async def body(ctx: Context) -> tuple[Any, ...]:
+        step = ctx.step(charge_card)
+        both = await asyncio.gather(_awaited(step), _awaited(step))
+        return (*both, ctx.random())
+
+    transport = FakeTransport()
+    transport.deferred = True  # answered on the loop's next turn, like a real peer
+    first = make(transport)
+    values = asyncio.run(body(first))
+    assert values[:2] == (7, 7)
+    assert calls == [1]
+    recorded = [r for m in transport.sent for r in m.recorded] + first.take_recorded()
+    again = make(FakeTransport(), History(recorded=recorded))
+    assert asyncio.run(body(again)) == values  # no NonDeterminismError on ctx.random()
+    assert calls == [1]
+
+
 def test_a_retry_that_takes_another_path_runs_every_later_step_anew() -> None:
     earlier = [PreviousStep(index=0, name="charge", value={"charged": 5}),
                PreviousStep(index=1, name="reserve", value=1),
