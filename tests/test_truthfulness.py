@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import workflow_strategy as ws
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, child_id
+from plait.protocol.plan import Plan
+from plait.protocol.promises import MaxNodes, Promise, Shape
+from plait.protocol.shape import OneOf, Seq
 from plait.protocol.view import view
 
 # Together ~3,000 generated workflows, about a dozen steps (and snapshots) each.
@@ -113,3 +118,33 @@ def test_every_break_is_reported_as_the_promise_it_breaks(
             assert rejection.diff["proposer"] == rejection.proposer
         assert run.plan.is_settled()  # the workflow was stopped
     assert_truthful(run)
+
+
+@pytest.mark.parametrize("promise", ["max_nodes", "shape"])
+def test_a_child_left_running_by_a_retried_owner_is_not_lied_about(promise: str) -> None:
+    """O spawned C, failed and was retried; its second attempt took its promise's
+    budget (three nodes; the other alternative of a Shape) and succeeded. C runs on,
+    and what it creates is judged by the first attempt's promise, which allows one
+    more node: the view must not draw C's future as closed or shaped."""
+    s = NodeState
+    kept: Promise = MaxNodes(3) if promise == "max_nodes" else Shape(
+        OneOf(Seq("c", "x"), Seq("d", "y")))
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("O", "o"),), (), (("O", kept),))).ok
+    plan.set_state("O", s.RUNNING)
+    c = child_id("O", 1)
+    assert plan.apply(PlanDiff("O", (NodeSpec(c, "c", creator="O"),))).ok
+    plan.set_state(c, s.RUNNING)
+    plan.set_state("O", s.READY)  # its first attempt failed: a retry
+    plan.set_state("O", s.RUNNING)
+    tasks = ["d", "d", "d"] if promise == "max_nodes" else ["d", "y"]
+    again = [NodeSpec(f"{child_id('O', i)}@2", t, {"i": i}, creator="O")
+             for i, t in enumerate(tasks, start=1)]
+    edges = () if promise == "max_nodes" else (EdgeSpec(again[0].id, again[1].id),)
+    assert plan.apply(PlanDiff("O", tuple(again), edges)).ok
+    plan.set_state("O", s.SUCCEEDED)
+    snap = view(plan, unfold=True).to_json()
+    x = child_id(c, 1)
+    assert plan.apply(PlanDiff(c, (NodeSpec(x, "x", creator=c),), (EdgeSpec(c, x),))).ok
+    final = view(plan, unfold=True).to_json()
+    assert ws.check_snapshot(snap, final) == []

@@ -163,8 +163,19 @@ class Plan:
         creations; the view draws a ``?`` wildcard from it."""
         tasks: frozenset[str] | None = None
         count: int | None = None
-        for tracker in self.in_force(node):
+        trackers = list(self.in_force(node))
+        earlier: set[int] = set()
+        if self.has_history:
+            # A line an owner's retry left behind is judged by that attempt's trackers
+            # (see _for_history). The view draws no placeholder of theirs: a Shape
+            # among them bounds nothing here (saying less never lies).
+            judged = self._for_history(node, trackers)
+            earlier = {id(t) for t in judged} - {id(t) for t in trackers}
+            trackers = judged
+        for tracker in trackers:
             b = tracker.bound()
+            if b.shaped and id(tracker) in earlier:
+                continue
             if b.closed or b.shaped:
                 return b
             if b.tasks is not None:
