@@ -109,3 +109,28 @@ def test_restart_refuses_a_node_whose_predecessor_outside_it_did_not_succeed() -
     assert out.rejection is None
     assert out.ready == ["a"]
     assert _run(plan, "a") == ["b"]
+
+
+def test_a_reproposal_may_add_an_edge_into_a_revived_child() -> None:
+    """A's first attempt spawned b, then c after b. A is restarted; its new run
+    spawns another b (new inputs: a new id) and the same c, after the new b. The
+    revived c has not started again: the edge into it is allowed."""
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("A", "A"),))).ok
+    plan.set_state("A", S.RUNNING)
+    b, c = child_id("A", 1), child_id("A", 2)
+    first = (NodeSpec(b, "fetch", {"x": 1}, creator="A"), NodeSpec(c, "report", creator="A"))
+    assert plan.apply(PlanDiff("A", first, (EdgeSpec(b, c),))).ok
+    plan.set_state("A", S.SUCCEEDED)
+    _run(plan, b)
+    _run(plan, c)
+    assert plan.restart("A").rejection is None
+    plan.set_state("A", S.RUNNING)
+    b2 = f"{b}@2"
+    again = (NodeSpec(b2, "fetch", {"x": 2}, creator="A"), first[1])
+    out = plan.apply(PlanDiff("A", again, (EdgeSpec(b2, c),)))
+    assert out.ok, out.rejection
+    assert sorted(out.ready) == [b2]  # c waits for the new b
+    assert plan.nodes[c].state is S.PENDING
+    assert plan.nodes[c].attempt == 2
+    assert _run(plan, b2) == [c]

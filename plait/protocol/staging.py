@@ -150,6 +150,9 @@ class Staging:
             self.new_node_specs.append(spec)
 
     def _stage_edges(self) -> None:
+        # A revived node runs again from pending: an edge into it is an edge into a
+        # node that has not started (the commit revives it before adding edges).
+        revived = {n.id for n in self.revived}
         for edge in self.diff.edges:
             if edge.key in self.plan.edges or edge.dst in self._out.get(edge.src, ()):
                 continue
@@ -157,7 +160,7 @@ class Staging:
                 if not self._exists(end):
                     raise self._fail(f"edge {edge.src} -> {edge.dst} names unknown node {end}")
             dst = self.plan.nodes.get(edge.dst)
-            if dst is not None and dst.state not in _NOT_STARTED:
+            if dst is not None and dst.state not in _NOT_STARTED and dst.id not in revived:
                 raise self._fail(f"edge {edge.src} -> {edge.dst}: {edge.dst} has already started")
             if edge.src == edge.dst or self._reaches(edge.dst, edge.src):
                 raise self._fail(f"edge {edge.src} -> {edge.dst} would close a cycle")
