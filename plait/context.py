@@ -25,6 +25,7 @@ import inspect
 import math
 import random as _random
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -70,6 +71,7 @@ sdk_file(__file__)
 
 
 _IN_STEP: ContextVar[str | None] = ContextVar("plait_in_step", default=None)
+_TAKERS_PRUNED_AT = 64  # finished coroutines are forgotten beyond this many takers
 
 
 class Transport(Protocol):
@@ -109,6 +111,8 @@ class Context:
         self._results: dict[str, NodeResult] = dict(history.results) if history else {}
         self.heartbeat_details: Any = history.heartbeat if history else None
         self._seq = 0  # the spawn seq
+        # asyncio tasks that took record or spawn numbers, the latest taker last
+        self._takers: OrderedDict[asyncio.Task[Any], None] = OrderedDict()
         self._spawned: dict[str, NodeSpec] = {}
         self._sites: dict[str, str] = {}  # child id -> file:line of its spawn
         self._after_me: set[str] = set()  # nodes that cannot start before this task ends
@@ -142,7 +146,9 @@ class Context:
         """True while this execution re-walks recorded history (handy to skip logging)."""
         return self.recorder.replaying
 
-    def _check(self) -> None:
+    def _check(self, takes: str | None = None) -> None:
+        """Whether ctx may be used now; ``takes`` names a call that takes the next
+        record or spawn number."""
         step = _IN_STEP.get()
         if step is not None:
             raise PlaitError(f"step {step} uses ctx: a step's function must not "
@@ -152,6 +158,43 @@ class Context:
         if self._transport.cancelled:
             raise WorkflowCancelled(f"workflow {self._workflow_id} was cancelled "
                                     f"(node {self._node_id})")
+        if takes is not None:
+            self._in_turn(takes)
+
+    def _in_turn(self, call: str) -> None:
+        """Records and spawns are numbered in the order their calls run. Coroutines
+        run concurrently (asyncio.gather, create_task) take their numbers in an order
+        that timing decides once a call has made one of them pause, and a replay,
+        whose recorded calls do not pause, would hand the numbers out differently:
+        wrong values, or a divergence that is none. So a coroutine that took a number
+        may take another only if every coroutine that took one since has finished.
+        (Each taking its first number before it pauses is replayed alike:
+        ``asyncio.gather(ctx.step(a), ctx.step(b))``, a spawn in each of several
+        gathered coroutines.)"""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread: one line of calls
+            return
+        if task is None:
+            return
+        takers = self._takers
+        if task in takers:
+            for other in reversed(takers):
+                if other is task:
+                    break
+                if not other.done():
+                    raise PlaitError(
+                        f"{call} at {call_site()} interleaves with durable calls of "
+                        f"another coroutine still running, in an order timing decides: "
+                        f"a replay would not repeat it. Make durable calls (steps, "
+                        f"spawns, recorded values, sleeps) from one coroutine, or create "
+                        f"the steps and spawns before gathering them")
+            takers.move_to_end(task)
+        else:
+            takers[task] = None
+            if len(takers) > _TAKERS_PRUNED_AT:
+                for done in [t for t in takers if t.done()]:
+                    del takers[done]
 
     # --- proposing --------------------------------------------------------------------
 
@@ -177,7 +220,7 @@ class Context:
         # All at once only for items already there: a generator may spawn as it
         # goes, and its children's ids (their spawn order) must stay as they were.
         if t is not None and isinstance(items, list | tuple | range) and items:
-            self._check()
+            self._check(takes="ctx.map()")
             encoded = t.encode_items(items)
             if encoded is not None:
                 return [self._add(t, t.name, inputs, [], [], None, {}, then=False, site=site)
@@ -195,7 +238,7 @@ class Context:
 
     def _spawn(self, fn: Any, args: Sequence[Any], after: Iterable[Any], key: str | None,
                keywords: dict[str, Any], *, then: bool, site: str) -> Handle:
-        self._check()
+        self._check(takes="ctx.then()" if then else "ctx.spawn()")
         t = as_task(fn)
         kwargs, attrs = t.split_keywords(keywords) if t is not None else ({}, keywords)
         name, inputs, refs = encode_inputs(fn, args, kwargs)
@@ -269,18 +312,18 @@ class Context:
 
     def random(self) -> float:
         """A float in [0, 1), recorded (replay returns the same value)."""
-        self._check()
+        self._check(takes="ctx.random()")
         return float(self.recorder.record("random", _random.random, call_site()))
 
     def now(self) -> datetime:
         """The current UTC time, recorded."""
-        self._check()
+        self._check(takes="ctx.now()")
         when = self.recorder.record("now", lambda: datetime.now(UTC).isoformat(), call_site())
         return datetime.fromisoformat(when)
 
     def uuid4(self) -> uuid.UUID:
         """A random UUID, recorded."""
-        self._check()
+        self._check(takes="ctx.uuid4()")
         return uuid.UUID(self.recorder.record("uuid4", lambda: str(uuid.uuid4()), call_site()))
 
     def side_effect(self, fn: Callable[[], T], returns: Any = None) -> T:
@@ -290,7 +333,7 @@ class Context:
         return annotation of ``fn``, else plain data), so the first run and a
         replay see the same thing.
         """
-        self._check()
+        self._check(takes="ctx.side_effect()")
         adapter = value_adapter(fn, returns)
 
         def produce() -> Any:
@@ -306,7 +349,7 @@ class Context:
         this call returns False (the old path), and the choice is recorded, so
         one attempt keeps to one path for good.
         """
-        self._check()
+        self._check(takes="ctx.version()")
         return self.recorder.version(change_id, call_site())
 
     # --- durable steps --------------------------------------------------------------------
@@ -373,7 +416,7 @@ class Context:
         return self._end_step(s, value)
 
     def _begin_step(self, s: Step[Any]) -> tuple[int, int, bool, Any]:
-        self._check()
+        self._check(takes=f"ctx.step({s.name})")
         return self.recorder.step(s.name, s.site)
 
     @classmethod
@@ -424,7 +467,7 @@ class Context:
 
         The worker is freed while it runs; Flow's clock fires it, even across restarts.
         """
-        self._check()
+        self._check(takes="ctx.sleep()")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
                 or not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"ctx.sleep() takes seconds >= 0, got {seconds!r}")
@@ -438,7 +481,7 @@ class Context:
 
         Signals sent before the wait are kept for it; the worker is freed meanwhile.
         """
-        self._check()
+        self._check(takes="ctx.signal()")
         if not isinstance(name, str) or not name:
             raise ValueError(f"ctx.signal() takes a signal name, got {name!r}")
         site = call_site()

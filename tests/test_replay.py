@@ -661,6 +661,54 @@ async def _awaited(step: Any) -> Any:
     return await step
 
 
+def double_of(x: int) -> int:
+    return 2 * x
+
+
+def test_coroutines_whose_durable_calls_interleave_by_timing_are_refused() -> None:
+    """Two gathered coroutines each take a step, then another: on the first run the
+    steps interleave (each pauses for Flow's commit), on a replay they would not
+    (recorded steps do not pause), and values would go to the wrong calls. The
+    second step of the first coroutine is refused, saying why."""
+    async def one(ctx: Context, x: int) -> tuple[int, int]:
+        a = await ctx.step(double_of, x)
+        b = await ctx.step(double_of, x * 10)
+        return a, b
+
+    async def body(ctx: Context) -> Any:
+        return await asyncio.gather(one(ctx, 1), one(ctx, 2))
+
+    transport = FakeTransport()
+    transport.deferred = True
+    with pytest.raises(PlaitError, match=r"ctx.step\(double_of\) at .* interleaves with "
+                                         r"durable calls of another coroutine"):
+        asyncio.run(body(make(transport)))
+
+
+def test_gathered_coroutines_that_each_spawn_first_and_then_a_body_step_replay_alike(
+        ) -> None:
+    """Each coroutine spawns before it first pauses, so the spawn numbers follow the
+    order the coroutines start in, on a replay too; the body goes on after the
+    gather, when they have all finished."""
+    async def fetch(ctx: Context, i: int) -> int:
+        return int(await ctx.spawn(double, i))
+
+    async def body(ctx: Context) -> tuple[Any, ...]:
+        got = await asyncio.gather(*(fetch(ctx, i) for i in range(3)))
+        return (*got, await ctx.step(double_of, 5), ctx.random())
+
+    transport = FakeTransport()
+    transport.deferred = True
+    transport.results = {f"root.{i + 1}": ok(2 * i) for i in range(3)}
+    first = make(transport)
+    values = asyncio.run(body(first))
+    assert values[:4] == (0, 2, 4, 10)
+    recorded = [r for m in transport.sent for r in m.recorded] + first.take_recorded()
+    results = {f"root.{i + 1}": ok(2 * i) for i in range(3)}
+    again = make(FakeTransport(), History(recorded=recorded, results=results))
+    assert asyncio.run(body(again)) == values
+
+
 def test_one_step_awaited_concurrently_runs_once_and_replays_alike() -> None:
     """Two coroutines await one Step (asyncio.gather): the first runs it, the other
     waits for that (the first waits for Flow's commit in between), and a replay
