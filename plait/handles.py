@@ -8,7 +8,6 @@ on it does, through the :class:`~plait.context.Context` that made it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -20,6 +19,8 @@ from plait.replay import sdk_file
 from plait.task import InvalidOutput, Task
 
 if TYPE_CHECKING:
+    import asyncio
+
     from plait.context import Context
 
 __all__ = ["Durable", "Gathered", "Handle", "Step"]
