@@ -603,3 +603,51 @@ def test_rejection_round_trips_and_explains_itself() -> None:
     assert rejection.diff["nodes"] == ["a.0 (x)"]
     plain = Rejection("plan", "edge a -> b would close a cycle", "a")
     assert plain.message() == "a: edge a -> b would close a cycle"
+
+
+def _deep_line(depth: int, promise: Any = None) -> tuple[Plan, list[str]]:
+    """A root, a child of it that was retried (so the plan has history), and a line
+    of ``depth`` nodes each created by the one before, all running."""
+    plan = Plan("w")
+    promises = (("r", promise),) if promise is not None else ()
+    assert plan.apply(PlanDiff(None, (NodeSpec("r", "t"),), (), promises)).ok
+    plan.set_state("r", NodeState.RUNNING)
+    assert plan.apply(PlanDiff("r", (NodeSpec("r.1", "t", creator="r"),))).ok
+    plan.set_state("r.1", NodeState.RUNNING)
+    assert plan.apply(PlanDiff("r.1", (NodeSpec("r.1.1", "t", creator="r.1"),))).ok
+    plan.set_state("r.1", NodeState.READY)  # retried: its child is history now
+    plan.set_state("r.1", NodeState.RUNNING)
+    assert plan.has_history
+    line, creator = [], "r.1"
+    for i in range(depth):
+        nid = f"d{i}"
+        assert plan.apply(PlanDiff(creator, (NodeSpec(nid, "t", creator=creator),))).ok
+        plan.set_state(nid, NodeState.RUNNING)
+        line.append(nid)
+        creator = nid
+    return plan, line
+
+
+class _Unreachable:
+    """A creator the walk up a line must not reach."""
+
+    @property
+    def id(self) -> str:
+        raise AssertionError("walked above the last owner that matters")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError("walked above the last owner that matters")
+
+
+def test_a_diff_deep_in_a_line_walks_no_further_than_the_owners_of_counting_promises(
+        ) -> None:
+    """Once a plan has history, a line judged by an earlier attempt's counting
+    promises is found by walking up the proposer's creators: only as far as the
+    owners of such promises, and not at all without any."""
+    plan, line = _deep_line(50)
+    plan.nodes["r.1"].creator = _Unreachable()  # type: ignore[assignment]
+    assert plan.apply(PlanDiff(line[-1], (NodeSpec("x", "t", creator=line[-1]),))).ok
+    counted, line = _deep_line(50)
+    assert counted.apply(PlanDiff(line[9], promises=((line[9], MaxNodes(100)),))).ok
+    counted.nodes[line[8]].creator = _Unreachable()  # type: ignore[assignment]
+    assert counted.apply(PlanDiff(line[-1], (NodeSpec("x", "t", creator=line[-1]),))).ok

@@ -382,7 +382,10 @@ class Plan:
         """What a line left behind by an owner's new attempt still creates belongs to
         the attempt that made the line: the owner's counting promises judge it as that
         attempt left them (the renewed ones will count the line if it is reclaimed)."""
-        past = self._history_lines(proposer)
+        owners = {t.owner for t in trackers if t.counts_nodes}
+        if not owners:
+            return trackers  # only counting promises judge a line by its attempt
+        past = self._history_lines(proposer, owners)
         if not past:
             return trackers
         chosen: list[Tracker] = []
@@ -394,14 +397,20 @@ class Plan:
                 chosen.append(tracker)
         return chosen
 
-    def _history_lines(self, node: Node) -> dict[str, Node]:
-        """Owners whose new attempt left ``node``'s line behind as history, each with
-        its child on the line (the node that attempt's promises were counting)."""
+    def _history_lines(self, node: Node, owners: set[str]) -> dict[str, Node]:
+        """Which of ``owners`` a new attempt of left ``node``'s line behind as history,
+        each with its child on the line (the node that attempt's promises were
+        counting). The walk up the line ends at the last of them: above it no owner
+        matters (a deep line of creators costs no more than its owners' depth)."""
         lines: dict[str, Node] = {}
+        left = owners - {node.id}  # its own promises count what it creates now
         current: Node | None = node
-        while current is not None and current.creator is not None:
-            if current.unclaimed or current.superseded:
-                lines[current.creator.id] = current
+        while left and current is not None and current.creator is not None:
+            creator = current.creator.id
+            if creator in left:
+                left.discard(creator)
+                if current.unclaimed or current.superseded:
+                    lines[creator] = current
             current = current.creator
         return lines
 
