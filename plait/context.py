@@ -113,6 +113,7 @@ class Context:
         self._seq = 0  # the spawn seq
         # asyncio tasks that took record or spawn numbers, the latest taker last
         self._takers: OrderedDict[asyncio.Task[Any], None] = OrderedDict()
+        self._prune_at = _TAKERS_PRUNED_AT
         self._spawned: dict[str, NodeSpec] = {}
         self._sites: dict[str, str] = {}  # child id -> file:line of its spawn
         self._after_me: set[str] = set()  # nodes that cannot start before this task ends
@@ -187,14 +188,16 @@ class Context:
                         f"{call} at {call_site()} interleaves with durable calls of "
                         f"another coroutine still running, in an order timing decides: "
                         f"a replay would not repeat it. Make durable calls (steps, "
-                        f"spawns, recorded values, sleeps) from one coroutine, or create "
-                        f"the steps and spawns before gathering them")
+                        f"spawns, recorded values, sleeps) from one coroutine, or let "
+                        f"the gathered ones end first (asyncio.gather(..., "
+                        f"return_exceptions=True) waits for all of them)")
             takers.move_to_end(task)
         else:
             takers[task] = None
-            if len(takers) > _TAKERS_PRUNED_AT:
+            if len(takers) > self._prune_at:  # amortised: a scan per doubling
                 for done in [t for t in takers if t.done()]:
                     del takers[done]
+                self._prune_at = max(_TAKERS_PRUNED_AT, 2 * len(takers))
 
     # --- proposing --------------------------------------------------------------------
 
@@ -370,6 +373,9 @@ class Context:
     def _step(self, s: Step[Any]) -> Any:
         if s.done:
             return self._kept(s)
+        if s.running is not None:
+            raise PlaitError(f"step {s.name} is being awaited by another coroutine: "
+                             f"await it too, rather than result()")
         if inspect.iscoroutinefunction(s.fn):
             raise PlaitError(f"{s.name} is async: `await ctx.step(...)` it")
         seq, index, done, value = self._begin_step(s)
@@ -389,13 +395,20 @@ class Context:
         return self._end_step(s, value)
 
     async def _await_step(self, s: Step[Any]) -> Any:
-        if s.running is not None:  # awaited concurrently: its first await runs it
+        while s.running is not None:  # awaited concurrently: its first await runs it
             await asyncio.shield(s.running)
+            if s.interrupted is not None:  # that await failed after fn had run
+                raise s.interrupted
         if s.done:
             return self._kept(s)
-        s.running = asyncio.get_running_loop().create_future()
+        s.running, s.interrupted = asyncio.get_running_loop().create_future(), None
         try:
             return await self._run_step(s)
+        except Exception as exc:
+            # fn ran, and its value may be recorded: the others must not run it again
+            # (a cancelled await, a BaseException, lets the next one run it instead).
+            s.interrupted = None if s.done else exc
+            raise
         finally:
             s.running.set_result(None)
             s.running = None

@@ -163,7 +163,8 @@ class Step(Generic[T]):
     the step again.
     """
 
-    __slots__ = ("_ctx", "args", "done", "fn", "kwargs", "name", "running", "site", "value")
+    __slots__ = ("_ctx", "args", "done", "fn", "interrupted", "kwargs", "name", "running",
+                 "site", "value")
 
     def __init__(self, ctx: Context, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], site: str) -> None:
@@ -178,6 +179,7 @@ class Step(Generic[T]):
         # Set while the first ``await`` runs it: awaits meanwhile (asyncio.gather) wait
         # for that one instead of running the step again.
         self.running: asyncio.Future[None] | None = None
+        self.interrupted: Exception | None = None  # why that await ended without a value
 
     def __repr__(self) -> str:
         return f"<Step {self.name} at {self.site}>"

@@ -335,18 +335,23 @@ class ChildIds:
         for i, p in enumerate(previous):
             self._by_seq.setdefault(p.seq, []).append((i, p))
             self._by_id.setdefault(p.id, (i, p))
-            self._by_natural.setdefault(_AT_ATTEMPT.sub("", p.id), []).append((i, p))
+            stripped = _AT_ATTEMPT.sub("", p.id)
+            if stripped != p.id:
+                self._by_natural.setdefault(stripped, []).append((i, p))
 
     def derive(self, seq: int, key: str | None, task: str, inputs: Mapping[str, Any]) -> str:
         natural = child_id(self._node, seq, key)
         candidates = [*self._by_seq.get(seq, ()), *self._by_natural.get(natural, ())]
+        if natural in self._by_id:  # a key that ends in @N itself is an id as it is
+            candidates.append(self._by_id[natural])
         for _, p in sorted(candidates, key=lambda c: c[0]):  # the earliest listed wins
             if p.task == task and dict(p.inputs) == dict(inputs):
                 return p.id
         return f"{natural}@{self._attempt}" if natural in self._by_id else natural
 
 
-_AT_ATTEMPT = re.compile(r"@\d+$")  # what a later attempt's different spawn appends
+# What a later attempt's different spawn appends (attempt 2 on: the first never does)
+_AT_ATTEMPT = re.compile(r"@(?:[2-9]|[1-9]\d+)$")
 
 # --- side effects' values ---------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from test_context import FakeTransport, ok
 
 from plait import replay
 from plait.context import Context, Handle
-from plait.errors import NonDeterminismError, PlaitError, StepFailed, WorkflowCancelled
+from plait.errors import NonDeterminismError, PlaitError, PlanError, StepFailed, WorkflowCancelled
 from plait.protocol.diff import PlanDiff
 from plait.protocol.messages import (
     History,
@@ -427,6 +427,10 @@ def test_a_keyed_child_a_later_attempt_made_is_reused() -> None:
     assert ids.derive(5, "k", "t", {"args": [2]}) == "r/k@2"
     assert ids.derive(5, "k", "t", {"args": [1]}) == "r/k"
     assert ids.derive(5, "k", "t", {"args": [3]}) == "r/k@3"
+    # A key of the user's own that ends in @N is reused as the id it is.
+    own = ChildIds("r", 2, [PreviousChild(seq=-1, id="r/shard@1", task="t", inputs={})])
+    assert own.derive(1, "shard@1", "t", {}) == "r/shard@1"
+    assert own.derive(2, "shard", "t", {}) == "r/shard"
 
 
 # --- durable steps ------------------------------------------------------------------------------
@@ -663,6 +667,36 @@ async def _awaited(step: Any) -> Any:
 
 def double_of(x: int) -> int:
     return 2 * x
+
+
+def test_a_step_awaited_concurrently_whose_commit_fails_is_not_run_again() -> None:
+    """The first await ran fn, and its value went out; the commit failed (Flow refused
+    the batch). The other await gets that failure, not a second run of fn; and
+    result() on a step another coroutine awaits is refused."""
+    calls: list[int] = []
+
+    def charge_card() -> int:
+        calls.append(1)
+        return 7
+
+    async def body(ctx: Context) -> list[Any]:
+        step = ctx.step(charge_card)
+
+        async def sync_too() -> Any:
+            return step.result()
+
+        return list(await asyncio.gather(_awaited(step), _awaited(step), sync_too(),
+                                         return_exceptions=True))
+
+    transport = FakeTransport()
+    transport.deferred = True
+    transport.rejection = {"kind": "plan", "reason": "refused for the test"}
+    first, second, third = asyncio.run(body(make(transport)))
+    assert calls == [1]
+    assert isinstance(first, PlanError)
+    assert second is first
+    assert isinstance(third, PlaitError)
+    assert "is being awaited by another coroutine" in str(third)
 
 
 def test_coroutines_whose_durable_calls_interleave_by_timing_are_refused() -> None:
