@@ -23,6 +23,7 @@ from flowkit import (
     submit,
 )
 
+from plait.actors.cache import cache_key
 from plait.actors.clock import FakeClock
 from plait.actors.database import Database
 from plait.actors.flow import Flow
@@ -703,6 +704,27 @@ def test_a_new_task_version_misses_the_cache(
     new.finish(new.assign(), "v2")
     assert result(client, wf2).output == "v2"
     assert flow.counters.get("cache.hits") == 0
+
+
+def test_a_cache_key_tells_apart_what_json_would_merge() -> None:
+    assert cache_key("t", "1", [b"x"]) != cache_key("t", "1", ["b'x'"])
+    assert cache_key("t", "1", {"a": 1}) != cache_key("t", "1", [["a", 1]])
+    assert cache_key("t", "1", [1]) != cache_key("t", "1", [1.0])
+    assert cache_key("t", "1", {"a": 1, "b": {"c": 2, "d": 3}}) == cache_key(
+        "t", "1", {"b": {"d": 3, "c": 2}, "a": 1})  # whatever the order of the keys
+    assert cache_key("t", "1", {b"k": 1}) != cache_key("t", "1", {"k": 1})
+    assert cache_key("t", "1", [1]) != cache_key("t", "2", [1])
+
+
+def test_a_cached_task_with_a_bytes_keyed_map_in_its_inputs_runs(
+        client: Peer, supervisor: Factory) -> None:
+    """Its key could not be made as JSON: the node was never queued, and hung."""
+    sup = supervisor(TaskInfo(name="f", cache=True, version="1"))
+    wf = submit(client, diff(spec("f", "f", {b"k": 1})), root="f")
+    a = sup.assign()
+    assert a.inputs == {"args": [{b"k": 1}], "kwargs": {}}
+    sup.finish(a, "ran")
+    assert result(client, wf).output == "ran"
 
 
 def test_signal_to_an_unknown_workflow_is_not_found(client: Peer) -> None:

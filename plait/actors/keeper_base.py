@@ -10,6 +10,7 @@ leaves with its events in one ``Write`` when the message is done.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ from plait.protocol.messages import Ack, Message, NodeResult, Recorded, Wait
 from plait.protocol.plan import TERMINAL, Outcome
 
 __all__ = ["ACTIVE", "AttemptRec", "KeeperBase", "KeeperContext", "WaitRec"]
+
+log = logging.getLogger("plait.actors.plan_keeper")
 
 ACTIVE = frozenset({NodeState.RUNNING, NodeState.SUSPENDED})
 
@@ -316,10 +319,14 @@ class KeeperBase(pykka.ThreadingActor):
         node = self.st.plan.nodes[node_id]
         info = self.ctx.catalog.get(node.task)
         if info is not None and info.cache and self.ctx.cache is not None:
-            key = cache_key(node.task, info.version, self._resolve(node.inputs))
-            self.cache_keys[node_id] = key
-            self.ctx.cache.tell(Lookup(self.actor_ref, node_id, node.attempt, key))
-            return
+            try:
+                key = cache_key(node.task, info.version, self._resolve(node.inputs))
+            except (TypeError, ValueError) as exc:  # not data: it runs, uncached
+                log.warning("keeper %s: %s is not cached: %s", self.wf, node_id, exc)
+            else:
+                self.cache_keys[node_id] = key
+                self.ctx.cache.tell(Lookup(self.actor_ref, node_id, node.attempt, key))
+                return
         self._queue(node_id)
 
     def _queue(self, node_id: str) -> None:
