@@ -313,6 +313,25 @@ def test_an_ended_workflow_revived_twice_at_once_is_revived_from_its_last_commit
     assert not registry.adopt("other", churn, start, "x", tries=3)
 
 
+def test_no_keeper_is_adopted_once_flow_stops() -> None:
+    """Flow's stop closes the Registry before it stops the keepers it lists: the
+    Reader reviving an ended workflow meanwhile starts none that nobody stops."""
+    registry = Registry()
+    told: list[tuple[str, str]] = []
+    registry.add("live", cast(Any, _Keeper("live", told)))
+    started: list[str] = []
+
+    def start(state: str) -> Any:
+        started.append(state)
+        return _Keeper("revived", told)
+
+    assert [k.name for k in registry.close()] == ["live"]  # type: ignore[attr-defined]
+    assert not registry.adopt("ended", lambda: "state", start, "restart")
+    assert started == []
+    assert registry.adopt("live", lambda: "state", start, "set attrs")  # told, as before
+    assert told == [("live", "set attrs")]
+
+
 def test_a_restarted_node_starts_without_the_earlier_runs_heartbeat_details(
         flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
     """Heartbeat details carry progress from an attempt to its retry; a run an

@@ -212,7 +212,9 @@ class Flow:
             _stop(self.scheduler)  # it starts keepers: before them
         self.timers.stop()
         self.clock_timers.stop()
-        stopping = [keeper.stop(block=False) for keeper in self.registry.keepers()]
+        # Closed first: the Reader may be reviving an ended workflow right now, and
+        # a keeper started after this list was taken would never be stopped.
+        stopping = [keeper.stop(block=False) for keeper in self.registry.close()]
         for future in stopping:  # all at once: a thousand keepers stop in parallel
             _wait(future)
         for ref in reversed(self._actors):  # membership, dispatcher, reader, store, publisher

@@ -51,6 +51,7 @@ class Registry:
         # Workflow -> how often a keeper of it started or left: a state read from the
         # events while this stood still is the committed state (see ``adopt``).
         self._turns: dict[str, int] = {}
+        self._closed = False  # Flow is stopping: no keeper starts any more
 
     def claim(self, workflow_id: str) -> bool:
         """Reserve a new workflow id; False if it was ever used."""
@@ -94,6 +95,8 @@ class Registry:
             with self._lock:
                 if safe_tell(self._keepers.get(workflow_id), message):
                     return True
+                if self._closed:
+                    return False
                 if self._turns.get(workflow_id, 0) != turn:
                     continue
                 keeper = self._keepers[workflow_id] = start(state)
@@ -102,6 +105,12 @@ class Registry:
                 keeper.tell(message)
                 return True
         return False
+
+    def close(self) -> list[pykka.ActorRef[Any]]:
+        """No keeper is adopted from now on (Flow is stopping); the live keepers."""
+        with self._lock:
+            self._closed = True
+            return list(self._keepers.values())
 
     def is_live(self, workflow_id: str) -> bool:
         with self._lock:
@@ -130,10 +139,6 @@ class Registry:
     def live(self) -> list[str]:
         with self._lock:
             return list(self._keepers)
-
-    def keepers(self) -> list[pykka.ActorRef[Any]]:
-        with self._lock:
-            return list(self._keepers.values())
 
 
 @dataclass
