@@ -1177,6 +1177,39 @@ def test_a_cancel_for_a_worker_already_reaped_starts_no_escalation() -> None:
         zctx.term()
 
 
+class _SignalledZygote(_FlakyZygote):
+    def __init__(self) -> None:
+        super().__init__(fails=0)
+        self.signals: list[tuple[int, int]] = []
+
+    def signal(self, pid: int, sig: int) -> None:
+        self.signals.append((pid, sig))
+
+
+def test_a_retired_worker_that_ignores_sigterm_is_killed() -> None:
+    """A task module may install a SIGTERM handler of its own: a spare retired with
+    SIGTERM alone stayed, and every scale-down left one more process."""
+    zctx: zmq.Context[Any] = zmq.Context()
+    settings = PoolSettings(endpoint="ipc://@unused", events="inproc://unused", imports=[],
+                            size=1, max_size=1, stop_timeout=3.0)
+    zygote = _SignalledZygote()
+    pool = WorkerPool(zctx, settings, cast(Any, zygote))  # not started: driven by hand
+    pool._report = lambda kind, **fields: None  # type: ignore[method-assign]
+    try:
+        pool._reconcile(100.0)
+        (ident,) = pool._procs
+        pid = pool._procs[ident].pid
+        pool._retire(ident, 100.0)
+        assert zygote.signals == [(pid, signal.SIGTERM)]
+        pool._reconcile(102.9)
+        assert zygote.signals == [(pid, signal.SIGTERM)]  # its grace
+        pool._reconcile(103.0)
+        pool._reconcile(103.1)
+        assert zygote.signals == [(pid, signal.SIGTERM), (pid, signal.SIGKILL)]  # once
+    finally:
+        zctx.term()
+
+
 def test_a_cancel_after_an_async_tasks_loop_closed_leaves_the_link_alive() -> None:
     """The attempt's loop has closed (its task returned; the attempt is flushing its
     last proposals) when its CancelTask comes: the link thread, which reports the

@@ -124,6 +124,7 @@ class _Process:
     pid: int
     ready: bool = False
     retiring: bool = False
+    kill_at: float | None = None  # retiring: SIGKILL then, if it ignored the SIGTERM
 
 
 class WorkerPool(pykka.ThreadingActor):
@@ -182,7 +183,7 @@ class WorkerPool(pykka.ThreadingActor):
         elif isinstance(message, Ready):
             self._on_ready(message.ident)
         elif isinstance(message, Retire):
-            self._retire(message.ident)
+            self._retire(message.ident, now)
         elif isinstance(message, Cancel):
             if message.ident in self._procs:  # else reaped already: nothing to escalate
                 self._cancels.start(message.ident, now)
@@ -206,6 +207,13 @@ class WorkerPool(pykka.ThreadingActor):
                     log.error("%s; trying again in %g s", exc, self.settings.backoff_max)
                     self._not_before = now + self.settings.backoff_max
                     break
+        for p in self._procs.values():
+            if p.kill_at is not None and now >= p.kill_at:
+                # A task module's own SIGTERM handler kept it alive: each scale-down
+                # would leave one more process behind.
+                log.warning("worker pid %d ignored SIGTERM when retired: killing it", p.pid)
+                p.kill_at = None
+                self._zygote.signal(p.pid, signal.SIGKILL)
         for ident, sig in self._cancels.due(now):
             process = self._procs.get(ident)
             if process is not None:
@@ -257,10 +265,11 @@ class WorkerPool(pykka.ThreadingActor):
             process.ready = True
             self._failures = 0
 
-    def _retire(self, ident: bytes) -> None:
+    def _retire(self, ident: bytes, now: float) -> None:
         process = self._procs.get(ident)
         if process is not None:
             process.retiring = True
+            process.kill_at = now + self.settings.stop_timeout
             self._zygote.signal(process.pid, signal.SIGTERM)
 
     def _report(self, event: str, **data: Any) -> None:
