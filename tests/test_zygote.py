@@ -131,6 +131,27 @@ def test_when_the_supervisor_end_closes_the_zygote_and_its_workers_exit(
     wait_for(lambda: not alive(pid), TIMEOUT, message="the worker outlived its zygote")
 
 
+def test_a_worker_stuck_in_its_imports_does_not_outlive_its_zygote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its link thread, which notices a gone parent, starts after the task modules'
+    imports: one that hangs there is ended by the kernel when the zygote dies."""
+    mark = tmp_path / "importing"
+    (tmp_path / "hangs_at_import_for_zygote.py").write_text(
+        "import os, pathlib, threading\n"
+        "pathlib.Path(os.environ['PLAIT_TEST_MARK']).write_text(str(os.getpid()))\n"
+        "threading.Event().wait()  # an import that never ends\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # before the zygote is spawned
+    monkeypatch.setenv("PLAIT_TEST_MARK", str(mark))
+    z = Zygote.start(fork=False)
+    try:
+        pid = z.fork(["--connect", "tcp://127.0.0.1:1", "--ident", "w-5",
+                      "--import", "hangs_at_import_for_zygote"])
+        wait_for(mark.exists, TIMEOUT, message="the worker did not start its imports")
+    finally:
+        z.close()
+    wait_for(lambda: not alive(pid), TIMEOUT, message="the worker outlived its zygote")
+
+
 def test_a_killed_zygote_is_reported_as_gone(zygote: Zygote) -> None:
     os.kill(zygote.pid, signal.SIGKILL)
     with pytest.raises(ZygoteGone):

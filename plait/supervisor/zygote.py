@@ -48,7 +48,7 @@ from typing import Any, NoReturn
 from plait import memory
 from plait.errors import PlaitError
 from plait.protocol import codec
-from plait.supervisor.forking import STOP_SIGNALS, fork_call, single_threaded
+from plait.supervisor.forking import STOP_SIGNALS, die_with_parent, fork_call, single_threaded
 
 log = logging.getLogger("plait.supervisor")
 
@@ -247,7 +247,12 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
 
 
 def _fork_worker(argv: list[str], sock: socket.socket, pipe: tuple[int, int]) -> int:
+    zygote = os.getpid()
+
     def worker() -> int:
+        # Before the task modules' imports, which may hang: the link thread that
+        # notices a gone parent starts only after them.
+        die_with_parent(zygote)
         sock.close()
         signal.set_wakeup_fd(-1)
         for fd in pipe:
