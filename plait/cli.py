@@ -26,6 +26,7 @@ from plait.cli_base import (
     Verbs,
     client_of,
     client_options,
+    event_seq,
     importable_cwd,
     interruptible,
     message_size_option,
@@ -381,7 +382,8 @@ def _any_workflow(p: argparse.ArgumentParser) -> None:
 
 def _graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow")
-    p.add_argument("--at", type=int, default=None, metavar="SEQ", help="as of this event")
+    p.add_argument("--at", type=event_seq, default=None, metavar="SEQ",
+                   help="as of this event (the latest view if the workflow has fewer)")
     p.add_argument("--format", choices=["dot", "svg", "png", "pdf", "json"], default=None,
                    help="default: json with --json, else from -o's suffix, else dot")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")

@@ -141,6 +141,18 @@ def message_size(text: str) -> int:
     return size
 
 
+def event_seq(text: str) -> int:
+    """A workflow's event sequence number: its events are numbered from 1."""
+    try:
+        seq = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an event number: {text!r}") from None
+    if not 1 <= seq < 2**63:
+        raise argparse.ArgumentTypeError(f"{seq} is not an event number (events are "
+                                         "numbered from 1)")
+    return seq
+
+
 def message_size_option(p: argparse.ArgumentParser, what: str) -> None:
     """``--max-message-size BYTES``: ``what`` says which messages it bounds."""
     p.add_argument("--max-message-size", type=message_size, default=DEFAULT_MAX_SIZE,

@@ -37,6 +37,16 @@ def plait(*argv: str, timeout: float = 120, **kwargs: Any) -> subprocess.Complet
 # --- no cluster needed ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("at", ["0", "-3", str(2**63), "soon"])
+def test_graph_at_takes_an_event_number(at: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Events are numbered from 1: anything else is a usage error, not "no workflow"
+    (0) or an overflow inside Flow (a huge number)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["graph", "wf-1", "--at", at, "--flow", "tcp://127.0.0.1:1"])
+    assert exited.value.code == Exit.USAGE
+    assert "event number" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

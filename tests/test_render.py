@@ -204,6 +204,17 @@ def test_without_graphviz_a_picture_is_a_clear_error_and_the_demo_falls_back_to_
     assert (drawn.name, drawn.read_text()) == ("demo.dot", to_dot(grammar_view()))
 
 
+def test_a_record_shape_is_drawn_as_a_box(tmp_path: Path) -> None:
+    """A record parses its label for fields: a label with | or { (the user's, or
+    the view's own) made Graphviz refuse the whole picture."""
+    plan = Plan("w")
+    diff = PlanDiff(None, (NodeSpec("a", "t", attrs={"shape": "Mrecord", "label": "in|{out"}),))
+    assert plan.apply(diff).ok
+    assert 'shape="box"' in line_of(to_dot(view(plan)), "a")
+    render(view(plan), tmp_path / "view.svg")  # dot accepts it
+    assert (tmp_path / "view.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
+
+
 def test_cosmetic_attributes_and_cache_marks_are_drawn() -> None:
     plan = Plan("w")
     diff = PlanDiff(None, (NodeSpec("a", "t", attrs={"color": "blue", "label": "hello"}),

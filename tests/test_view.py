@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, child_id
+from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, NodeState, PlanDiff, child_id
 from plait.protocol.plan import Plan
 from plait.protocol.promises import (
     MaxNodes,
@@ -294,6 +294,19 @@ def test_siblings_with_different_neighbours_fold_separately() -> None:
         spawn(plan, "A", "M", i)
     v = view(plan)
     assert sorted(n.count for n in v.nodes if n.members) == [10, 10]
+
+
+def test_a_sibling_with_something_of_its_own_to_show_is_not_folded_away() -> None:
+    """A colour set on one member, a retry: the folded node would hide them."""
+    plan = fan_out(20)
+    assert plan.apply(PlanDiff(None, attrs=(AttrChange("color", "red", node="A.3"),))).ok
+    run(plan, "A.5")
+    plan.set_state("A.5", NodeState.READY)  # retried: attempt 2
+    v = view(plan)
+    alone = {n.id for n in v.nodes if n.members is None and n.id.startswith("A.")}
+    assert alone == {"A.3", "A.5"}
+    assert sorted(n.count for n in v.nodes if n.members) == [18]
+    assert next(n for n in v.nodes if n.id == "A.3").attrs["color"] == "red"
 
 
 # --- rejections ---------------------------------------------------------------------------

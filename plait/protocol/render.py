@@ -143,13 +143,19 @@ def _node_line(node: ViewNode, promises: bool) -> str:
     return f"  {quote(node.id)} [{', '.join(attrs)}];"
 
 
+_RECORDS = frozenset({"record", "mrecord"})
+
+
 def _cosmetics(attrs: Mapping[str, Any]) -> list[str]:
     """A task's own cosmetic attributes; state colours and red stay the engine's."""
     found = []
     if attrs.get("color"):
         found += [f"color={quote(str(attrs['color']))}", "penwidth=2"]
     if attrs.get("shape"):
-        found.append(f"shape={quote(str(attrs['shape']))}")
+        shape = str(attrs["shape"])
+        # A record shape parses its label for fields: {, |, < in a label (which the
+        # view writes, and a user may) make Graphviz refuse the whole picture.
+        found.append(f"shape={quote('box' if shape.lower() in _RECORDS else shape)}")
     return found
 
 

@@ -207,6 +207,10 @@ def _rejected_entry(rejection: Rejection, diff: PlanDiff) -> dict[str, Any]:
 # --- folding -----------------------------------------------------------------------
 
 
+def _shown_attrs(attrs: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), repr(v)) for k, v in attrs.items()))
+
+
 def _fold(plan: Plan, threshold: int, marked: Iterable[str]) -> dict[str, list[Node]]:
     """Node id -> its fold group, for groups of more than ``threshold`` siblings
     that share creator, task, predecessors and successors.
@@ -221,7 +225,10 @@ def _fold(plan: Plan, threshold: int, marked: Iterable[str]) -> dict[str, list[N
             continue
         key = (node.creator.id, node.task,
                frozenset(node.preds) if node.preds else _NO_IDS,
-               frozenset(node.succs) if node.succs else _NO_IDS)
+               frozenset(node.succs) if node.succs else _NO_IDS,
+               # What the view shows of a node on its own: a colour, a label, cached,
+               # a retry. Siblings alike in it still fold (a map's shared labels).
+               _shown_attrs(node.attrs) if node.attrs else (), node.attempt)
         members = groups.get(key)
         if members is None:
             groups[key] = [node]
