@@ -55,6 +55,7 @@ def flow(tmp_path: Path, flow_options: dict[str, Any]) -> Iterator[Flow]:
         yield f
     finally:
         f.stop()
+    assert f.stopped_cleanly, "a socket of Flow's was still open at stop"
 
 
 @pytest.fixture

@@ -30,10 +30,12 @@ from flowkit import (
     submit,
 )
 
+from plait.actors import flow as flow_module
 from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
-from plait.actors.mail import Start
+from plait.actors.mail import Start, Tick, Write
 from plait.actors.membership import Membership
+from plait.actors.registry import Registry
 from plait.client import Client
 from plait.protocol.codec import PROTOCOL_VERSION, decode, encode, pack
 from plait.protocol.diff import EdgeSpec
@@ -46,6 +48,7 @@ from plait.protocol.messages import (
     CancelWorkflow,
     Error,
     FeedEvent,
+    Finish,
     GetGraph,
     GetHistory,
     GetStatus,
@@ -93,6 +96,60 @@ def test_run_flow_in_a_thread_serves_and_stops(tmp_path: Any) -> None:
         stop.set()
         thread.join(15)
     assert not thread.is_alive()
+
+
+def _stops_within(flow: Flow, seconds: float) -> bool:
+    stopping = threading.Thread(target=flow.stop, daemon=True)  # left behind if it hangs
+    stopping.start()
+    stopping.join(seconds)
+    return not stopping.is_alive()
+
+
+def test_a_flow_whose_store_failed_reports_it_and_still_stops(tmp_path: Any) -> None:
+    """pykka skips on_stop for a failed actor: its socket stayed open and Flow's
+    stop hung for ever in the context's term. A failed Store is also fatal."""
+    fatal = threading.Event()
+    flow = Flow(settings(tmp_path), on_fatal=lambda exc: fatal.set()).start()
+
+    def boom() -> None:
+        raise RuntimeError("a callback failed")
+
+    flow.store.tell(Write(then=boom))
+    assert fatal.wait(10)
+    assert isinstance(flow.failure, RuntimeError)
+    assert _stops_within(flow, 15)
+    assert flow.stopped_cleanly
+
+
+def test_a_flow_whose_membership_failed_still_stops(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    failed = threading.Event()
+
+    def tick(self: Membership) -> None:
+        failed.set()
+        raise RuntimeError("a tick failed")
+
+    monkeypatch.setattr(Membership, "_tick", tick)
+    flow = Flow(settings(tmp_path)).start()
+    flow.membership.tell(Tick())
+    assert failed.wait(10)
+    wait_for(lambda: not flow.membership.is_alive(), message="membership to stop")
+    assert _stops_within(flow, 15)
+    assert flow.stopped_cleanly
+
+
+def test_a_socket_left_open_does_not_hang_the_stop(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    monkeypatch.setattr(flow_module, "STOP_TIMEOUT", 0.5)
+    flow = Flow(settings(tmp_path)).start()
+    stray = flow.zctx.socket(zmq.PUSH)  # as a thread that never stopped would hold
+    try:
+        assert _stops_within(flow, 10)
+        assert not flow.stopped_cleanly
+        assert "a socket is still open after stop" in caplog.text
+    finally:
+        stray.close(linger=0)  # the context's term, left waiting, ends
 
 
 def test_one_zeromq_message_may_carry_several_requests(client: Peer) -> None:
@@ -221,6 +278,38 @@ def test_retry_after_failure_counts_the_result_once(
     assert result(client, wf).output == "ok"
     assert states(history(client, wf), "a") == [
         ("running", 1), ("ready", 2), ("running", 2), ("succeeded", 2)]
+
+
+def test_a_finish_reaching_a_keeper_as_it_leaves_is_acknowledged_and_counted(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A duplicate Finish told to the keeper just before it left the Registry is
+    answered by the leaving keeper as the Gateway answers one after: an Ack, and
+    counted as dropped (the Reader it went to before acknowledged it uncounted)."""
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    leaving, go = threading.Event(), threading.Event()
+    remove = Registry.remove
+
+    def held_remove(self: Registry, workflow_id: str) -> Any:
+        if workflow_id == wf:
+            leaving.set()
+            go.wait(10)
+        return remove(self, workflow_id)
+
+    monkeypatch.setattr(Registry, "remove", held_remove)
+    keeper = flow.registry._keepers[wf]
+    sup.finish(a, "ok")
+    assert leaving.wait(10)
+    dropped = flow.counters.get("dropped.finish")
+    again = sup.send(Finish(workflow_id=wf, node="a", attempt=1, ok=True, output="again"))
+    wait_for(lambda: not keeper.actor_inbox.empty(), message="the duplicate in the inbox")
+    go.set()
+    assert isinstance(sup.next(lambda m: m.id == again.id or again.id in getattr(m, "more", ())),
+                      Ack)
+    assert flow.counters.get("dropped.finish") == dropped + 1
+    assert result(client, wf).output == "ok"
 
 
 def test_timeout_stops_and_retries_the_attempt(

@@ -216,3 +216,8 @@ class DatabaseActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self.outbox.close()
         self.db.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # pykka skips on_stop for a failed actor, and a socket left open would hang
+        # Flow's context at stop for ever.
+        self.on_stop()

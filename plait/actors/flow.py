@@ -99,6 +99,7 @@ class Flow:
         self.feed_endpoint = ""
         self._actors: list[pykka.ActorRef[Any]] = []
         self._stopped = False
+        self.stopped_cleanly = False  # every socket closed at stop (see _term)
         self.registry = Registry()
 
     def start(self) -> Flow:
@@ -220,7 +221,23 @@ class Flow:
         for ref in reversed(self._actors):  # membership, dispatcher, reader, store, publisher
             _stop(ref)
         self._actors.clear()
-        self.zctx.term()
+        self.stopped_cleanly = _term(self.zctx)
+
+
+def _term(zctx: zmq.Context[Any]) -> bool:
+    """Terminate the context, which waits for every socket to close: one left open
+    by a thread that never stopped must not keep Flow from stopping for ever.
+    False if it was left so."""
+    terminating = threading.Thread(target=zctx.term, name="plait-term", daemon=True)
+    terminating.start()
+    terminating.join(STOP_TIMEOUT)
+    if terminating.is_alive():
+        log.error("flow: a socket is still open after stop (threads alive: %s); "
+                  "the process's exit closes it",
+                  ", ".join(t.name for t in threading.enumerate()
+                            if t is not terminating and t is not threading.current_thread()))
+        return False
+    return True
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -23,7 +23,7 @@ import pykka
 import zmq
 
 from plait.actors.dispatcher import Dispatcher
-from plait.actors.mail import Join, Request, Supply, Write
+from plait.actors.mail import LATE, Join, Request, Supply, Write
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
 from plait.errors import ProtocolError
 from plait.protocol.codec import correlation_of, decode, encode, error_reply
@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 # Requests about one workflow: its keeper while it is live, else the Reader.
 TO_WORKFLOW = (Propose, Wait, Finish, AwaitResult, CancelWorkflow, TaskHeartbeat, SetState,
                PauseWorkflow, ResumeWorkflow, RestartNode, SetAttrs, SendSignal, Query)
-LATE = (Finish, TaskHeartbeat, SetState)  # a worker's, after the end: acknowledged, dropped
 TO_SCHEDULER = (AddSchedule, RemoveSchedule, ListSchedules)
 
 POLL_MS = 100  # how often the loop looks at its stop flag when idle
@@ -103,8 +102,8 @@ class Outbox:
         except zmq.Again:
             self.dropped += len(parts) // 2  # the Gateway is gone: nobody could be answered
 
-    def close(self) -> None:
-        self.sock.close()
+    def close(self, linger: int | None = None) -> None:
+        self.sock.close(linger=linger)
 
 
 class Gateway:

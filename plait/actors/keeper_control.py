@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from plait.actors.keeper_base import KeeperBase
-from plait.actors.mail import Refund, Request, Retire, RunEnded, Start, Stopped, Welcomed
+from plait.actors.mail import LATE, Refund, Request, Retire, RunEnded, Start, Stopped, Welcomed
 from plait.actors.registry import safe_tell
 from plait.protocol.diff import AttrChange, NodeState, PlanDiff
 from plait.protocol.messages import (
@@ -177,7 +177,10 @@ class ControlMixin(KeeperBase):
     def _forward(self, message: Any) -> None:
         """After leaving: what was already on its way here goes to the Reader; a Start
         gives back the credit (and the MaxParallel slot) the Dispatcher spent on it."""
-        if isinstance(message, Request) and self.ctx.reader is not None:
+        if isinstance(message, Request) and isinstance(message.message, LATE):
+            self.ctx.counters.add(f"dropped.{message.message.type}")
+            self._send(message.identity, Ack(id=message.message.id))
+        elif isinstance(message, Request) and self.ctx.reader is not None:
             self.ctx.reader.tell(message)
         elif isinstance(message, Start):
             self.ctx.counters.add("dispatch.gone")

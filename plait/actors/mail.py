@@ -11,14 +11,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from plait.protocol.messages import Message
+from plait.protocol.messages import Finish, Message, SetState, TaskHeartbeat
 
 __all__ = [
-    "CacheAnswer", "CacheEntry", "Expire", "Join", "Leave", "Lookup", "Lost", "OrphanCheck",
+    "LATE", "CacheAnswer", "CacheEntry", "Expire", "Join", "Leave", "Lookup", "Lost", "OrphanCheck",
     "Publish", "Ready", "Refund", "Request", "Resumed", "Retire", "RetryDue", "RunEnded",
     "ScheduleChange", "ScheduleDue", "Start", "Stopped", "StoredEvent", "Supply", "Tick",
     "TimerDue", "Welcomed", "Write",
 ]
+
+# A worker's reports once its workflow is over: acknowledged and counted as
+# dropped, by the Gateway or by a keeper told them just before it left.
+LATE = (Finish, TaskHeartbeat, SetState)
 
 
 class StoredEvent(NamedTuple):

@@ -47,6 +47,13 @@ class Membership(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self.outbox.close()
 
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # As on_stop (which pykka skips for a failed actor): an open socket would
+        # hang Flow's context at stop. Supervisors are no longer declared dead.
+        log.error("flow: membership failed (%s): supervisors are no longer watched",
+                  exception_value)
+        self.outbox.close(linger=0)
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
             self._tick()

@@ -26,7 +26,6 @@ from plait.protocol.messages import (
     AwaitResult,
     CancelWorkflow,
     Error,
-    Finish,
     GetGraph,
     GetHistory,
     GetStatus,
@@ -40,9 +39,7 @@ from plait.protocol.messages import (
     ResumeWorkflow,
     SendSignal,
     SetAttrs,
-    SetState,
     StatusReply,
-    TaskHeartbeat,
     WorkflowResult,
 )
 
@@ -53,7 +50,6 @@ log = logging.getLogger(__name__)
 # (workflow id, how to read its state from the events, the request) -> False if its
 # keepers kept coming and going while the state was read
 Revive = Callable[[str, Callable[[], WorkflowState], Request], bool]
-LATE = (Finish, TaskHeartbeat, SetState)  # from a worker after the end: nothing to count
 
 
 class Reader(DatabaseActor):
@@ -93,8 +89,6 @@ class Reader(DatabaseActor):
                                 events=[{**ev, "seq": seq, "ts": ts} for seq, ts, ev in events])
         if isinstance(msg, GetGraph):
             return self._graph(msg)
-        if isinstance(msg, LATE):
-            return Ack(id=msg.id)
         if isinstance(msg, AwaitResult | CancelWorkflow | Query | RestartNode | SetAttrs
                       | PauseWorkflow | ResumeWorkflow | SendSignal):
             return self._ended(request, msg)
