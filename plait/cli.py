@@ -37,6 +37,7 @@ from plait.cli_base import (
 from plait.cli_control import CONTROL_VERBS
 from plait.client import FlowError, FlowUnavailable, NotFound, Run, outcome_error
 from plait.errors import (
+    DatabaseInUse,
     NonDeterminismError,
     PlaitError,
     PlanError,
@@ -55,8 +56,8 @@ ERROR_EXIT: list[tuple[type[BaseException], Exit]] = [
     (FlowUnavailable, Exit.UNREACHABLE), (NotFound, Exit.NOT_FOUND),
     (PromiseViolation, Exit.VIOLATED), (WorkflowCancelled, Exit.CANCELLED),
     (TaskFailed, Exit.FAILED), (PlanError, Exit.FAILED), (NonDeterminismError, Exit.FAILED),
-    (UsageError, Exit.USAGE), (TypeError, Exit.USAGE), (ValueError, Exit.USAGE),
-    (zmq.ZMQError, Exit.USAGE), (PlaitError, Exit.ERROR),
+    (UsageError, Exit.USAGE), (DatabaseInUse, Exit.USAGE), (TypeError, Exit.USAGE),
+    (ValueError, Exit.USAGE), (zmq.ZMQError, Exit.USAGE), (PlaitError, Exit.ERROR),
 ]
 FLOW_ERROR_EXIT = {"rejected": Exit.REFUSED, "invalid": Exit.USAGE}  # by Flow's error code
 

@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from plait import memory
-from plait.client import ResultTimeout, Run, outcome_error
+from plait.cli_base import UsageError
+from plait.client import DEFAULT_ADDRESS, ResultTimeout, Run, outcome_error
 from plait.errors import GraphvizMissing
 from plait.protocol.codec import DEFAULT_MAX_SIZE
 from plait.protocol.messages import WorkflowResult
@@ -85,6 +87,7 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
     thread: it needs no interpreter or imports of its own (its zygote and workers
     are forked in turn), its start overlaps Flow's, and it shares this process's
     imported pages, which a laptop's memory notices."""
+    _ports_free(port, port + 1)
     address = f"tcp://127.0.0.1:{port}"
     argv = ["supervisor", "--flow", address, "--workers", str(workers),
             "--max-message-size", str(max_message_size)]
@@ -105,7 +108,8 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
                   f"database {db}\n"
                   f"plait dev: one supervisor ({workers} workers) serving "
                   f"{', '.join(imports)}\n"
-                  f"plait dev: try `plait submit {_suggestion(imports)} --wait`; "
+                  f"plait dev: try `plait submit {_suggestion(imports)} --wait"
+                  f"{'' if address == DEFAULT_ADDRESS else ' --flow ' + address}`; "
                   f"Ctrl-C stops", flush=True)
             wait_for(lambda: stop.is_set() or not supervisor.alive(), float("inf"),
                      interval=0.2)
@@ -121,6 +125,19 @@ def run_dev(imports: Sequence[str], *, port: int, workers: int, db: Path,
         print("plait dev: the supervisor exited unexpectedly", file=sys.stderr)
         return 1
     return 0
+
+
+def _ports_free(*ports: int) -> None:
+    """Before the supervisor is forked: with a port taken (another ``plait dev``),
+    it would say Hello to the Flow already there and take that Flow's work, only
+    to be stopped when this Flow cannot bind."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise UsageError(f"port {port} is in use ({exc.strerror}): "
+                                 "is another Flow running? Choose another --port") from None
 
 
 def _suggestion(imports: Sequence[str]) -> str:

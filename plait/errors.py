@@ -107,6 +107,11 @@ class MessageTooLarge(ProtocolError):
         super().__init__("too_large", reason)
 
 
+class DatabaseInUse(PlaitError):
+    """Another Flow holds the database: stop it, or give this one another file.
+    Two Flows on one file would both run its unfinished workflows."""
+
+
 class GraphvizMissing(PlaitError):
     """Graphviz's ``dot`` program, which draws SVG, PNG and PDF, is not installed:
     install Graphviz, or ask for DOT or JSON, which need no program."""

@@ -18,6 +18,7 @@ import e2e_tasks
 import pytest
 import zmq
 
+from plait.actors.database import DatabaseLock
 from plait.cli import Exit, main
 from plait.client import Client, FlowUnavailable
 from plait.demo import DEMOS
@@ -361,7 +362,8 @@ def test_dev_serves_until_interrupted(tmp_path: Path) -> None:
         dev.wait()
     assert (tmp_path / "dev.db").exists()
     out = dev.stdout.read() if dev.stdout else ""
-    assert "try `plait submit examples.static:TASK --wait`" in out
+    assert f"try `plait submit examples.static:TASK --wait --flow tcp://127.0.0.1:{port}`" \
+        in out
     assert " INFO " not in out, out  # --log-level warning: Flow's and its supervisor's
 
 
@@ -381,6 +383,37 @@ def test_flow_on_a_port_taken_says_so_in_one_line(taken: str, tmp_path: Path) ->
     assert done.stderr.strip().splitlines() == [
         f"plait flow: Address already in use (addr='tcp://127.0.0.1:"
         f"{port + (taken == 'feed')}')"], done.stderr
+
+
+def test_a_second_flow_on_a_database_in_use_says_so_and_touches_nothing(
+        tmp_path: Path) -> None:
+    """Two Flows on one file would both run its unfinished workflows (and write the
+    same event numbers: fatal to one of them). The second one refuses to start."""
+    db = str(tmp_path / "f.db")
+    lock = DatabaseLock(db)
+    lock.acquire()  # as a running Flow holds it
+    try:
+        done = plait("flow", "--port", "0", "--db", db, timeout=60)
+    finally:
+        lock.release()
+    assert done.returncode == Exit.USAGE, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"plait flow: database {db} is in use by another Flow (pid {os.getpid()}): "
+        "stop it, or give this one another database"], done.stderr
+    assert not os.path.exists(db)  # not even created
+
+
+def test_dev_on_a_port_in_use_says_so_before_starting_anything(tmp_path: Path) -> None:
+    """Its supervisor, forked first, would otherwise join the Flow already there."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = plait("dev", "--port", str(port), "--db", str(tmp_path / "dev.db"),
+                     "--import", "examples.static", timeout=60)
+    assert done.returncode == Exit.USAGE, done.stderr
+    assert f"port {port} is in use" in done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "dev.db").exists()
 
 
 def test_flow_and_supervisor_take_a_message_size_limit(

@@ -9,10 +9,12 @@ answers with Propose, Wait and Finish as a worker would.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +39,7 @@ from plait.actors.mail import Start, Tick, Write
 from plait.actors.membership import Membership
 from plait.actors.registry import Registry
 from plait.client import Client
+from plait.errors import DatabaseInUse
 from plait.protocol.codec import PROTOCOL_VERSION, decode, encode, pack
 from plait.protocol.diff import EdgeSpec
 from plait.protocol.messages import (
@@ -150,6 +153,14 @@ def test_a_socket_left_open_does_not_hang_the_stop(
         assert "a socket is still open after stop" in caplog.text
     finally:
         stray.close(linger=0)  # the context's term, left waiting, ends
+
+
+def test_one_database_serves_one_flow_at_a_time(flow: Flow, client: Peer) -> None:
+    wf = submit(client, diff(spec("a")))
+    second = Flow(settings(Path(flow.settings.db).parent))
+    with pytest.raises(DatabaseInUse, match=rf"in use by another Flow \(pid {os.getpid()}\)"):
+        second.start()
+    assert client.request(GetStatus(workflow_id=wf)).runs[0].status == "running"
 
 
 def test_one_zeromq_message_may_carry_several_requests(client: Peer) -> None:

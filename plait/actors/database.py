@@ -18,6 +18,8 @@ its thread.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -29,10 +31,11 @@ import zmq
 from plait.actors.gateway import Outbox
 from plait.actors.history import ENDED
 from plait.actors.mail import CacheEntry, ScheduleChange, StoredEvent
+from plait.errors import DatabaseInUse
 from plait.protocol.codec import pack, unpack
 from plait.protocol.messages import RunInfo
 
-__all__ = ["Database", "DatabaseActor"]
+__all__ = ["Database", "DatabaseActor", "DatabaseLock"]
 
 # ``events`` is a rowid table, so every insert lands at the right edge of its B-tree;
 # the (wf, seq) key is a separate index. Keyed by (wf, seq) itself (WITHOUT ROWID),
@@ -60,6 +63,38 @@ CREATE TABLE IF NOT EXISTS cache (
 _NO_LIMIT = sys.maxsize  # stored blobs were written by us: no size limit on reading them
 _STATUS = {"paused": "paused", "resumed": "running"}
 _PROJECTED = frozenset({"submitted", "diff", "workflow", "restart", *_STATUS})
+
+
+class DatabaseLock:
+    """Flow is its database's only writer. A second Flow on the same file would
+    restore and run every unfinished workflow again, and write the event numbers
+    the first one writes (a UNIQUE violation, fatal to whichever commits second).
+    An exclusive ``flock`` on ``<db>.lock``, which the kernel drops when the
+    process dies, keeps it out; the file names the pid that holds it."""
+
+    def __init__(self, db: str) -> None:
+        self.path = f"{db}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises DatabaseInUse if another Flow (in any process) holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DatabaseInUse(
+                f"database {self.path[:-5]} is in use by another Flow (pid {holder}): "
+                "stop it, or give this one another database") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Database:

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from plait import memory
 from plait.actors.cache import Cache
 from plait.actors.clock import Clock, FileClock, WallClock
+from plait.actors.database import DatabaseLock
 from plait.actors.dispatcher import Dispatcher
 from plait.actors.gateway import Gateway
 from plait.actors.history import WorkflowState
@@ -100,12 +101,18 @@ class Flow:
         self._actors: list[pykka.ActorRef[Any]] = []
         self._stopped = False
         self.stopped_cleanly = False  # every socket closed at stop (see _term)
+        self._lock = DatabaseLock(settings.db)
         self.registry = Registry()
 
     def start(self) -> Flow:
         s = self.settings
         os.makedirs(os.path.dirname(os.path.abspath(s.db)), exist_ok=True)
-        loaded = load(s.db)
+        self._lock.acquire()  # before anything is read: another Flow may be writing
+        try:
+            loaded = load(s.db)
+        except BaseException:
+            self._lock.release()
+            raise
         self.zctx: zmq.Context[Any] = zmq.Context()
         outbox = f"inproc://plait-flow-{id(self):x}"
         self.registry = Registry(loaded.known)
@@ -222,6 +229,7 @@ class Flow:
             _stop(ref)
         self._actors.clear()
         self.stopped_cleanly = _term(self.zctx)
+        self._lock.release()  # last: the Store, its only writer, has stopped
 
 
 def _term(zctx: zmq.Context[Any]) -> bool:
