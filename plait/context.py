@@ -60,7 +60,16 @@ from plait.replay import (
     spawn_divergence,
     value_adapter,
 )
-from plait.task import Task, as_data, as_task, checked_output, encode_inputs, ref_of
+from plait.task import (
+    InvalidArguments,
+    Task,
+    as_data,
+    as_task,
+    checked_output,
+    encode_inputs,
+    nodes_after,
+    ref_of,
+)
 
 __all__ = ["Context", "Durable", "Gathered", "Handle", "Recorder", "Transport"]
 
@@ -201,17 +210,19 @@ class Context:
 
     # --- proposing --------------------------------------------------------------------
 
-    def spawn(self, fn: Any, *args: Any, after: Iterable[Any] = (), key: str | None = None,
+    def spawn(self, fn: Any, *args: Any, after: Iterable[Any] | Handle = (), key: str | None = None,
               **attrs: Any) -> Handle:
         """Create a child node running ``fn(*args)``; it may run concurrently with this task.
 
         Keywords naming a parameter of ``fn`` are its keyword arguments; the
-        others are node attributes (``color``, ``label``...). Handles among the
-        arguments become data edges; ``after`` adds runs-after edges.
+        others are node attributes (``color``, ``label``...), plain data. Handles
+        among the arguments become data edges; ``after`` (one node or several)
+        adds runs-after edges. ``key`` names the child: its id is
+        ``<this node>/<key>`` (so a key has no ``/``) instead of a spawn number.
         """
         return self._spawn(fn, args, after, key, attrs, then=False, site=call_site())
 
-    def then(self, fn: Any, *args: Any, after: Iterable[Any] = (), key: str | None = None,
+    def then(self, fn: Any, *args: Any, after: Iterable[Any] | Handle = (), key: str | None = None,
              **attrs: Any) -> Handle:
         """Like :meth:`spawn`, with an edge from this node: the child runs after this task."""
         return self._spawn(fn, args, after, key, attrs, then=True, site=call_site())
@@ -239,13 +250,19 @@ class Context:
                 raise TypeError(f"ctx.promise() takes promises, got {p!r}")
             self._promises.append((self._node_id, p))
 
-    def _spawn(self, fn: Any, args: Sequence[Any], after: Iterable[Any], key: str | None,
+    def _spawn(self, fn: Any, args: Sequence[Any], after: Iterable[Any] | Handle, key: str | None,
                keywords: dict[str, Any], *, then: bool, site: str) -> Handle:
         self._check(takes="ctx.then()" if then else "ctx.spawn()")
         t = as_task(fn)
         kwargs, attrs = t.split_keywords(keywords) if t is not None else ({}, keywords)
         name, inputs, refs = encode_inputs(fn, args, kwargs)
-        afters = [a if isinstance(a, str) else ref_of(a) or _not_a_node(a) for a in after]
+        afters = [a if isinstance(a, str) else ref_of(a) or _not_a_node(a)
+                  for a in nodes_after(after)]
+        if key is not None:
+            _check_key(key)
+        # Checked here, at the call: found unencodable when the diff is sent, an
+        # attribute failed the task at its next await, or killed its worker at Finish.
+        attrs = {k: as_data(v, f"attribute {k}=") for k, v in attrs.items()}
         return self._add(t, name, inputs, refs, afters, key, attrs, then=then, site=site)
 
     def _add(self, t: Task[Any, Any] | None, name: str, inputs: dict[str, Any],
@@ -640,6 +657,12 @@ class Context:
                     raise
                 values.append(exc)
         return values
+
+
+def _check_key(key: Any) -> None:
+    # A child's id is "creator/key": a "/" in a key could name a grandchild's id.
+    if not isinstance(key, str) or not key or "/" in key:
+        raise InvalidArguments(f"key= takes a non-empty string without '/', got {key!r}")
 
 
 def _not_a_node(value: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from plait.errors import PlaitError, PlanError
 from plait.protocol.diff import EdgeSpec, NodeSpec, PlanDiff
 from plait.protocol.promises import NoNewEdges, NoNewNodes, Promise
-from plait.task import Task, as_task, encode_inputs, import_user_module, ref_of
+from plait.task import Task, as_task, encode_inputs, import_user_module, nodes_after, ref_of
 
 __all__ = ["Graph", "NodeRef", "registration"]
 
@@ -53,7 +53,7 @@ class Graph:
         self.promises: list[tuple[str, Promise]] = []
         self._ids: set[str] = set()
 
-    def add(self, fn: Any, *args: Any, key: str | None = None, after: Iterable[Any] = (),
+    def add(self, fn: Any, *args: Any, key: str | None = None, after: Iterable[Any] | NodeRef = (),
             promises: Sequence[Promise] = (), **attrs: Any) -> NodeRef:
         """Add a node running ``fn(*args)``; its id is ``key`` or the task name
         (``name#2``, ``name#3``... for repeats). Keywords naming a parameter of
@@ -61,7 +61,7 @@ class Graph:
         t = as_task(fn)
         kwargs, attrs = t.split_keywords(attrs) if t is not None else ({}, attrs)
         name, inputs, refs = encode_inputs(fn, args, kwargs)
-        preds = [self._own(a) for a in after]
+        preds = [self._own(a) for a in nodes_after(after)]
         for ref in refs:
             if ref not in self._ids or _foreign(self, (args, kwargs)):
                 raise PlanError(f"{self.name}: an argument refers to {ref}, "

@@ -96,7 +96,8 @@ class Retry:
 
     def __init__(self, max_attempts: int = 3, initial: float = 1.0, backoff: float = 2.0,
                  maximum: float = 60.0,
-                 non_retryable: Iterable[type[BaseException] | str] = ()) -> None:
+                 non_retryable: Iterable[type[BaseException] | str] | type[BaseException] | str
+                 = ()) -> None:
         if max_attempts < 1:
             raise ValueError("Retry.max_attempts must be at least 1")
         if initial < 0 or maximum < 0 or backoff < 1:
@@ -105,6 +106,8 @@ class Retry:
         object.__setattr__(self, "initial", float(initial))
         object.__setattr__(self, "backoff", float(backoff))
         object.__setattr__(self, "maximum", float(maximum))
+        if isinstance(non_retryable, str | type):  # one: a name is not its letters
+            non_retryable = [non_retryable]
         object.__setattr__(self, "non_retryable", tuple(_exc_name(e) for e in non_retryable))
 
     def delay(self, attempt: int) -> float:
@@ -136,6 +139,12 @@ def ref_of(value: Any) -> str | None:
     """The node id a handle or node reference stands for, or None for plain data."""
     ref = getattr(type(value), "__plait_ref__", None)
     return str(value.__plait_ref__) if ref is not None else None
+
+
+def nodes_after(after: Any) -> Iterable[Any]:
+    """``after=``: one node (a handle, a node reference, an id) or several; a lone
+    id is not iterated into its characters."""
+    return [after] if isinstance(after, str) or ref_of(after) is not None else after
 
 
 def _has_ref(value: Any) -> bool:

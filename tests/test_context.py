@@ -174,6 +174,30 @@ def test_handles_as_arguments_become_data_edges(ctx: Context, transport: FakeTra
         EdgeSpec(b.id, c.id, data=True)]
 
 
+def test_after_takes_one_node_as_well_as_several(ctx: Context) -> None:
+    a = ctx.spawn(add, 1, 2)
+    b = ctx.spawn(add, 3, 4, after=a)
+    c = ctx.spawn(add, 5, 6, after="root.1")  # an id: not one edge per character
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert sorted(e.key for e in diff.edges) == [(a.id, b.id), (a.id, c.id)]
+
+
+def test_spawn_checks_its_attributes_and_key_at_the_call(ctx: Context) -> None:
+    """Caught later, a non-data attribute failed the task at its next await, or
+    killed its worker at Finish; a key with '/' could name a grandchild's id."""
+    with pytest.raises(InvalidArguments, match=r"attribute deadline= .* not JSON-able"):
+        ctx.spawn(add, 1, 2, deadline=object())
+    for key in ("a/b", "", 3):
+        with pytest.raises(InvalidArguments, match="key= takes a non-empty string"):
+            ctx.spawn(add, 1, 2, key=key)  # type: ignore[arg-type]
+    when = ctx.spawn(add, 1, 2, key="f.csv", at=datetime(2026, 1, 2))
+    diff = ctx.take_diff()
+    assert diff is not None
+    assert [(n.id, n.attrs) for n in diff.nodes] == [
+        (when.id, {"at": "2026-01-02T00:00:00"})]  # data, as the wire carries it
+
+
 def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:
     handles = ctx.map(double, range(5))
     transport.results = {h.id: ok(2 * i) for i, h in enumerate(handles)}

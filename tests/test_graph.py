@@ -44,6 +44,14 @@ def test_refs_are_data_edges_and_after_is_runs_after() -> None:
     assert same.root == "add#graph"
 
 
+def test_after_takes_one_node_as_well_as_several() -> None:
+    g = Graph("after")
+    load = g.add(add, 1, 2, key="load")
+    g.add(double, 5, after=load)
+    g.add(double, 6, after="load")  # an id: not "l", "o", "a", "d"
+    assert g.edges == [EdgeSpec("load", "sample.double"), EdgeSpec("load", "sample.double#2")]
+
+
 def test_refs_must_belong_to_the_graph() -> None:
     g, other = Graph("g"), Graph("other")
     foreign = other.add(add, 1, 1)

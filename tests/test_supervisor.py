@@ -58,7 +58,7 @@ from plait.supervisor.daemon import (
 from plait.supervisor.flow_link import Outstanding
 from plait.supervisor.pool import Cancel, CrashLoop, PoolSettings, WorkerPool
 from plait.supervisor.routing import Worker
-from plait.supervisor.worker import WorkerLink
+from plait.supervisor.worker import WorkerLink, error_dict
 from plait.testing import descendants, proc_stat, wait_for
 
 M = TypeVar("M", bound=Message)
@@ -813,6 +813,29 @@ def _is_zygote(pid: int) -> bool:
     except OSError:
         return False
     return stat is not None and stat[1] == os.getpid() and b"plait.supervisor.zygote" in cmdline
+
+
+def test_a_worker_reports_what_it_cannot_send_instead_of_dying() -> None:
+    """A Finish that cannot be encoded raised in the worker's loop: the process
+    died, and every retry killed another worker. So did an exception whose str()
+    fails."""
+    link = WorkerLink("ipc://@plait-test-unused", "w")  # no thread
+    a = assign("pid")
+    link.send(Finish(workflow_id="wf", node=a.node, attempt=1, ok=True,
+                     diff={"nodes": [{"id": "c", "attrs": {"at": object()}}]}))
+    failed = codec.decode(link._outbox.get())
+    assert isinstance(failed, Finish)
+    assert (failed.ok, failed.diff) == (False, None)
+    assert failed.error is not None
+    assert (failed.error["type"], failed.error["retryable"]) == ("InvalidOutput", False)
+    assert "cannot be sent: cannot encode object" in failed.error["message"]
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert error_dict(Unprintable())["message"] == \
+        "<str() of the exception failed: RuntimeError: no>"
 
 
 def test_a_worker_gives_back_only_an_attempt_it_has_not_started() -> None:

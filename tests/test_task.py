@@ -125,6 +125,9 @@ def test_retry_policy() -> None:
     assert not strict.retryable(KeyError("k"))
     assert strict.retryable(ZeroDivisionError())
     assert Retry.from_dict(strict.to_dict()) == strict
+    # One alone: a name was taken for its letters, and ValueError stayed retryable.
+    assert Retry(non_retryable="ValueError").non_retryable == ("ValueError",)
+    assert Retry(non_retryable=KeyError).non_retryable == ("KeyError",)
     with pytest.raises(ValueError, match="max_attempts"):
         Retry(max_attempts=0)
 

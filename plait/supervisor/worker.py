@@ -100,9 +100,16 @@ _RELEASE_AFTER = 0.1
 
 def error_dict(exc: BaseException, policy: Retry = DEFAULT_RETRY) -> dict[str, Any]:
     """The wire form of a task failure."""
-    return {"type": type(exc).__name__, "message": str(exc),
+    return {"type": type(exc).__name__, "message": _message(exc),
             "traceback": "".join(traceback.format_exception(exc)),
             "retryable": not isinstance(exc, FATAL) and policy.retryable(exc)}
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as broken:  # noqa: BLE001 - a user's __str__: any error, named
+        return f"<str() of the exception failed: {type(broken).__name__}: {broken}>"
 
 
 class WorkerLink:
@@ -176,7 +183,16 @@ class WorkerLink:
         return future
 
     def _encode(self, message: Message) -> bytes:
-        frame = codec.encode(message)
+        try:
+            frame = codec.encode(message)
+        except (TypeError, ValueError) as exc:
+            if not isinstance(message, Finish):
+                raise  # the request's caller, the task, gets it at its await
+            # Raised in the worker's loop it ended the process: every retry then
+            # killed another worker, and nobody learnt why.
+            return codec.encode(_finish(message, ok=False, error={
+                "type": "InvalidOutput", "retryable": False, "traceback": "",
+                "message": f"the attempt's report cannot be sent: {exc}"}))
         if len(frame) <= self._max_frame:
             return frame
         what = (f"{type(message).__name__} of {len(frame):,} bytes exceeds the "
