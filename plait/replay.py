@@ -192,6 +192,7 @@ class Recorder:
         self._horizon = max([*self._past, *self._timers, *self._signals], default=-1)
         self._steps = {s.index: s for s in h.steps}  # completed by earlier attempts
         self._step_index = 0
+        self._versions: dict[str, bool] = {}  # change id -> the path taken
         self.seq = 0
         self.values: list[Recorded] = []
         self._outbox: list[Recorded] = []
@@ -216,17 +217,21 @@ class Recorder:
         return self._new(kind, produce(), site)
 
     def version(self, change_id: str, site: str) -> bool:
-        """``ctx.version``: True for code that is new to this execution's history."""
+        """``ctx.version``: True for code that is new to this execution's history.
+        One answer per change id for the whole execution: a later call past the
+        history gets the path an earlier one took inside it, not a mix of both."""
         seq = self.seq
         past = self._past.get(seq)
         if past is not None and past.kind == "version" and _is_pair(past.value) \
                 and past.value[0] == change_id:
-            return bool(self._consume(past)[1])
+            decided = self._versions[change_id] = bool(self._consume(past)[1])
+            return decided
         if past is not None or seq in self._timers or seq in self._signals:
             # The history was written by code without this call: take the old path
             # and leave this seq to the old code's call that recorded it.
-            return False
-        return bool(self._new("version", [change_id, not self.replaying], site)[1])
+            return self._versions.setdefault(change_id, False)
+        decided = self._versions.setdefault(change_id, not self.replaying)
+        return bool(self._new("version", [change_id, decided], site)[1])
 
     def step(self, name: str, site: str) -> tuple[int, int, bool, Any]:
         """Take the record seq and the step index of a durable step (``ctx.step``

@@ -137,6 +137,15 @@ def test_version_takes_old_or_new_paths() -> None:
     assert gap.version("fix") is False
     assert [(r.seq, r.value) for r in gap.take_recorded()] == [(0, ["fix", False])]
     assert gap.random() == 0.5
+    # One path per change id: the call after the history (a sleep's) agrees with
+    # the one inside it, and is recorded so, for the next replay.
+    mixed = make(FakeTransport(), History(
+        recorded=[Recorded(seq=0, kind="random", value=0.25)], timers=[1]))
+    assert mixed.version("fix") is False  # at the old code's random
+    assert mixed.random() == 0.25
+    mixed.sleep(60)  # seq 1: fired
+    assert mixed.version("fix") is False
+    assert [r.value for r in mixed.take_recorded()] == [["fix", False]]
 
 
 # --- children -----------------------------------------------------------------------------
