@@ -773,6 +773,33 @@ def test_heartbeat_timeout_and_details_for_the_retry(
     assert error["type"] == "HeartbeatTimeout"
 
 
+def test_a_replay_starts_from_the_heartbeat_details_its_attempt_started_from(
+        client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """"start = ctx.heartbeat_details or 0; loop; sleep": the replay after the sleep
+    got the details its own first execution sent, skipped the loop, and diverged."""
+    sup = supervisor(TaskInfo(name="a", retry={"initial": 0}))
+    wf = submit(client, diff(spec("a")))
+    first = sup.assign()
+    sup.heartbeat(first, {"done": 5})
+    sup.wait(first, timer=60, seq=0, resident=False)
+    clock.advance(60)
+    replay = sup.assign()
+    assert (replay.attempt, replay.history and replay.history.heartbeat) == (1, None)
+    sup.finish(replay, ok=False, error={"type": "E", "message": "", "retryable": True})
+    second = sup.assign()
+    assert second.history is not None
+    assert (second.attempt, second.history.heartbeat) == (2, {"done": 5})  # a retry resumes
+    sup.heartbeat(second, {"done": 9})
+    sup.wait(second, timer=60, seq=0, resident=False)
+    clock.advance(60)
+    again = sup.assign()
+    assert again.history is not None
+    assert (again.attempt, again.history.heartbeat) == (2, {"done": 5})
+    sup.finish(again, "ok")
+    assert result(client, wf).output == "ok"
+    rebuilt_equals_live(client, wf)
+
+
 # --- sleeps and signals -------------------------------------------------------------------
 
 

@@ -109,8 +109,9 @@ class WorkflowState:
         self.not_before: dict[str, tuple[int, float]] = {}  # node -> (attempt, backoff end)
         self.started_at: dict[str, float] = {}  # running node -> when it (re)started
         self.signals: dict[str, deque[Any]] = {}  # name -> payloads nobody consumed yet
-        # node -> (attempt, details) of its last heartbeat with details
-        self.beats: dict[str, tuple[int, Any]] = {}
+        # node -> (attempt, details) of its last heartbeat with details, and of the
+        # last one from an earlier attempt (what a replay of that attempt starts from)
+        self.beats: dict[str, tuple[tuple[int, Any], tuple[int, Any]]] = {}
         self.query: dict[str, Any] = {}  # node -> last ctx.set_state value
         self.query_latest: Any = None
 
@@ -119,12 +120,25 @@ class WorkflowState:
         return self.status in ENDED
 
     def heartbeat(self, node_id: str) -> Any:
-        """The details of the node's last heartbeat in its current run (its retries
-        resume from them; a run restarted by an operator, or a superseded child
-        proposed again, starts without them). None if there are none."""
-        attempt, details = self.beats.get(node_id, (0, None))
+        """The heartbeat details the node's current attempt started with: the last
+        ones of an earlier attempt of its current run (a retry resumes from them; a
+        run restarted by an operator, or a superseded child proposed again, starts
+        without them). A replay of the attempt gets these too, not the ones it sent
+        itself, or it would skip what its first execution did. None if none."""
         node = self.plan.nodes.get(node_id)
-        return details if node is not None and attempt >= node.base_attempt else None
+        if node is None or node_id not in self.beats:
+            return None
+        last, before = self.beats[node_id]
+        attempt, details = last if last[0] < node.attempt else before
+        return details if attempt >= node.base_attempt else None
+
+    def last_heartbeat(self, node_id: str) -> Any:
+        """The details last recorded for the node's current run (None if none)."""
+        node = self.plan.nodes.get(node_id)
+        if node is None or node_id not in self.beats:
+            return None
+        attempt, details = self.beats[node_id][0]
+        return details if attempt >= node.base_attempt else None
 
     @classmethod
     def rebuild(cls, workflow_id: str,
@@ -247,8 +261,11 @@ class WorkflowState:
         elif kind == "set_state":
             self.query[str(event["node"])] = self.query_latest = event.get("value")
         elif kind == "heartbeat":
-            self.beats[str(event["node"])] = (int(event.get("attempt") or 0),
-                                              event.get("details"))
+            node_id, beat = str(event["node"]), (int(event.get("attempt") or 0),
+                                                 event.get("details"))
+            last, before = self.beats.get(node_id, ((0, None), (0, None)))
+            if beat[0] >= last[0]:
+                self.beats[node_id] = (beat, last if beat[0] > last[0] else before)
         elif kind == "wait":
             node_id, wait = str(event["node"]), dict(event["wait"])
             if not _same_wait(self.waits.get(node_id), wait):

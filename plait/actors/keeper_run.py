@@ -271,7 +271,7 @@ class RunMixin(KeeperBase):
         if info is not None and info.heartbeat_timeout:
             self._at(now + info.heartbeat_timeout,
                      Expire(msg.node, msg.attempt, "heartbeat", since=now))
-        if msg.details is not None and msg.details != self.st.heartbeat(msg.node):
+        if msg.details is not None and msg.details != self.st.last_heartbeat(msg.node):
             self._record({"type": "heartbeat", "node": msg.node, "attempt": msg.attempt,
                           "details": msg.details})
 
