@@ -35,7 +35,7 @@ from flowkit import (
 from plait.actors import flow as flow_module
 from plait.actors.flow import Flow, run_flow
 from plait.actors.history import WorkflowState
-from plait.actors.mail import Start, Tick, Write
+from plait.actors.mail import Lost, Start, Tick, Welcomed, Write
 from plait.actors.membership import Membership
 from plait.actors.registry import Registry
 from plait.client import Client
@@ -703,6 +703,54 @@ def test_the_feed_packs_only_what_somebody_subscribed_to(
 
 
 # --- supervisors -----------------------------------------------------------------------------
+
+
+def test_a_lost_that_reaches_a_keeper_after_the_supervisor_joined_again_fails_nothing(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    """Membership expires a supervisor and tells every keeper, one by one; it says
+    Hello again meanwhile and is given work on its new connection. A keeper told
+    late failed that work, running fine, and it ran twice."""
+    sup = supervisor("a", supervisor_id="s")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()  # on the connection the supervisor has now
+    assert flow.registry.tell(wf, Lost("s"))  # the late broadcast of an older expiry
+    sup.none(Assign, within=0.3)  # not failed and given again
+    sup.finish(a, "once")
+    assert result(client, wf).output == "once"
+    assert states(history(client, wf), "a") == [("running", 1), ("succeeded", 1)]
+    assert flow.counters.get("attempts.lost") == 0
+
+
+def test_a_welcome_for_a_connection_already_replaced_fails_nothing(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    """A supervisor that reconnected twice in a row: the first Hello's Welcomed,
+    told after work was started on the second connection, failed that work."""
+    sup = supervisor("a", supervisor_id="s")
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    assert flow.registry.tell(wf, Welcomed("s", b"an-earlier-connection", frozenset(),
+                                           frozenset()))
+    sup.none(Assign, within=0.3)
+    sup.finish(a, "once")
+    assert result(client, wf).output == "once"
+    assert states(history(client, wf), "a") == [("running", 1), ("succeeded", 1)]
+
+
+def test_a_hello_claiming_attempts_of_a_workflow_whose_keeper_retired_as_told_stops_them(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Membership lists the keepers, one retires, then is told: the tell, behind its
+    stop, is dropped unread, and the attempt it would have cancelled ran on."""
+    sup = supervisor("a")
+    wf = submit(client, diff(spec("a")))
+    sup.finish(sup.assign(), "done")
+    assert result(client, wf).output == "done"
+    wait_for(lambda: not flow.registry.is_live(wf), message="the keeper to retire")
+    monkeypatch.setattr(Registry, "broadcast", lambda self, message: [wf])  # listed, gone
+    back = supervisor("a", supervisor_id="back",
+                      running=[AttemptRef(workflow_id=wf, node="a", attempt=1)])
+    cancel = back.next(CancelTask)
+    assert (cancel.workflow_id, cancel.node, cancel.attempt) == (wf, "a", 1)
 
 
 def test_silent_supervisor_is_declared_dead_and_its_attempts_retried(tmp_path: Any) -> None:

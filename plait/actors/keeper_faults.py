@@ -121,6 +121,12 @@ class FaultMixin(KeeperBase):
     # --- supervisors -------------------------------------------------------------------
 
     def _welcomed(self, msg: Welcomed) -> None:
+        sessions = self.ctx.sessions
+        if sessions is not None and not sessions.current(msg.supervisor, msg.identity):
+            # A Hello already replaced by a newer one, whose Welcomed follows (this one
+            # would fail what was started on the newer connection), or a supervisor
+            # expired since, whose Lost follows.
+            return
         orphaned = False
         for node_id, rec in list(self.attempts.items()):
             if self.st.ended or node_id not in self.attempts:

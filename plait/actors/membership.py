@@ -71,10 +71,15 @@ class Membership(pykka.ThreadingActor):
         for a in msg.running:
             (evicted if a.evicted else claims).setdefault(a.workflow_id, set()).add(
                 (a.node, a.attempt))
-        told = self.registry.broadcast(lambda wf: Welcomed(
+        told = set(self.registry.broadcast(lambda wf: Welcomed(
             msg.supervisor_id, identity, frozenset(claims.get(wf, ())),
-            frozenset(evicted.get(wf, ()))))
-        for wf in claims.keys() - set(told):  # the workflow is over: stop its leftovers
+            frozenset(evicted.get(wf, ())))))
+        for wf in claims:
+            # The workflow is over: stop its leftovers. Told but no longer live, its
+            # keeper retired meanwhile, and a tell behind its stop is dropped unread
+            # (one that read it cancels too: twice is harmless).
+            if wf in told and self.registry.is_live(wf):
+                continue
             for node, attempt in claims[wf]:
                 self.outbox.send(identity, CancelTask(workflow_id=wf, node=node,
                                                       attempt=attempt))

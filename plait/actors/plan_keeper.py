@@ -158,7 +158,12 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
         elif isinstance(message, Welcomed):
             self._welcomed(message)
         elif isinstance(message, Lost):
-            self._lost(lambda rec: rec.supervisor == message.supervisor)
+            # Joined again since it expired (the broadcast reaches keepers one by one,
+            # late): attempts may have started on the new connection meanwhile. Its
+            # Welcomed, which follows, fails those it no longer runs.
+            sessions = self.ctx.sessions
+            if sessions is None or not sessions.joined(message.supervisor):
+                self._lost(lambda rec: rec.supervisor == message.supervisor)
         elif isinstance(message, OrphanCheck):
             self._lost(lambda rec: not rec.claimed)
         elif isinstance(message, Retire):

@@ -184,6 +184,11 @@ class Sessions:
             session = self._by_id.get(supervisor_id)
             return session is not None and session.identity == identity
 
+    def joined(self, supervisor_id: str) -> bool:
+        """Whether the supervisor has a session (a Hello since any expiry)."""
+        with self._lock:
+            return supervisor_id in self._by_id
+
     def expire(self, timeout: float) -> tuple[list[str], list[bytes]]:
         """Remove supervisors silent for ``timeout`` seconds, atomically (a Hello that
         races with this keeps its fresh session); returns (expired ids, live identities)."""
