@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from flowkit import (
 
 from plait.actors import flow as flow_module
 from plait.actors.flow import Flow, run_flow
+from plait.actors.gateway import Gateway
 from plait.actors.history import WorkflowState
 from plait.actors.mail import Lost, Start, Tick, Welcomed, Write
 from plait.actors.membership import Membership
@@ -751,6 +753,43 @@ def test_a_hello_claiming_attempts_of_a_workflow_whose_keeper_retired_as_told_st
                       running=[AttemptRef(workflow_id=wf, node="a", attempt=1)])
     cancel = back.next(CancelTask)
     assert (cancel.workflow_id, cancel.node, cancel.attempt) == (wf, "a", 1)
+
+
+def test_after_a_restart_the_wait_for_claims_counts_from_when_flow_serves(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restored keepers started counting as they were restored: a restore of the
+    other workflows longer than the wait failed attempts still running, before any
+    supervisor could connect to claim them."""
+    first = Flow(settings(tmp_path)).start()
+    client = Peer(first.endpoint)
+    sup = FakeSupervisor(first.endpoint, ["a"])
+    try:
+        wf = submit(client, diff(spec("a")))
+        a = sup.assign()
+    finally:
+        client.close()
+        sup.close()
+        first.stop()
+    start = Gateway.start
+
+    def slow_start(self: Gateway, timeout: float = 10.0) -> str:
+        time.sleep(1.0)  # the injected fault: a restore twice the wait below
+        return start(self, timeout)
+
+    monkeypatch.setattr(Gateway, "start", slow_start)
+    flow = Flow(settings(tmp_path, heartbeat_timeout=0.5)).start()
+    client = Peer(flow.endpoint)
+    back = FakeSupervisor(flow.endpoint, ["a"], running=[AttemptRef(workflow_id=wf, node="a",
+                                                                    attempt=1)])
+    try:
+        back.finish(a, "kept")
+        assert result(client, wf).output == "kept"
+        assert states(history(client, wf), "a") == [("running", 1), ("succeeded", 1)]
+        assert flow.counters.get("attempts.lost") == 0
+    finally:
+        client.close()
+        back.close()
+        flow.stop()
 
 
 def test_silent_supervisor_is_declared_dead_and_its_attempts_retried(tmp_path: Any) -> None:

@@ -39,7 +39,7 @@ from plait.actors.database import DatabaseLock
 from plait.actors.dispatcher import Dispatcher
 from plait.actors.gateway import Gateway
 from plait.actors.history import WorkflowState
-from plait.actors.mail import Request, ScheduleDue, Tick
+from plait.actors.mail import Request, ScheduleDue, Serving, Tick
 from plait.actors.membership import Membership
 from plait.actors.plan_keeper import KeeperContext, PlanKeeper
 from plait.actors.publisher import Publisher
@@ -126,6 +126,7 @@ class Flow:
             self._restore(loaded.streams)
             self.scheduler.tell(ScheduleDue())  # ticks missed while Flow was down
             self.endpoint = self.gateway.start()
+            self.registry.broadcast(Serving())  # restored keepers wait for claims now
         except BaseException:
             self.stop()
             raise

@@ -16,7 +16,7 @@ from plait.protocol.messages import Finish, Message, SetState, TaskHeartbeat
 __all__ = [
     "LATE", "CacheAnswer", "CacheEntry", "Expire", "Join", "Leave", "Lookup", "Lost", "OrphanCheck",
     "Publish", "Ready", "Refund", "Request", "Resumed", "Retire", "RetryDue", "RunEnded",
-    "ScheduleChange", "ScheduleDue", "Start", "Stopped", "StoredEvent", "Supply", "Tick",
+    "ScheduleChange", "ScheduleDue", "Serving", "Start", "Stopped", "StoredEvent", "Supply", "Tick",
     "TimerDue", "Welcomed", "Write",
 ]
 
@@ -204,6 +204,12 @@ class Lost:
 @dataclass(frozen=True, slots=True)
 class OrphanCheck:
     """After a restart: attempts no supervisor claimed by now are failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """Flow serves now (after a restart): supervisors can claim what they run, so
+    the wait for their claims (then an OrphanCheck) starts."""
 
 
 @dataclass(frozen=True, slots=True)

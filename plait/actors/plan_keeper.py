@@ -41,6 +41,7 @@ from plait.actors.mail import (
     Resumed,
     Retire,
     RetryDue,
+    Serving,
     Start,
     TimerDue,
     Welcomed,
@@ -74,7 +75,7 @@ log = logging.getLogger(__name__)
 
 # Everything the keeper is told (_handle); anything else (pykka's own) ends a batch.
 MAIL = (Request, Start, RetryDue, TimerDue, Expire, CacheAnswer, Welcomed, Lost,
-        OrphanCheck, Retire)
+        OrphanCheck, Serving, Retire)
 MAX_BATCH = 256  # messages handled before one Write
 # A keeper whose plan had this many nodes gives memory back when it stops (~2 ms
 # for a 10,000-node map, which took seconds to run).
@@ -166,6 +167,11 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
                 self._lost(lambda rec: rec.supervisor == message.supervisor)
         elif isinstance(message, OrphanCheck):
             self._lost(lambda rec: not rec.claimed)
+        elif isinstance(message, Serving):
+            # Counted from here, not from the restore: restoring the other workflows
+            # may take longer than the timeout, while no supervisor could connect.
+            if self.attempts:
+                self._later(self.ctx.orphan_timeout, OrphanCheck())
         elif isinstance(message, Retire):
             self._retire(message.seq)
             return
@@ -225,8 +231,7 @@ class PlanKeeper(RunMixin, WaitMixin, FaultMixin, ControlMixin):
         began = {node_id: i for i, node_id in enumerate(self.st.waits)}
         for node_id in sorted(suspended, key=lambda n: began.get(n, -1)):
             self._restore_active(node_id)
-        if self.attempts:
-            self._later(self.ctx.orphan_timeout, OrphanCheck())
+        # Attempts that processes hold are expected to be claimed once Flow serves.
 
     def _restore_active(self, node_id: str) -> None:
         node = self.st.plan.nodes[node_id]
