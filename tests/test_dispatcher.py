@@ -9,10 +9,14 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pykka
+import pytest
 
+from plait.actors import membership as membership_module
+from plait.actors import registry as registry_module
 from plait.actors.dispatcher import Dispatcher
 from plait.actors.keeper_base import KeeperContext
 from plait.actors.mail import Join, Leave, Ready, Refund, Start, Stopped, Welcomed, Write
+from plait.actors.membership import Membership
 from plait.actors.plan_keeper import PlanKeeper
 from plait.actors.registry import Counters, Registry, Sessions
 from plait.protocol import codec
@@ -176,3 +180,44 @@ def test_a_keeper_told_a_hello_as_it_left_stops_the_ended_workflows_leftovers() 
                                          attempt=2)),
                     (b"conn", CancelTask(id=sent[1][1].id, workflow_id="over", node="b",
                                          attempt=1))]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def send(self, identity: bytes, message: Any) -> None:
+        self.sent.append((identity, message))
+
+
+def test_a_flow_that_stood_still_declares_no_supervisor_dead_for_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pause of Flow's own, the heartbeats that came meanwhile wait unread:
+    every supervisor looked silent, and all their attempts failed at once."""
+    clock = _Clock()
+    monkeypatch.setattr(registry_module.time, "monotonic", clock)
+    monkeypatch.setattr(membership_module.time, "monotonic", clock)
+    sessions, registry, counters = Sessions(), Registry(), Counters()
+    membership = Membership(cast(Any, None), "", sessions=sessions, registry=registry,
+                            dispatcher=Dispatcher(registry, counters, sessions),
+                            counters=counters, heartbeat_timeout=3.0)
+    membership.outbox = cast(Any, _Outbox())
+    sessions.join("s", b"s-1")
+    for clock.now in (0.5, 1.0, 10.0, 10.5):  # Flow stood still from 1.0 to 10.0
+        membership._tick()
+    assert sessions.joined("s")
+    assert counters.get("supervisors.lost") == 0
+    clock.now = 11.0
+    while sessions.joined("s"):  # silent since: dead one timeout after the pause
+        membership._tick()
+        clock.now += 0.5
+    assert clock.now - 0.5 > 13.0
+    assert counters.get("supervisors.lost") == 1

@@ -12,6 +12,7 @@ given it was lost.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pykka
@@ -40,6 +41,7 @@ class Membership(pykka.ThreadingActor):
         self.dispatcher = dispatcher
         self.counters = counters
         self.timeout = heartbeat_timeout
+        self._last_tick: float | None = None
 
     def on_start(self) -> None:
         self.outbox = Outbox(self._zctx, self._outbox_address)
@@ -85,6 +87,15 @@ class Membership(pykka.ThreadingActor):
                                                       attempt=attempt))
 
     def _tick(self) -> None:
+        now = time.monotonic()
+        gap, self._last_tick = now - (self._last_tick or now), now
+        if gap > self.timeout / 2:
+            # Flow itself stood still (a pause, swapping): the heartbeats that came
+            # meanwhile wait unread in its socket, and every supervisor would look
+            # dead. Silence is counted again from now.
+            log.warning("flow: membership ticked after %.1fs; supervisors' silence is "
+                        "counted from now", gap)
+            self.sessions.refresh()
         dead, live = self.sessions.expire(self.timeout)
         for identity in live:
             self.outbox.send(identity, Heartbeat())

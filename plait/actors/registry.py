@@ -184,6 +184,13 @@ class Sessions:
             session = self._by_id.get(supervisor_id)
             return session is not None and session.identity == identity
 
+    def refresh(self) -> None:
+        """Count every supervisor's silence from now."""
+        now = time.monotonic()
+        with self._lock:
+            for session in self._by_id.values():
+                session.last_seen = now
+
     def joined(self, supervisor_id: str) -> bool:
         """Whether the supervisor has a session (a Hello since any expiry)."""
         with self._lock:
