@@ -83,6 +83,7 @@ class FakeFlow:
         self.port = int(self.address.rsplit(":", 1)[1])
         self.ack = ack
         self.silent = False
+        self.refuse_credit = False  # answer Credit "unknown supervisor", as a Flow that forgot it
         self.peer: bytes | None = None
         self.hellos: list[bytes] = []  # the socket identity each Hello came from
         self.received: list[Message] = []
@@ -117,6 +118,8 @@ class FakeFlow:
         elif isinstance(msg, Heartbeat) and not self.silent:
             reply = Heartbeat() if ident == self.peer else Error(
                 id=msg.id, code="not_found", reason="unknown supervisor")
+        elif isinstance(msg, Credit) and self.refuse_credit:
+            reply = Error(id=msg.id, code="unavailable", reason="unknown supervisor")
         elif isinstance(msg, Finish) and self.ack:
             reply = Ack(id=msg.id)
         elif isinstance(msg, Propose):
@@ -589,6 +592,15 @@ def test_a_flow_that_forgot_the_supervisor_gets_hello_again(sup: FakeFlow) -> No
     wait_for(lambda: len(sup.hellos) >= 2, TIMEOUT, message="no second Hello")
     assert sup.hellos[0] == sup.hellos[1]  # same socket: the Error, not silence, caused it
     assert run(sup, assign("add", 3, 4)).output == 7
+
+
+def test_a_busy_supervisor_that_flow_forgot_says_hello_again(sup: FakeFlow) -> None:
+    """One sending other frames sends no Heartbeat: the Credit Flow refuses tells it."""
+    assert run(sup, assign("add", 1, 2)).output == 3
+    sup.refuse_credit = True  # Flow declared it dead; its heartbeats are not asked for
+    assert run(sup, assign("add", 3, 4)).output == 7  # then a Credit for the freed slot
+    wait_for(lambda: len(sup.hellos) >= 2, TIMEOUT, message="no second Hello")
+    assert sup.hellos[0] == sup.hellos[1]  # same socket: the refusal, not silence
 
 
 def test_a_crash_loop_stops_the_supervisor_loudly(flow: FakeFlow,

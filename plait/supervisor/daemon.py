@@ -427,9 +427,11 @@ class Supervisor:
             for more in msg.more:  # the other Finishes of a batch
                 self.link.answered(more)
             return
-        if isinstance(msg, Error) and msg.id == self.link.last_beat:
-            log.warning("Flow does not know this supervisor (%s): saying Hello again", msg.code)
-            self.link.greet()
+        # A busy supervisor sends no Heartbeat (any frame counts as one): a refused
+        # Credit is how it learns that Flow forgot it.
+        if isinstance(msg, Error) and (msg.id == self.link.last_beat or (
+                request is None and msg.code == "unavailable")):
+            self.link.forgotten(time.monotonic())
             return
         # Only a Propose or a resident Wait has a task waiting for the answer.
         if isinstance(msg, Error) and not (isinstance(request, Propose) or (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
@@ -65,6 +66,7 @@ class FlowLink:
         self.connections = 0
         self.greeting = False  # connected, Hello not yet out: hold everything else
         self.last_beat = ""  # a Flow that answers our heartbeat with an Error forgot us
+        self._forgotten_at = -math.inf
         self._heard = self._sent = 0.0
 
     def open(self, now: float) -> None:
@@ -144,6 +146,15 @@ class FlowLink:
         """Flow answered request ``mid``: it is not sent again. Returns it and its worker."""
         request = self.outstanding.pop(mid, None)
         return (request.message, request.worker) if request else (None, None)
+
+    def forgotten(self, now: float) -> None:
+        """Flow answered "unknown supervisor" (it restarted, or declared this one
+        dead): Hello again, at most once per heartbeat interval, since every Credit
+        or Heartbeat already on its way gets the same answer."""
+        if now - self._forgotten_at >= self.interval:
+            self._forgotten_at = now
+            log.warning("Flow does not know this supervisor: saying Hello again")
+            self.greet()
 
     def heard(self, now: float) -> None:
         self._heard = now
