@@ -33,6 +33,8 @@ from plait.cli_base import (
     one_workflow,
     print_json,
     registration_of,
+    scale,
+    seconds,
 )
 from plait.cli_control import CONTROL_VERBS
 from plait.client import FlowError, FlowUnavailable, NotFound, Run, outcome_error
@@ -154,6 +156,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a workflow; print its id (with --wait: its result)."""
+    if args.wait_timeout is not None and not args.wait:
+        raise UsageError("--wait-timeout goes with --wait")
     name, root, diff = registration_of(args.target, args.args, args.kw)
     with client_of(args) as client:
         run = client.submit_diff(name, root, diff.to_dict(), workflow_id=args.id)
@@ -163,7 +167,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
             else:
                 print(run.id)
             return Exit.OK
-        return _report_result(run, args)
+        try:
+            return _report_result(run, args)
+        except (PlaitError, Interrupted, KeyboardInterrupt):
+            # Its id (chosen by Flow) was printed nowhere yet: without it, nobody
+            # could cancel, watch or draw the workflow, which runs on.
+            print(f"plait submit: workflow {run.id} was submitted and runs on",
+                  file=sys.stderr)
+            raise
 
 
 def _report_result(run: Run, args: argparse.Namespace) -> int:
@@ -337,11 +348,11 @@ def _flow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     p.add_argument("--port", type=int, default=7100, help="request port (default: 7100)")
     p.add_argument("--feed-port", type=int, default=None, help="feed port (default: port + 1)")
-    p.add_argument("--heartbeat-interval", type=float, default=0.5, metavar="S",
+    p.add_argument("--heartbeat-interval", type=seconds, default=0.5, metavar="S",
                    help="seconds between heartbeats (default: 0.5)")
-    p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
+    p.add_argument("--heartbeat-timeout", type=seconds, default=3.0, metavar="S",
                    help="a supervisor silent this long is dead (default: 3)")
-    p.add_argument("--retry-scale", type=float, default=1.0, metavar="X",
+    p.add_argument("--retry-scale", type=scale, default=1.0, metavar="X",
                    help="multiply every retry delay by X (default: 1)")
     _size_option(p)
     p.add_argument("--clock-file", default=None, help=argparse.SUPPRESS)  # tests' clock
@@ -373,7 +384,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="a keyword argument (repeatable)")
     p.add_argument("--id", default=None, help="the workflow id (default: NAME-<random>)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    p.add_argument("--wait-timeout", type=float, default=None, metavar="S",
+    p.add_argument("--wait-timeout", type=seconds, default=None, metavar="S",
                    help="with --wait: give up after S seconds")
 
 
@@ -401,7 +412,7 @@ def _trace_options(p: argparse.ArgumentParser) -> None:
 def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="plait-demo", metavar="DIR",
                    help="where to write the pictures (default: ./plait-demo)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=60.0, metavar="S",
                    help="give up on an example after S seconds (default: 60)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from plait.stopping import on_signals
 
 __all__ = ["STATUS_EXIT", "Command", "Exit", "Interrupted", "Options", "UsageError", "Verbs",
            "client_of", "client_options", "done", "importable_cwd", "interruptible", "keyword",
-           "one_workflow", "parse_arg", "print_json", "registration_of"]
+           "one_workflow", "parse_arg", "print_json", "registration_of", "scale", "seconds"]
 
 Options = Callable[[argparse.ArgumentParser], None]
 Command = Callable[[argparse.Namespace], int]
@@ -79,10 +80,15 @@ def client_of(args: argparse.Namespace) -> Client:
 
 
 def parse_arg(text: str) -> Any:
-    """A command-line argument: JSON if it parses, else the string itself."""
+    """A command-line argument: JSON if it parses, else the string itself, unless
+    it was meant as JSON (an object, a list, a quoted string): sent as a string,
+    a typo became a signal payload that no retry can take back."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as exc:
+        if text.lstrip()[:1] in ("{", "[", '"'):
+            raise UsageError(f"{text!r} is not valid JSON ({exc.msg}, column {exc.colno})"
+                             ) from None
         return text
 
 
@@ -141,6 +147,29 @@ def message_size(text: str) -> int:
     return size
 
 
+def seconds(text: str) -> float:
+    """A duration: a positive, finite number of seconds (inf overflowed a poll,
+    0 or less read as "Flow unreachable", nan broke the arithmetic)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
+    return value
+
+
+def scale(text: str) -> float:
+    """A factor of zero or more (finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 <= value < math.inf):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of zero or more")
+    return value
+
+
 def event_seq(text: str) -> int:
     """A workflow's event sequence number: its events are numbered from 1."""
     try:
@@ -166,7 +195,7 @@ def client_options() -> argparse.ArgumentParser:
                    help="Flow's address (default: $PLAIT_FLOW, else tcp://127.0.0.1:7100)")
     p.add_argument("--feed", default=None, metavar="ADDRESS",
                    help="Flow's feed address (default: $PLAIT_FEED, else Flow's port + 1)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=10.0, metavar="S",
                    help="seconds to wait for Flow to answer (default: 10)")
     message_size_option(p, "largest request sent: as Flow's --max-message-size")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -48,6 +48,47 @@ def test_graph_at_takes_an_event_number(at: str, capsys: pytest.CaptureFixture[s
     assert "event number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["signal", "wf-1", "approve", '{"by": ana}'],
+    ["submit", "e2e_tasks:square", "[1, 2"],
+    ["submit", "e2e_tasks:square", "--kw", 'n="3'],
+])
+def test_text_meant_as_json_that_does_not_parse_is_refused(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Sent as a string, a typo in a signal's payload failed every retry of the task
+    that read it, and stayed first in line before a corrected one."""
+    assert main([*argv, "--flow", "tcp://127.0.0.1:1", "--timeout", "0.5"]) == Exit.USAGE
+    assert "is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["status", "--timeout", "inf"], ["status", "--timeout", "0"], ["status", "--timeout", "nan"],
+    ["submit", "e2e_tasks:square", "3", "--wait", "--wait-timeout", "-1"],
+    ["flow", "--heartbeat-interval", "0"], ["flow", "--retry-scale", "-1"],
+])
+def test_durations_are_positive_and_finite(argv: list[str],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """inf overflowed a poll (a traceback), 0 read as "Flow unreachable", an interval
+    of 0 sent heartbeats in a tight loop to every supervisor."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == Exit.USAGE
+    assert "is not a" in capsys.readouterr().err
+
+
+def test_flow_refuses_a_heartbeat_timeout_within_one_interval(tmp_path: Path) -> None:
+    done = plait("flow", "--port", "0", "--db", str(tmp_path / "f.db"),
+                 "--heartbeat-interval", "2", "--heartbeat-timeout", "1", timeout=60)
+    assert done.returncode == Exit.USAGE, done.stderr
+    assert "shorter than the heartbeat timeout" in done.stderr
+
+
+def test_wait_timeout_goes_with_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "e2e_tasks:square", "3", "--wait-timeout", "5",
+                 "--flow", "tcp://127.0.0.1:1"]) == Exit.USAGE
+    assert "--wait-timeout goes with --wait" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -133,6 +174,19 @@ def static_run(cluster: Cluster) -> str:
     run = cluster.client.submit("examples.static:pipeline")
     run.wait(e2e.RESULT_TIMEOUT)
     return run.id
+
+
+def test_submit_and_wait_names_a_workflow_it_stops_waiting_for(cli: Cli, tmp_path: Path) -> None:
+    """Its id, chosen by Flow, was printed nowhere: nobody could cancel it."""
+    log, gate = str(tmp_path / "log"), str(tmp_path / "gate")
+    code, _ = cli("submit", "e2e_tasks:gated", json.dumps(log), json.dumps(gate), '"g"',
+                  "--wait", "--wait-timeout", "0.5")
+    assert code != Exit.OK
+    said = [line for line in cli.err.splitlines() if line.endswith(" was submitted and runs on")]
+    assert len(said) == 1, cli.err
+    assert said[0].startswith("plait submit: workflow gated-")
+    wf = said[0].split()[3]
+    assert cli("cancel", wf)[0] == Exit.OK
 
 
 def test_submit_and_wait(cli: Cli) -> None:

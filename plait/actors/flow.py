@@ -77,6 +77,16 @@ class FlowSettings:
     retry_scale: float = 1.0
     clock: Clock = field(default_factory=WallClock)
 
+    def __post_init__(self) -> None:
+        # An interval of 0 re-armed at once: heartbeats in a tight loop, to every
+        # supervisor too (they take it from Welcome). A timeout within one interval
+        # declared healthy supervisors dead.
+        if not 0 < self.heartbeat_interval < self.heartbeat_timeout:
+            raise ValueError("the heartbeat interval must be positive and shorter than the "
+                             "heartbeat timeout")
+        if not self.retry_scale >= 0:
+            raise ValueError("the retry scale must be zero or more")
+
     def endpoint(self, port: int) -> str:
         return tcp(self.host, port if port else "*")
 
