@@ -238,6 +238,12 @@ def describe(event: FeedEvent) -> str:
         return f"{head} snapshot: {len(e['graph'].get('nodes', []))} nodes"
     if kind == "diff":
         diff = e.get("diff", {})
+        if diff.get("attrs") and not (diff.get("nodes") or diff.get("edges")
+                                      or diff.get("promises")):
+            return f"{head} attributes: " + ", ".join(
+                f"{a.get('node') or '->'.join(a.get('edge') or ('?',))}.{a.get('key')}="
+                f"{json.dumps(a.get('value'), ensure_ascii=False, default=str)}"
+                for a in diff["attrs"][:8])
         nodes = ", ".join(f"{n['id']} ({n['task']})" for n in diff.get("nodes", [])[:8])
         return (f"{head} diff by {diff.get('proposer') or 'registration'}: +{nodes or 'no nodes'}"
                 f" +{len(diff.get('edges', []))} edges +{len(diff.get('promises', []))} promises")
@@ -257,12 +263,17 @@ def cmd_graph(args: argparse.Namespace) -> int:
     """Print or write the as-of-now view (or as of --at SEQ)."""
     from plait.protocol.render import image, render, to_dot
 
-    fmt = args.format or ("json" if args.json else
-                          Path(args.output).suffix.lstrip(".") if args.output else "dot")
+    # With -o, the file's format is --format's or its suffix's: --json, as for
+    # every verb, only shapes what is printed (it wrote JSON into plan.svg).
+    fmt: str = args.format or ("json" if args.json else "dot")
     with client_of(args) as client:
         doc = client.graph(args.workflow, at=args.at, unfold=args.unfold).graph
     if args.output:
-        print(render(doc, args.output, fmt))
+        path = render(doc, args.output, args.format)
+        if args.json:
+            print_json({"path": str(path)})
+        else:
+            print(path)
     elif fmt == "json":
         print(json.dumps(doc, indent=1, ensure_ascii=False))
     elif fmt == "dot":
@@ -397,7 +408,8 @@ def _graph_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at", type=event_seq, default=None, metavar="SEQ",
                    help="as of this event (the latest view if the workflow has fewer)")
     p.add_argument("--format", choices=["dot", "svg", "png", "pdf", "json"], default=None,
-                   help="default: json with --json, else from -o's suffix, else dot")
+                   help="default: -o's suffix (svg without one); to stdout, json with --json, "
+                        "else dot")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.add_argument("--unfold", action="store_true", help="do not fold repeated siblings")
 

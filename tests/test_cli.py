@@ -19,10 +19,11 @@ import pytest
 import zmq
 
 from plait.actors.database import DatabaseLock
-from plait.cli import Exit, main
+from plait.cli import Exit, describe, main
 from plait.client import Client, FlowUnavailable
 from plait.demo import DEMOS
 from plait.errors import ProtocolError, TaskFailed
+from plait.protocol.messages import FeedEvent
 from plait.testing import Cluster, alive, descendants, free_port, wait_for
 
 VERBS = ["dev", "flow", "supervisor", "submit", "status", "watch", "graph", "trace", "history",
@@ -87,6 +88,18 @@ def test_wait_timeout_goes_with_wait(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["submit", "e2e_tasks:square", "3", "--wait-timeout", "5",
                  "--flow", "tcp://127.0.0.1:1"]) == Exit.USAGE
     assert "--wait-timeout goes with --wait" in capsys.readouterr().err
+
+
+def test_watch_lines_say_what_a_diff_changed() -> None:
+    def line(diff: dict[str, Any]) -> str:
+        return describe(FeedEvent(workflow_id="wf", seq=3, event={"type": "diff", "diff": diff}))
+
+    assert line({"proposer": "r", "nodes": [{"id": "r.1", "task": "t"}], "edges": [],
+                 "promises": []}) == "wf #3    diff by r: +r.1 (t) +0 edges +0 promises"
+    # An operator's attributes (or a cache hit's mark) were "+no nodes" by registration.
+    assert line({"attrs": [{"key": "color", "value": "red", "node": "a"},
+                           {"key": "label", "value": "x", "edge": ["a", "b"]}]}) == \
+        'wf #3    attributes: a.color="red", a->b.label="x"'
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -264,6 +277,10 @@ def test_graph_in_each_format(cli: Cli, static_run: str, tmp_path: Path) -> None
         out = tmp_path / f"g.{fmt}"
         assert cli("graph", static_run, "-o", str(out))[0] == Exit.OK
         assert head in out.read_bytes()[:300], fmt
+    # --json shapes what is printed, never the file's format.
+    assert cli.json("graph", static_run, "-o", str(tmp_path / "j.svg")) == {
+        "path": str(tmp_path / "j.svg")}
+    assert (tmp_path / "j.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
     first = cli.json("graph", static_run, "--at", "2")
     assert first["seq"] == 2
     assert {n["state"] for n in first["nodes"]} <= {"pending", "ready"}
