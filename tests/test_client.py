@@ -653,6 +653,12 @@ def test_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("PLAIT_FLOW")
     with Client() as client:
         assert client.address == "tcp://127.0.0.1:7100"
+    # $PLAIT_FEED is the feed of $PLAIT_FLOW's Flow: not of a Flow named explicitly.
+    monkeypatch.setenv("PLAIT_FEED", "tcp://10.0.0.1:9001")
+    with Client() as client:
+        assert client.feed == "tcp://10.0.0.1:9001"
+    with Client("tcp://10.0.0.2:7200") as client:
+        assert client.feed == "tcp://10.0.0.2:7201"
 
 
 def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(
