@@ -351,16 +351,17 @@ class Context:
 
         The value is recorded as data and read back as ``returns`` (default: the
         return annotation of ``fn``, else plain data), so the first run and a
-        replay see the same thing.
+        replay see the same thing. What ``fn`` raises is recorded too: a replay
+        raises it again (as for :meth:`step`) without running ``fn``.
         """
         self._check(takes="ctx.side_effect()")
         adapter = value_adapter(fn, returns)
 
-        def produce() -> Any:
-            return checked_output(adapter, fn(), f"side_effect {getattr(fn, '__name__', fn)}")
+        def check(value: Any) -> Any:
+            return checked_output(adapter, value, f"side_effect {getattr(fn, '__name__', fn)}")
 
         return cast(T, adapter.validate_python(
-            self.recorder.record("side_effect", produce, call_site())))
+            self.recorder.side_effect(fn, check, call_site())))
 
     def version(self, change_id: str) -> bool:
         """Whether to take the new code path of change ``change_id``.

@@ -81,6 +81,8 @@ def _describe(rec: Recorded) -> str:
         what = f"version({rec.value[0]!r})"
     elif rec.kind in ("step", "step_error") and isinstance(rec.value, dict):
         what = f"step({rec.value.get('fn')})"
+    elif rec.kind == "side_effect_error":
+        what = "side_effect()"
     else:
         what = f"{rec.kind}()"
     return f"{what} at {rec.site}" if rec.site else what
@@ -215,6 +217,28 @@ class Recorder:
             return self._consume(past)
         self._check_free(seq, f"{kind}()", site)
         return self._new(kind, produce(), site)
+
+    def side_effect(self, produce: Callable[[], Any], check: Callable[[Any], Any],
+                    site: str) -> Any:
+        """``ctx.side_effect``: like :meth:`record`, and what ``produce`` raised is
+        recorded too (``side_effect_error``), so that a replay raises it again
+        rather than calling the outside world a second time, and maybe taking the
+        other branch of the body's ``except``. ``check`` turns the value into the
+        data recorded; what it refuses (a bug, failing the attempt) is not recorded."""
+        seq = self.seq
+        past = self._past.get(seq)
+        if past is not None and past.kind == "side_effect":
+            return self._consume(past)
+        if past is not None and past.kind == "side_effect_error" \
+                and isinstance(past.value, dict):
+            raise StepFailure(self._consume(past)).exception()
+        self._check_free(seq, "side_effect()", site)
+        try:
+            value = produce()
+        except Exception as exc:
+            self._new("side_effect_error", StepFailure.of(exc).error, site)
+            raise
+        return self._new("side_effect", check(value), site)
 
     def version(self, change_id: str, site: str) -> bool:
         """``ctx.version``: True for code that is new to this execution's history.

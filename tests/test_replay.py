@@ -96,6 +96,34 @@ def test_side_effects_read_back_as_the_same_type() -> None:
             again.side_effect(lambda: (3, 4))) == got
 
 
+class ApiDown(Exception):
+    pass
+
+
+def test_a_side_effect_that_raised_raises_again_on_replay_without_running() -> None:
+    """Not recorded, the failure was forgotten: the replay called the outside world
+    again, and, answered this time, took the other branch of the body's except."""
+    calls: list[str] = []
+
+    def call_api() -> str:
+        calls.append("called")
+        if len(calls) == 1:
+            raise ApiDown("503")
+        return "ok"
+
+    first = make(FakeTransport())
+    with pytest.raises(ApiDown, match="503"):
+        first.side_effect(call_api)
+    assert first.random() is not None  # the seq moved on past the failure
+    recorded = first.take_recorded()
+    again = make(FakeTransport(), History(recorded=recorded))
+    with pytest.raises(ApiDown, match="503"):
+        again.side_effect(call_api)
+    assert calls == ["called"]
+    with pytest.raises(NonDeterminismError, match=r"has side_effect\(\) .* calls random"):
+        make(FakeTransport(), History(recorded=recorded[:1])).random()
+
+
 def test_divergence_names_expected_actual_and_the_line() -> None:
     history = History(recorded=[Recorded(seq=0, kind="random", value=0.5, site="flows.py:7")])
     ctx = make(FakeTransport(), history)

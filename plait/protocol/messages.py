@@ -256,7 +256,9 @@ class Recorded(BaseModel):
     (``value`` is then ``[change_id, bool]``), ``step`` (``value`` is then
     ``{"i": step index, "fn": function name, "v": its value}``) or ``step_error``
     (a step that raised: ``"e"``, ``{"type", "message", "args"}``, instead of
-    ``"v"``); ``site`` is the caller's ``file:line``, shown when a replay diverges.
+    ``"v"``), ``side_effect_error`` (``{"type", "message", "args"}``: what a side
+    effect raised); ``site`` is the caller's ``file:line``, shown when a replay
+    diverges.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
