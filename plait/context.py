@@ -115,7 +115,7 @@ class Context:
         self._attempt = attempt
         self._idempotency_key = idempotency_key or f"{workflow_id}/{node_id}"
         self._transport = transport
-        self.recorder = Recorder(history, node_id)
+        self.recorder = Recorder(history, node_id, spawns=lambda: self._seq)
         self._ids = ChildIds(node_id, attempt, history.previous if history else ())
         self._results: dict[str, NodeResult] = dict(history.results) if history else {}
         self.heartbeat_details: Any = history.heartbeat if history else None
@@ -555,7 +555,7 @@ class Context:
             # results, so that Flow tells a divergent spawn before its result is trusted.
             yield from self._propose_steps()
             return
-        reply = yield self._wait(handles=missing)
+        reply = yield self._wait(handles=missing, seq=self.recorder.seq, spawns=self._seq)
         self._on_resolved(reply, missing)
 
     def _wait(self, **what: Any) -> Wait:
@@ -570,7 +570,7 @@ class Context:
         self._check()
         if w.done:
             return w.value
-        reply = yield self._wait(timer=w.seconds, signal=w.name, seq=w.seq)
+        reply = yield self._wait(timer=w.seconds, signal=w.name, seq=w.seq, spawns=self._seq)
         self._on_resolved(reply, [])
         assert isinstance(reply, Resolved)
         w.done, w.value = True, reply.value

@@ -182,12 +182,16 @@ class Recorder:
     ``values`` lists every record of this execution in order, replayed or new;
     new ones also wait in an outbox (:meth:`take`) until the next message to
     Flow carries them. ``replaying`` is True while the history holds records at
-    or beyond the current seq (the execution has not caught up with it yet).
+    or beyond the current seq, or the execution is not yet back at the wait it
+    resumes from (it has not caught up with its history yet).
     """
 
-    def __init__(self, history: History | None = None, node: str = "?") -> None:
+    def __init__(self, history: History | None = None, node: str = "?",
+                 spawns: Callable[[], int] = lambda: 0) -> None:
         h = history or _NO_HISTORY
         self._node = node
+        self._spawns = spawns  # the execution's spawn seq now
+        self._resumed_at = h.resumed_at
         self._past: dict[int, Recorded] = {r.seq: r for r in h.recorded}
         self._timers = set(h.timers)
         self._signals: dict[int, Any] = {int(seq): payload for seq, payload in h.signals}
@@ -201,7 +205,17 @@ class Recorder:
 
     @property
     def replaying(self) -> bool:
-        return self.seq <= self._horizon
+        if self.seq <= self._horizon:
+            return True
+        if self._resumed_at is None:
+            return False
+        # Not yet back where the execution last waited: before that wait's records
+        # or spawns (a wait for children leaves no record of its own).
+        seq, spawns = self._resumed_at
+        if self.seq < seq or self._spawns() < spawns:
+            return True
+        self._resumed_at = None  # past it for good: both only grow
+        return False
 
     def take(self) -> list[Recorded]:
         """The values recorded since the last call (to ride on the next message)."""

@@ -216,12 +216,12 @@ class FakeSupervisor(Peer):
 
     def wait(self, a: Assign, handles: list[str] | None = None, *, resident: bool = True,
              timer: float | None = None, signal: str | None = None, seq: int = 0,
-             recorded: Iterable[Recorded] = ()) -> Wait:
+             spawns: int = 0, recorded: Iterable[Recorded] = ()) -> Wait:
         """Send a Wait. A durable one (``resident=False``: the worker was evicted) is
         acknowledged at once, and its slot is free again (Credit)."""
         wait = Wait(workflow_id=a.workflow_id, node=a.node, attempt=a.attempt,
                     handles=handles or [], timer=timer, signal=signal, seq=seq,
-                    resident=resident, recorded=list(recorded))
+                    spawns=spawns, resident=resident, recorded=list(recorded))
         if resident:
             return self.send(wait)
         ack = self.request(wait)

@@ -123,7 +123,7 @@ def test_durable_wait_frees_the_worker_and_resumes_with_history(
     assert p.history is None  # a first execution of a first attempt
     drawn = [recorded(0, "random", 0.25), recorded(1, "uuid4", "u-1")]
     assert sup.propose(p, kids("parent", "child", "child"), recorded=drawn).ok
-    sup.wait(p, ["parent.1", "parent.2"], resident=False)
+    sup.wait(p, ["parent.1", "parent.2"], resident=False, seq=2, spawns=2)
     assert node_states(client, wf)["parent"] == "suspended"
     c1, c2 = sup.assign(node="parent.1"), sup.assign(node="parent.2")
     sup.finish(c1, 10)
@@ -139,6 +139,7 @@ def test_durable_wait_frees_the_worker_and_resumes_with_history(
     assert h.results["parent.2"].state == "failed"
     assert (h.results["parent.2"].error or {})["type"] == "KeyError"
     assert (h.previous, h.timers, h.signals) == ([], [], [])
+    assert h.resumed_at == (2, 2)  # where it waited: replaying until it is back there
     # The replay re-proposes its spawns and values: no-ops, nothing recorded twice.
     assert sup.propose(again, kids("parent", "child", "child"), recorded=drawn).ok
     sup.finish(again, "coped", recorded=[recorded(2, "now", 5.0)])

@@ -25,6 +25,7 @@ from plait.protocol.diff import PlanDiff
 from plait.protocol.messages import (
     History,
     Message,
+    NodeResult,
     PreviousChild,
     PreviousStep,
     Propose,
@@ -94,6 +95,21 @@ def test_side_effects_read_back_as_the_same_type() -> None:
     again = make(FakeTransport(), History(recorded=first.take_recorded()))
     assert (again.side_effect(when), again.side_effect(lambda: Point(x=0, y=0), returns=Point),
             again.side_effect(lambda: (3, 4))) == got
+
+
+def test_a_replay_is_not_past_a_wait_for_children_until_it_has_spawned_them() -> None:
+    """Old code spawned fetch(1) and was evicted waiting for it; new code asks
+    ctx.version first. Nothing recorded told the replay it was replaying: it took
+    the new path, spawned another task at the same spawn seq, and diverged."""
+    history = History(resumed_at=(0, 1), results={"root.1": NodeResult(state="succeeded",
+                                                                       output=2)})
+    ctx = make(FakeTransport(), history)
+    assert ctx.replaying
+    assert ctx.version("v2") is False  # the old path: it is what the history holds
+    assert ctx.spawn(add, 1, 1).result() == 2
+    assert not ctx.replaying  # back where it waited: new code from here
+    assert ctx.version("v3") is True
+    assert [r.value for r in ctx.recorder.values] == [["v2", False], ["v3", True]]
 
 
 class ApiDown(Exception):

@@ -82,11 +82,14 @@ class WaitRec:
     identity: bytes | None = None
     correlation: str = ""
     resident: bool = True
+    spawns: int = 0  # the task's spawn seq at the wait (History.resumed_at)
 
     def spec(self, attempt: int) -> dict[str, Any]:
         """The wait as stored in events (``wait``)."""
         spec: dict[str, Any] = {"attempt": attempt, "seq": self.seq, "handles": self.handles,
                                 "resident": self.resident}
+        if self.spawns:
+            spec["spawns"] = self.spawns
         if self.due is not None:
             spec["due"] = self.due
         if self.signal is not None:

@@ -122,7 +122,9 @@ class RunMixin(KeeperBase):
             steps=[PreviousStep(index=i, name=name, value=value)  # this attempt's are recorded
                    for i, (name, value, attempt) in sorted(self.st.steps.get(node.id, {}).items())
                    if attempt < node.attempt and value is not STEP_FAILED],
-            heartbeat=self.st.heartbeat(node.id))
+            heartbeat=self.st.heartbeat(node.id),
+            resumed_at=(int(last.get("seq") or 0), int(last.get("spawns") or 0))
+            if last.get("attempt") == node.attempt else None)
 
     def _previous(self, node: Node) -> list[PreviousChild]:
         """Children that earlier attempts spawned, with their spawn seq (read back from

@@ -39,7 +39,7 @@ class WaitMixin(KeeperBase):
             return
         self._note_recorded(msg.node, msg.attempt, msg.recorded)
         rec = WaitRec(msg.seq, list(dict.fromkeys(msg.handles)), signal=msg.signal,
-                      resident=msg.resident)
+                      resident=msg.resident, spawns=msg.spawns)
         existing = self.waits.get(msg.node)
         if existing is not None and _same(existing, msg):
             self._rewait(identity, msg, existing)
@@ -223,7 +223,8 @@ class WaitMixin(KeeperBase):
                       pending={h for h in handles if nodes[h].live},
                       due=float(due) if due is not None else None,
                       signal=str(signal) if signal is not None else None,
-                      resident=bool(spec.get("resident", True)))
+                      resident=bool(spec.get("resident", True)),
+                      spawns=int(spec.get("spawns") or 0))
         self._watch(node_id, rec)
         return rec
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # 3: GetHistory.upto, which a version-2 Flow would refuse (and the Submit's id in
 #    the "submitted" event, which a version-3 client's retried Submit looks for).
 # 4: Assign.resident_waits, which a version-3 supervisor would refuse.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 _ids = itertools.count(1)
 _prefix = f"{os.getpid():x}-"
@@ -300,7 +300,11 @@ class History(BaseModel):
     fired sleeps) belong to the current attempt only, so that a retry draws fresh
     values; ``results`` holds every finished child of the node; ``previous``
     lists earlier attempts' children and ``steps`` their completed durable steps;
-    ``heartbeat`` is the last details sent.
+    ``heartbeat`` is the details the attempt started with; ``resumed_at`` is
+    ``[record seq, spawn seq]`` of the attempt's last wait, the point this
+    execution resumes from: until the replay gets there, it is still replaying,
+    even where no record tells it so (a ``ctx.version`` before the spawns of a
+    wait for children takes the old path).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
@@ -312,6 +316,7 @@ class History(BaseModel):
     previous: list[PreviousChild] = Field(default_factory=list)
     steps: list[PreviousStep] = Field(default_factory=list)
     heartbeat: Any = None
+    resumed_at: tuple[int, int] | None = None
 
 
 class Assign(Message):
@@ -369,7 +374,9 @@ class Proposed(Message):
 class Wait(Message):
     """Worker -> Flow: the node awaits ``handles`` (nodes), or a durable ``timer``
     (seconds; Flow's clock decides when it fires), or the signal ``signal``;
-    ``seq`` is the record sequence of a timer or signal wait.
+    ``seq`` is the record sequence of a timer or signal wait, and where a wait for
+    handles stands among the records; ``spawns`` is the spawn seq then (a replay
+    is not past the wait until it has spawned as much: see ``History.resumed_at``).
 
     ``resident`` is set by the supervisor: True while the worker keeps the task in
     memory (reply :class:`Resolved` as soon as the wait is satisfied, at once if it
@@ -392,6 +399,7 @@ class Wait(Message):
     timer: float | None = None
     signal: str | None = None
     seq: int = 0
+    spawns: int = 0
     resident: bool = True
     recorded: list[Recorded] = Field(default_factory=list)
     diff: dict[str, Any] | None = None
