@@ -601,7 +601,24 @@ class Context:
 
     def _values(self, handles: Sequence[Handle], return_exceptions: bool,
                 timeout: float | None) -> list[Any]:
-        self._drive(self._wait_steps(handles), timeout)
+        if timeout is None:
+            self._drive(self._wait_steps(handles))
+        else:
+            # Whether it timed out is recorded: a replay, whose results are all
+            # there at once, would otherwise return where the first run raised, skip
+            # the body's except, and diverge from the history it goes on to read.
+            self._check(takes="result(timeout=)")
+
+            def timed_out() -> bool:
+                try:
+                    self._drive(self._wait_steps(handles), timeout)
+                except TimeoutError:
+                    return True
+                return False
+
+            if self.recorder.record("timed_out", timed_out, call_site()):
+                raise TimeoutError(f"no result within {timeout}s")
+            self._drive(self._wait_steps(handles))  # known by now, or a replay's wait
         return self._outcomes(handles, return_exceptions)
 
     async def _await_values(self, handles: Sequence[Handle],

@@ -29,6 +29,7 @@ from plait.errors import (
 )
 from plait.protocol.diff import EdgeSpec, PlanDiff
 from plait.protocol.messages import (
+    History,
     Message,
     NodeResult,
     Propose,
@@ -196,6 +197,39 @@ def test_spawn_checks_its_attributes_and_key_at_the_call(ctx: Context) -> None:
     assert diff is not None
     assert [(n.id, n.attrs) for n in diff.nodes] == [
         (when.id, {"at": "2026-01-02T00:00:00"})]  # data, as the wire carries it
+
+
+class _Held(FakeTransport):
+    """Leaves every Wait unanswered (its children are still running)."""
+
+    def request(self, message: Propose | Wait) -> Future[Message]:
+        if isinstance(message, Wait):
+            self.sent.append(message)
+            return Future()
+        return super().request(message)
+
+
+def test_whether_a_timed_result_timed_out_is_recorded_for_the_replay() -> None:
+    """The replay, with every result there at once, returned where the first run
+    raised TimeoutError: it skipped the body's except and diverged."""
+    first = Context(workflow_id="wf", node_id="root", transport=_Held())
+    h = first.spawn(add, 1, 1)
+    with pytest.raises(TimeoutError):
+        h.result(timeout=0.05)
+    recorded = first.take_recorded()
+    assert [(r.seq, r.kind, r.value) for r in recorded] == [(0, "timed_out", True)]
+    replay = Context(workflow_id="wf", node_id="root", transport=FakeTransport(),
+                     history=History(recorded=recorded, results={h.id: ok(2)}))
+    again = replay.spawn(add, 1, 1)
+    with pytest.raises(TimeoutError):
+        again.result(timeout=0.05)
+    assert again.result() == 2
+    quick = FakeTransport()
+    fast = Context(workflow_id="wf", node_id="root", transport=quick)
+    done = fast.spawn(add, 2, 2)
+    quick.results = {done.id: ok(4)}
+    assert done.result(timeout=5) == 4
+    assert [r.value for r in fast.take_recorded()] == [False]
 
 
 def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:
