@@ -313,10 +313,15 @@ class Context:
     # --- state and liveness -------------------------------------------------------------
 
     def set_state(self, value: Any) -> None:
-        """Publish a queryable state for this node (``Run.query()`` reads it at once)."""
+        """Publish a queryable state for this node (``Run.query()`` reads it at once).
+        A replay does not publish again what its first execution did: queries would
+        see the state go back, and the history would hold it twice."""
         self._check()
+        value = as_data(value, "state")
+        if self.recorder.replaying:
+            return
         self._transport.send(SetState(workflow_id=self._workflow_id, node=self._node_id,
-                                      attempt=self._attempt, value=as_data(value, "state")))
+                                      attempt=self._attempt, value=value))
 
     def heartbeat(self, details: Any = None) -> None:
         """Say this long task is alive; ``details`` (data) are kept for a retry, which
@@ -324,9 +329,11 @@ class Context:
         self._check()
         if details is not None:
             self.heartbeat_details = as_data(details, "heartbeat details")
-        self._transport.send(TaskHeartbeat(workflow_id=self._workflow_id, node=self._node_id,
-                                           attempt=self._attempt,
-                                           details=self.heartbeat_details))
+        # Alive either way; a replay's details are older than what its first
+        # execution sent, and would become what a retry resumes from.
+        self._transport.send(TaskHeartbeat(
+            workflow_id=self._workflow_id, node=self._node_id, attempt=self._attempt,
+            details=None if self.recorder.replaying else self.heartbeat_details))
 
     # --- recorded values ------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from plait.protocol.messages import (
     NodeResult,
     Propose,
     Proposed,
+    Recorded,
     Resolved,
     SetState,
     TaskHeartbeat,
@@ -230,6 +231,24 @@ def test_whether_a_timed_result_timed_out_is_recorded_for_the_replay() -> None:
     quick.results = {done.id: ok(4)}
     assert done.result(timeout=5) == 4
     assert [r.value for r in fast.take_recorded()] == [False]
+
+
+def test_a_replay_publishes_no_state_or_progress_its_first_execution_did() -> None:
+    """Queries saw the state go back to 'fetch' on every resumption, and a retry
+    resumed from the replay's older heartbeat details."""
+    history = History(recorded=[Recorded(seq=0, kind="random", value=0.5)])
+    transport = FakeTransport()
+    ctx = Context(workflow_id="wf", node_id="root", transport=transport, history=history)
+    ctx.set_state({"stage": "fetch"})
+    ctx.heartbeat({"done": 1})
+    assert ctx.random() == 0.5  # back where the first execution went on from
+    ctx.set_state({"stage": "process"})
+    ctx.heartbeat({"done": 2})
+    assert [(type(n).__name__, getattr(n, "value", None) or getattr(n, "details", None))
+            for n in transport.notes] == [
+        ("TaskHeartbeat", None), ("SetState", {"stage": "process"}),
+        ("TaskHeartbeat", {"done": 2})]
+    assert ctx.heartbeat_details == {"done": 2}
 
 
 def test_map_is_one_diff(ctx: Context, transport: FakeTransport) -> None:

@@ -257,8 +257,8 @@ class Recorded(BaseModel):
     ``{"i": step index, "fn": function name, "v": its value}``) or ``step_error``
     (a step that raised: ``"e"``, ``{"type", "message", "args"}``, instead of
     ``"v"``), ``side_effect_error`` (``{"type", "message", "args"}``: what a side
-    effect raised), ``timed_out`` (whether a ``result(timeout=)`` gave up); ``site`` is the caller's ``file:line``, shown when a replay
-    diverges.
+    effect raised), ``timed_out`` (whether a ``result(timeout=)`` gave up);
+    ``site`` is the caller's ``file:line``, shown when a replay diverges.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
