@@ -189,6 +189,30 @@ def test_a_resident_wait_that_turns_durable(client: Peer, supervisor: Factory) -
     assert [e["type"] for e in history(client, wf)].count("wait") == 1
 
 
+def test_a_restart_of_a_node_a_resident_task_waits_on_is_waited_for_again(
+        client: Peer, supervisor: Factory) -> None:
+    """The wait was answered when the other child ended, with the restarted node's
+    "ready" state, which the task took for a failure."""
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    p = sup.assign(node="parent")
+    assert sup.propose(p, kids("parent", "child", "child")).ok
+    sup.wait(p, ["parent.1", "parent.2"])  # resident: the task is in its worker
+    c1, c2 = sup.assign(node="parent.1"), sup.assign(node="parent.2")
+    sup.finish(c1, ok=False, error={"type": "E", "message": "flaky", "retryable": False})
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="parent.1")), Ack)
+    again = sup.assign(node="parent.1")
+    sup.finish(c2, 2)
+    sup.none(Resolved, within=0.2)  # parent.1 runs again: not an answer yet
+    sup.finish(again, 1)
+    resolved = sup.next(Resolved)
+    assert {h: r.output for h, r in resolved.results.items()} == {"parent.1": 1,
+                                                                 "parent.2": 2}
+    sup.finish(p, 3)
+    assert result(client, wf).output == 3
+    rebuilt_equals_live(client, wf)
+
+
 def slept_once(client: Peer, supervisor: Factory, clock: FakeClock
                ) -> tuple[FakeSupervisor, str, Assign, Assign]:
     """A node slept 5 s durably (its first attempt's Wait) and was assigned again:

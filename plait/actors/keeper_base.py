@@ -294,6 +294,17 @@ class KeeperBase(pykka.ThreadingActor):
             if not rec.pending and rec.due is None and rec.signal is None:
                 self._satisfy(waiter)
 
+    def _rewatch(self) -> None:
+        """Nodes made live again (an operator restarted a node that a task waits on):
+        waited for again, as a keeper rebuilt from the events would. Else the wait
+        was answered with the restarted node's "ready" state, taken for a failure."""
+        nodes = self.st.plan.nodes
+        for waiter, rec in self.waits.items():
+            for h in rec.handles:
+                if h not in rec.pending and nodes[h].live:
+                    rec.pending.add(h)
+                    self.watchers.setdefault(h, []).append(waiter)
+
     def _note_recorded(self, node_id: str, attempt: int, values: list[Recorded]) -> None:
         """Store the values a task drew (once per record seq) before answering it."""
         if not values:

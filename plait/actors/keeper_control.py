@@ -89,6 +89,7 @@ class ControlMixin(KeeperBase):
         self._record({"type": "restart", "node": msg.node}, applied=True)
         self.ctx.counters.add("restarts")
         self._send(identity, Ack(id=msg.id))
+        self._rewatch()
         self._react(out)
 
     def _set_attrs(self, identity: bytes, msg: SetAttrs) -> None:
