@@ -194,8 +194,8 @@ def client_options() -> argparse.ArgumentParser:
     p.add_argument("--flow", default=None, metavar="ADDRESS",
                    help="Flow's address (default: $PLAIT_FLOW, else tcp://127.0.0.1:7100)")
     p.add_argument("--feed", default=None, metavar="ADDRESS",
-                   help="Flow's feed address (default: Flow's port + 1; $PLAIT_FEED "
-                        "when --flow is not given)")
+                   help="Flow's feed address (default: $PLAIT_FEED unless --flow names "
+                        "another Flow than $PLAIT_FLOW, else Flow's port + 1)")
     p.add_argument("--timeout", type=seconds, default=10.0, metavar="S",
                    help="seconds to wait for Flow to answer (default: 10)")
     message_size_option(p, "largest request sent: as Flow's --max-message-size")

@@ -109,8 +109,8 @@ class Client:
 
     ``address``: Flow's request socket (default: ``$PLAIT_FLOW``, else
     ``tcp://127.0.0.1:7100``); ``feed``: its PUB socket (default: the address's
-    next port; ``$PLAIT_FEED`` when the address is not given either, as it
-    names the feed of ``$PLAIT_FLOW``'s Flow, not of another); ``timeout``:
+    next port; ``$PLAIT_FEED`` unless the address names another Flow than
+    ``$PLAIT_FLOW``, whose feed it is); ``timeout``:
     seconds to wait for any reply; ``max_message_size``: the largest request
     sent (Flow's ``--max-message-size``).
     """
@@ -119,7 +119,8 @@ class Client:
                  timeout: float = 10.0, poll_interval: float = 1.0,
                  max_message_size: int = codec.DEFAULT_MAX_SIZE) -> None:
         self.address = address or os.environ.get("PLAIT_FLOW") or DEFAULT_ADDRESS
-        self._feed = feed or (os.environ.get("PLAIT_FEED") if address is None else None) or None
+        self._feed = feed or (os.environ.get("PLAIT_FEED")
+                              if address in (None, os.environ.get("PLAIT_FLOW")) else None)
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.max_message_size = max_message_size  # Flow's --max-message-size

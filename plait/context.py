@@ -259,7 +259,7 @@ class Context:
         afters = [a if isinstance(a, str) else ref_of(a) or _not_a_node(a)
                   for a in nodes_after(after)]
         if key is not None:
-            _check_key(key)
+            key = _checked_key(key)
         # Checked here, at the call: found unencodable when the diff is sent, an
         # attribute failed the task at its next await, or killed its worker at Finish.
         attrs = {k: as_data(v, f"attribute {k}=") for k, v in attrs.items()}
@@ -623,7 +623,7 @@ class Context:
                     return True
                 return False
 
-            if self.recorder.record("timed_out", timed_out, call_site()):
+            if self.recorder.timed_out(timed_out, call_site()):
                 raise TimeoutError(f"no result within {timeout}s")
             self._drive(self._wait_steps(handles))  # known by now, or a replay's wait
         return self._outcomes(handles, return_exceptions)
@@ -684,10 +684,13 @@ class Context:
         return values
 
 
-def _check_key(key: Any) -> None:
+def _checked_key(key: Any) -> str:
     # A child's id is "creator/key": a "/" in a key could name a grandchild's id.
-    if not isinstance(key, str) or not key or "/" in key:
-        raise InvalidArguments(f"key= takes a non-empty string without '/', got {key!r}")
+    text = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+    if not isinstance(text, str) or not text or "/" in text:
+        raise InvalidArguments(f"key= takes a non-empty string without '/' (or an int), "
+                               f"got {key!r}")
+    return text
 
 
 def _not_a_node(value: Any) -> str:

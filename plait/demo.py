@@ -133,6 +133,8 @@ def _ports_free(*ports: int) -> None:
     to be stopped when this Flow cannot bind."""
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As ZeroMQ binds: a port left in TIME_WAIT by the last run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError as exc:

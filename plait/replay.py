@@ -10,7 +10,8 @@ but draws fresh values: only its children are matched with earlier attempts'.
 Two counters number what an execution does, both from 0 at the top of the body:
 the *spawn seq* (child ids, see :class:`ChildIds`) and the *record seq*, taken
 by every replay-safe call (``random``, ``now``, ``uuid4``, ``side_effect``,
-``version``, ``step``) and by every durable wait (``sleep``, ``signal``).
+``version``, ``step``, a handle's ``result(timeout=)``) and by every durable
+wait (``sleep``, ``signal``).
 Durable steps also count among themselves (the *step index*): a new attempt
 gets back, without running it, every step an earlier attempt completed at the
 same index with the same function. The
@@ -253,6 +254,19 @@ class Recorder:
             self._new("side_effect_error", StepFailure.of(exc).error, site)
             raise
         return self._new("side_effect", check(value), site)
+
+    def timed_out(self, wait: Callable[[], bool], site: str) -> bool:
+        """``result(timeout=)``: whether the wait gave up, recorded (``timed_out``)
+        so that a replay gives up where the first run did. History written before
+        these were recorded holds another call at this seq: nothing is taken, and
+        the wait (whose results the replay has) is not timed."""
+        seq = self.seq
+        past = self._past.get(seq)
+        if past is not None and past.kind == "timed_out":
+            return bool(self._consume(past))
+        if past is not None or seq in self._timers or seq in self._signals:
+            return False
+        return bool(self._new("timed_out", wait(), site))
 
     def version(self, change_id: str, site: str) -> bool:
         """``ctx.version``: True for code that is new to this execution's history.

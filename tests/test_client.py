@@ -659,6 +659,10 @@ def test_addresses_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
         assert client.feed == "tcp://10.0.0.1:9001"
     with Client("tcp://10.0.0.2:7200") as client:
         assert client.feed == "tcp://10.0.0.2:7201"
+    monkeypatch.setenv("PLAIT_FLOW", "tcp://10.0.0.1:9000")
+    monkeypatch.setenv("PLAIT_FEED", "tcp://10.0.0.1:9999")  # a feed port of its own
+    with Client("tcp://10.0.0.1:9000") as client:  # the same Flow, named again
+        assert client.feed == "tcp://10.0.0.1:9999"
 
 
 def test_a_submit_whose_reply_is_lost_is_sent_again_with_the_same_id(

@@ -190,14 +190,17 @@ def test_spawn_checks_its_attributes_and_key_at_the_call(ctx: Context) -> None:
     killed its worker at Finish; a key with '/' could name a grandchild's id."""
     with pytest.raises(InvalidArguments, match=r"attribute deadline= .* not JSON-able"):
         ctx.spawn(add, 1, 2, deadline=object())
-    for key in ("a/b", "", 3):
+    for key in ("a/b", "", 1.5):
         with pytest.raises(InvalidArguments, match="key= takes a non-empty string"):
             ctx.spawn(add, 1, 2, key=key)  # type: ignore[arg-type]
     when = ctx.spawn(add, 1, 2, key="f.csv", at=datetime(2026, 1, 2))
+    third = ctx.spawn(add, 1, 3, key=3)  # type: ignore[arg-type]  # an int, as before
     diff = ctx.take_diff()
     assert diff is not None
     assert [(n.id, n.attrs) for n in diff.nodes] == [
-        (when.id, {"at": "2026-01-02T00:00:00"})]  # data, as the wire carries it
+        (when.id, {"at": "2026-01-02T00:00:00"}),  # data, as the wire carries it
+        (third.id, {})]
+    assert third.id == "root/3"
 
 
 class _Held(FakeTransport):
@@ -225,6 +228,11 @@ def test_whether_a_timed_result_timed_out_is_recorded_for_the_replay() -> None:
     with pytest.raises(TimeoutError):
         again.result(timeout=0.05)
     assert again.result() == 2
+    # History from before these were recorded: another call holds the seq.
+    older = Context(workflow_id="wf", node_id="root", transport=FakeTransport(),
+                    history=History(timers=[0], results={h.id: ok(2)}))
+    assert older.spawn(add, 1, 1).result(timeout=0.05) == 2
+    older.sleep(60).result()  # seq 0, as the first run's
     quick = FakeTransport()
     fast = Context(workflow_id="wf", node_id="root", transport=quick)
     done = fast.spawn(add, 2, 2)

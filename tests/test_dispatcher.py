@@ -205,19 +205,30 @@ def test_a_flow_that_stood_still_declares_no_supervisor_dead_for_it(
     clock = _Clock()
     monkeypatch.setattr(registry_module.time, "monotonic", clock)
     monkeypatch.setattr(membership_module.time, "monotonic", clock)
-    sessions, registry, counters = Sessions(), Registry(), Counters()
-    membership = Membership(cast(Any, None), "", sessions=sessions, registry=registry,
-                            dispatcher=Dispatcher(registry, counters, sessions),
-                            counters=counters, heartbeat_timeout=3.0)
-    membership.outbox = cast(Any, _Outbox())
-    sessions.join("s", b"s-1")
+    def membership(timeout: float) -> tuple[Membership, Sessions, Counters]:
+        sessions, registry, counters = Sessions(), Registry(), Counters()
+        m = Membership(cast(Any, None), "", sessions=sessions, registry=registry,
+                       dispatcher=Dispatcher(registry, counters, sessions),
+                       counters=counters, heartbeat_timeout=timeout, heartbeat_interval=0.5)
+        m.outbox = cast(Any, _Outbox())
+        sessions.join("s", b"s-1")
+        return m, sessions, counters
+
+    stood, sessions, counters = membership(3.0)
     for clock.now in (0.5, 1.0, 10.0, 10.5):  # Flow stood still from 1.0 to 10.0
-        membership._tick()
+        stood._tick()
     assert sessions.joined("s")
     assert counters.get("supervisors.lost") == 0
     clock.now = 11.0
     while sessions.joined("s"):  # silent since: dead one timeout after the pause
-        membership._tick()
+        stood._tick()
         clock.now += 0.5
     assert clock.now - 0.5 > 13.0
     assert counters.get("supervisors.lost") == 1
+    # Ticks on time are not a stall, however short the timeout (two intervals here).
+    clock.now = 0.0
+    tight, sessions, counters = membership(0.9)
+    while sessions.joined("s") and clock.now < 5:
+        clock.now += 0.5
+        tight._tick()
+    assert (clock.now, counters.get("supervisors.lost")) == (1.0, 1)

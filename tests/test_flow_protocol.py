@@ -126,7 +126,7 @@ def test_a_flow_whose_store_failed_reports_it_and_still_stops(tmp_path: Any) -> 
     assert flow.stopped_cleanly
 
 
-def test_a_flow_whose_membership_failed_still_stops(
+def test_a_flow_whose_membership_failed_stops(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     failed = threading.Event()
 
@@ -135,10 +135,11 @@ def test_a_flow_whose_membership_failed_still_stops(
         raise RuntimeError("a tick failed")
 
     monkeypatch.setattr(Membership, "_tick", tick)
-    flow = Flow(settings(tmp_path)).start()
+    fatal = threading.Event()
+    flow = Flow(settings(tmp_path), on_fatal=lambda exc: fatal.set()).start()
     flow.membership.tell(Tick())
     assert failed.wait(10)
-    wait_for(lambda: not flow.membership.is_alive(), message="membership to stop")
+    assert fatal.wait(10)  # no supervisor could be welcomed any more
     assert _stops_within(flow, 15)
     assert flow.stopped_cleanly
 

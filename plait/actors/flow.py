@@ -162,7 +162,8 @@ class Flow:
         self.membership = self._add(Membership.start(
             z, outbox, sessions=self.sessions, registry=self.registry,
             dispatcher=self.dispatcher, counters=self.counters,
-            heartbeat_timeout=s.heartbeat_timeout))
+            heartbeat_timeout=s.heartbeat_timeout, heartbeat_interval=s.heartbeat_interval,
+            on_fatal=self._fatal))
         self.scheduler = Scheduler.start(
             schedules, store=self.store, registry=self.registry, counters=self.counters,
             timers=self.clock_timers, start_run=self._start_run)

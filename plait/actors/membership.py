@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 class Membership(pykka.ThreadingActor):
     def __init__(self, zctx: zmq.Context[Any], outbox_address: str, *, sessions: Sessions,
                  registry: Registry, dispatcher: Dispatcher, counters: Counters,
-                 heartbeat_timeout: float) -> None:
+                 heartbeat_timeout: float, heartbeat_interval: float = 0.0,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
         super().__init__()
         self._zctx = zctx
         self._outbox_address = outbox_address
@@ -41,6 +43,8 @@ class Membership(pykka.ThreadingActor):
         self.dispatcher = dispatcher
         self.counters = counters
         self.timeout = heartbeat_timeout
+        self.interval = heartbeat_interval  # how often Flow's timer tells it Tick
+        self._on_fatal = on_fatal
         self._last_tick: float | None = None
 
     def on_start(self) -> None:
@@ -51,10 +55,12 @@ class Membership(pykka.ThreadingActor):
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # As on_stop (which pykka skips for a failed actor): an open socket would
-        # hang Flow's context at stop. Supervisors are no longer declared dead.
-        log.error("flow: membership failed (%s): supervisors are no longer watched",
-                  exception_value)
-        self.outbox.close(linger=0)
+        # hang Flow's context at stop. Fatal: no supervisor could be welcomed again.
+        try:
+            self.outbox.close(linger=0)
+        finally:
+            if self._on_fatal is not None:
+                self._on_fatal(exception_value)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
@@ -89,7 +95,7 @@ class Membership(pykka.ThreadingActor):
     def _tick(self) -> None:
         now = time.monotonic()
         gap, self._last_tick = now - (self._last_tick or now), now
-        if gap > self.timeout / 2:
+        if gap - self.interval > self.timeout / 2:  # late by that much, not merely due
             # Flow itself stood still (a pause, swapping): the heartbeats that came
             # meanwhile wait unread in its socket, and every supervisor would look
             # dead. Silence is counted again from now.

@@ -61,10 +61,12 @@ class Store(DatabaseActor):
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        super().on_failure(exception_type, exception_value, traceback)
-        if not self._failed:  # nothing is recorded any more: Flow cannot go on
-            self._failed = True
-            self._on_fatal(exception_value)
+        try:
+            super().on_failure(exception_type, exception_value, traceback)
+        finally:
+            if not self._failed:  # nothing is recorded any more: Flow cannot go on
+                self._failed = True
+                self._on_fatal(exception_value)
 
     def _drain(self, first: Write) -> tuple[list[Write], list[Any]]:
         batch, others, size = [first], [], len(first.events)

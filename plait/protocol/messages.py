@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # 3: GetHistory.upto, which a version-2 Flow would refuse (and the Submit's id in
 #    the "submitted" event, which a version-3 client's retried Submit looks for).
 # 4: Assign.resident_waits, which a version-3 supervisor would refuse.
+# 5: Wait.spawns and History.resumed_at, which a version-4 peer would refuse.
 PROTOCOL_VERSION = 5
 
 _ids = itertools.count(1)
