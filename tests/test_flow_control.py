@@ -57,6 +57,7 @@ from plait.protocol.messages import (
     TaskInfo,
     WorkflowResult,
 )
+from plait.protocol.promises import Shape
 from plait.testing import wait_for
 
 Factory = Callable[..., FakeSupervisor]
@@ -723,6 +724,21 @@ def test_a_new_task_version_misses_the_cache(
     new.finish(new.assign(), "v2")
     assert result(client, wf2).output == "v2"
     assert flow.counters.get("cache.hits") == 0
+
+
+def test_a_cached_task_that_promised_a_shape_runs_instead_of_breaking_it(
+        client: Peer, supervisor: Factory) -> None:
+    """A hit creates nothing: its region closed empty against Shape(g), and an
+    honest workflow was terminated as violated on every hit."""
+    sup = supervisor(TaskInfo(name="f", cache=True, version="1"), "g")
+    for run in range(2):
+        wf = submit(client, diff(spec("f", "f", 1), promises=[("f", Shape("g"))]), root="f")
+        f = sup.assign(node="f")
+        assert sup.propose(f, diff(spec("f.1", "g", creator="f"), proposer="f")).ok
+        sup.finish(sup.assign(node="f.1"), "g ran")
+        sup.finish(f, f"run {run}")
+        done = result(client, wf)
+        assert (done.status, done.output) == ("succeeded", f"run {run}")
 
 
 def test_a_cache_key_tells_apart_what_json_would_merge() -> None:

@@ -27,7 +27,8 @@ from plait.actors.timers import Timers
 from plait.protocol.codec import encode
 from plait.protocol.diff import NodeState, PlanDiff
 from plait.protocol.messages import Ack, Message, NodeResult, Recorded, Wait
-from plait.protocol.plan import TERMINAL, Outcome
+from plait.protocol.plan import TERMINAL, Node, Outcome
+from plait.protocol.promises import Shape
 
 __all__ = ["ACTIVE", "AttemptRec", "KeeperBase", "KeeperContext", "WaitRec"]
 
@@ -332,7 +333,8 @@ class KeeperBase(pykka.ThreadingActor):
             return
         node = self.st.plan.nodes[node_id]
         info = self.ctx.catalog.get(node.task)
-        if info is not None and info.cache and self.ctx.cache is not None:
+        if info is not None and info.cache and self.ctx.cache is not None \
+                and not _must_create(node):
             try:
                 key = cache_key(node.task, info.version, self._resolve(node.inputs))
             except (TypeError, ValueError) as exc:  # not data: it runs, uncached
@@ -370,3 +372,10 @@ class KeeperBase(pykka.ThreadingActor):
         if isinstance(value, list | tuple):
             return [self._resolve(v) for v in value]
         return value
+
+
+def _must_create(node: Node) -> bool:
+    """Whether the node promised a Shape its region cannot match empty: a cache hit,
+    which creates nothing, would break that promise and end an honest workflow."""
+    return any(t.owner == node.id and isinstance(t.promise, Shape)
+               and not t.promise.expr.nullable for t in node.trackers)
