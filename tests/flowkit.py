@@ -189,6 +189,7 @@ class FakeSupervisor(Peer):
         super().__init__(endpoint, heartbeats=heartbeats)
         self.supervisor_id = supervisor_id
         infos = [t if isinstance(t, TaskInfo) else TaskInfo(name=t) for t in tasks]
+        self.versions = {t.name: t.version for t in infos}  # what its "code" runs
         welcome = self.request(Hello(supervisor_id=supervisor_id, tasks=infos, slots=slots,
                                      running=list(running)))
         assert isinstance(welcome, Welcome), welcome
@@ -200,11 +201,12 @@ class FakeSupervisor(Peer):
     def finish(self, a: Assign, output: Any = None, *, ok: bool = True,
                error: dict[str, Any] | None = None, diff: dict[str, Any] | None = None,
                attempt: int | None = None, credit: bool = True,
-               recorded: Iterable[Recorded] = ()) -> Ack:
+               recorded: Iterable[Recorded] = (), version: str | None = None) -> Ack:
         """Report an attempt's end, then free its slot (as a real supervisor does)."""
         ack = self.request(Finish(
             workflow_id=a.workflow_id, node=a.node, attempt=attempt or a.attempt, ok=ok,
-            output=output, error=error, diff=diff, recorded=list(recorded)))
+            output=output, error=error, diff=diff, recorded=list(recorded),
+            version=self.versions.get(a.task, "") if version is None else version))
         if credit:
             self.send(Credit(n=1))
         return ack

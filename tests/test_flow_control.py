@@ -741,6 +741,23 @@ def test_a_cached_task_that_promised_a_shape_runs_instead_of_breaking_it(
         assert (done.status, done.output) == ("succeeded", f"run {run}")
 
 
+def test_a_result_of_other_code_than_its_key_was_made_for_is_not_cached(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    """A rolling deploy: the key is made for version 2 (the latest Hello), and a
+    supervisor still on version 1 runs the node. Its result, stored under the v2
+    key, answered every later v2 call for good."""
+    old = supervisor(TaskInfo(name="f", cache=True, version="1"), supervisor_id="old")
+    supervisor(TaskInfo(name="f", cache=True, version="2"), supervisor_id="new", slots=0)
+    wf = submit(client, diff(spec("f", "f", 1)), root="f")
+    old.finish(old.assign(), "by v1")
+    assert result(client, wf).output == "by v1"
+    assert flow.counters.get("cache.other_version") == 1
+    again = submit(client, diff(spec("f", "f", 1)), root="f")
+    old.finish(old.assign(), "by v1 again", version="2")  # as if upgraded meanwhile
+    assert result(client, again).output == "by v1 again"  # a miss: it ran
+    assert flow.counters.get("cache.hits") == 0
+
+
 def test_a_cache_key_tells_apart_what_json_would_merge() -> None:
     assert cache_key("t", "1", [b"x"]) != cache_key("t", "1", ["b'x'"])
     assert cache_key("t", "1", {"a": 1}) != cache_key("t", "1", [["a", 1]])

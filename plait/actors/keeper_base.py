@@ -115,7 +115,8 @@ class KeeperBase(pykka.ThreadingActor):
         self.awaiting: list[tuple[bytes, str]] = []  # AwaitResult requests
         self.limited: dict[str, tuple[tuple[str, int], ...]] = {}  # MaxParallel-bound nodes
         self.held: set[str] = set()  # ready nodes a pause keeps back
-        self.cache_keys: dict[str, str] = {}  # node -> its cache key (caching tasks)
+        # node -> its cache key, and the task version the key was made for
+        self.cache_keys: dict[str, tuple[str, str]] = {}
         self.beats: dict[str, float] = {}  # running node -> its last heartbeat
         self.confirmed: dict[str, int] = {}  # node -> attempt its supervisor said started
         self.queued_at: dict[str, float] = {}  # ready node -> when it was queued
@@ -340,7 +341,7 @@ class KeeperBase(pykka.ThreadingActor):
             except (TypeError, ValueError) as exc:  # not data: it runs, uncached
                 log.warning("keeper %s: %s is not cached: %s", self.wf, node_id, exc)
             else:
-                self.cache_keys[node_id] = key
+                self.cache_keys[node_id] = (key, info.version or "")
                 self.ctx.cache.tell(Lookup(self.actor_ref, node_id, node.attempt, key))
                 return
         self._queue(node_id)

@@ -205,7 +205,7 @@ class RunMixin(KeeperBase):
                 self._failed(msg.node, failure)
                 return
         if msg.ok:
-            self._succeeded(msg.node, msg.output)
+            self._succeeded(msg.node, msg.output, msg.version)
         else:
             self._failed(msg.node, msg.error or {"type": "Error", "message": "task failed"})
 
@@ -239,15 +239,20 @@ class RunMixin(KeeperBase):
             self._failed(msg.node, failure)  # evicted: no task is left to raise it
         return False
 
-    def _succeeded(self, node_id: str, output: Any) -> None:
-        """The node succeeded; a caching task's result is stored under its key."""
-        key = self.cache_keys.pop(node_id, None)
+    def _succeeded(self, node_id: str, output: Any, version: str) -> None:
+        """The node succeeded; a caching task's result is stored under its key, if the
+        code that ran is the version the key was made for (during a rolling deploy, a
+        supervisor still on the old code may run it: its result is not the new one's)."""
+        keyed = self.cache_keys.pop(node_id, None)
         self._set(node_id, NodeState.SUCCEEDED, output=output)
-        if key is not None:
-            task = self.st.plan.nodes[node_id].task
-            info = self.ctx.catalog.get(task)
-            self._cache.append(CacheEntry(key, task, info.version if info else "", output,
-                                          self.wf, node_id, self._now()))
+        if keyed is None:
+            return
+        key, wanted = keyed
+        if version != wanted:
+            self.ctx.counters.add("cache.other_version")
+            return
+        self._cache.append(CacheEntry(key, self.st.plan.nodes[node_id].task, wanted, output,
+                                      self.wf, node_id, self._now()))
 
     # --- what a running task tells -----------------------------------------------------
 

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 # 3: GetHistory.upto, which a version-2 Flow would refuse (and the Submit's id in
 #    the "submitted" event, which a version-3 client's retried Submit looks for).
 # 4: Assign.resident_waits, which a version-3 supervisor would refuse.
-# 5: Wait.spawns and History.resumed_at, which a version-4 peer would refuse.
+# 5: Wait.spawns, History.resumed_at and Finish.version, which a version-4 peer
+#    would refuse.
 PROTOCOL_VERSION = 5
 
 _ids = itertools.count(1)
@@ -437,6 +438,7 @@ class Finish(Message):
     error: dict[str, Any] | None = None
     diff: dict[str, Any] | None = None
     recorded: list[Recorded] = Field(default_factory=list)
+    version: str = ""  # of the task code that ran (a caching task's result is kept by it)
 
 
 class TaskHeartbeat(Message):

@@ -464,7 +464,7 @@ def _execute(assign: Assign, t: Task[Any, Any], ctx: Context, link: WorkerLink) 
             ctx.flush()
         diff = ctx.take_diff()
         return _finish(assign, ok=True, output=output, diff=diff.to_dict() if diff else None,
-                       recorded=ctx.take_recorded())
+                       recorded=ctx.take_recorded(), version=t.version or "")
     except (Evicted, KeyboardInterrupt):
         raise  # not the task's failure: the attempt resumes elsewhere / the worker stops
     except BaseException as exc:  # noqa: BLE001 - the task's failure is data for Flow
