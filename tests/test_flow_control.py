@@ -758,6 +758,21 @@ def test_a_result_of_other_code_than_its_key_was_made_for_is_not_cached(
     assert flow.counters.get("cache.hits") == 0
 
 
+def test_a_restarted_cached_node_runs_again(
+        flow: Flow, client: Peer, supervisor: Factory) -> None:
+    """Its first run filled the cache; the restart hit that entry and redid nothing."""
+    sup = supervisor(TaskInfo(name="f", cache=True, version="1"))
+    wf = submit(client, diff(spec("f", "f", 1)), root="f")
+    sup.finish(sup.assign(), "first")
+    assert result(client, wf).output == "first"
+    assert isinstance(client.request(RestartNode(workflow_id=wf, node="f")), Ack)
+    again = sup.assign()
+    assert again.attempt == 2
+    sup.finish(again, "redone")
+    assert result(client, wf).output == "redone"
+    assert flow.counters.get("cache.hits") == 0
+
+
 def test_a_cache_key_tells_apart_what_json_would_merge() -> None:
     assert cache_key("t", "1", [b"x"]) != cache_key("t", "1", ["b'x'"])
     assert cache_key("t", "1", {"a": 1}) != cache_key("t", "1", [["a", 1]])

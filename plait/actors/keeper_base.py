@@ -335,7 +335,7 @@ class KeeperBase(pykka.ThreadingActor):
         node = self.st.plan.nodes[node_id]
         info = self.ctx.catalog.get(node.task)
         if info is not None and info.cache and self.ctx.cache is not None \
-                and not _must_create(node):
+                and not _must_create(node) and not _restarted(node):
             try:
                 key = cache_key(node.task, info.version, self._resolve(node.inputs))
             except (TypeError, ValueError) as exc:  # not data: it runs, uncached
@@ -380,3 +380,9 @@ def _must_create(node: Node) -> bool:
     which creates nothing, would break that promise and end an honest workflow."""
     return any(t.owner == node.id and isinstance(t.promise, Shape)
                and not t.promise.expr.nullable for t in node.trackers)
+
+
+def _restarted(node: Node) -> bool:
+    """The first attempt of a run an operator restarted (the node or one upstream):
+    it runs for real, or the restart would hand back the result it was to redo."""
+    return node.attempt > 1 and node.attempt == node.base_attempt
