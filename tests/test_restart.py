@@ -111,6 +111,24 @@ def test_restart_refuses_a_node_whose_predecessor_outside_it_did_not_succeed() -
     assert _run(plan, "a") == ["b"]
 
 
+def test_restart_refuses_a_child_whose_creator_did_not_succeed() -> None:
+    """The root re-raised its child's failure: restarting the child alone ran it
+    again, and the workflow ended failed as before, with the root's old error."""
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("r", "t"),), ())).ok
+    plan.set_state("r", S.RUNNING)
+    child = child_id("r", 1)
+    assert plan.apply(PlanDiff("r", (NodeSpec(child, "t", creator="r"),), ())).ok
+    plan.set_state(child, S.RUNNING)
+    plan.set_state(child, S.FAILED)
+    plan.set_state("r", S.FAILED)
+    out = plan.restart(child, operator=True)
+    assert out.rejection is not None
+    assert f"cannot restart {child}: r, which created it, failed; restart r instead" \
+        in out.rejection.reason
+    assert plan.restart("r", operator=True).rejection is None
+
+
 def test_a_reproposal_may_add_an_edge_into_a_revived_child() -> None:
     """A's first attempt spawned b, then c after b. A is restarted; its new run
     spawns another b (new inputs: a new id) and the same c, after the new b. The

@@ -78,6 +78,15 @@ def blocked(plan: Plan, node_id: str) -> Rejection | None:
     is folded as it was applied."""
     nodes = closure(plan, plan.nodes[node_id])
     members = {n.id for n in nodes}
+    creator = plan.nodes[node_id].creator
+    while creator is not None:
+        # The creator's outcome stays: the workflow would run the node again and end
+        # as it did, with the creator's old error.
+        if creator.state in _UNSUCCESSFUL and not creator.superseded:
+            ended = "failed" if creator.state is NodeState.FAILED else "was cancelled"
+            return Rejection("plan", f"cannot restart {node_id}: {creator.id}, which created "
+                                     f"it, {ended}; restart {creator.id} instead", None)
+        creator = creator.creator
     for node in nodes:
         if node.id != node_id and _created_within(node, members):
             continue  # superseded, not reset
