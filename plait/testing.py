@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from plait.client import Client, FlowUnavailable
+from plait.supervisor.forking import descendants, proc_stat
 
 __all__ = ["Cluster", "Proc", "alive", "child_environment", "descendants", "free_port",
            "proc_stat", "wait_for"]
@@ -62,40 +63,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, parent pid)`` of process ``pid`` from /proc; None if it is gone."""
-    try:
-        stat = (Path("/proc") / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces or parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0], int(fields[1])
-
-
 def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (from /proc)."""
     stat = proc_stat(pid)
     return stat is not None and stat[0] != "Z"
-
-
-def descendants(pid: int, depth: int = 1) -> list[int]:
-    """Every live process below ``pid`` (children, grandchildren...) from /proc;
-    with ``depth=2``, grandchildren and below."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        stat = proc_stat(int(entry.name)) if entry.name.isdigit() else None
-        if stat is not None and stat[0] != "Z":  # None: not a process, or it exited
-            parents.setdefault(stat[1], []).append(int(entry.name))
-    found: list[int] = []
-    todo = [(pid, 0)]
-    while todo:
-        parent, level = todo.pop()
-        for child in parents.get(parent, []):
-            if level + 1 >= depth:
-                found.append(child)
-            todo.append((child, level + 1))
-    return found
 
 
 def child_environment(paths: Iterable[str | os.PathLike[str]], cwd: str | None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -79,6 +81,17 @@ def stubborn(ctx: Context, path: str) -> None:
     """Ignores cooperative cancellation and SIGTERM: only SIGKILL stops it."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     Path(path).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)  # wait-ok: the task itself runs until killed
+
+
+@task
+def stubborn_parent(ctx: Context, path: str) -> None:
+    """Like stubborn, with a subprocess of its own: "<worker pid> <child pid>"."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=False)
+    Path(path).write_text(f"{os.getpid()} {child.pid}")
     while True:
         time.sleep(0.05)  # wait-ok: the task itself runs until killed
 

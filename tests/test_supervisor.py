@@ -59,6 +59,7 @@ from plait.supervisor.flow_link import Outstanding
 from plait.supervisor.pool import Cancel, CrashLoop, PoolSettings, WorkerPool
 from plait.supervisor.routing import Worker
 from plait.supervisor.worker import WorkerLink, error_dict
+from plait.testing import alive as running
 from plait.testing import descendants, proc_stat, wait_for
 
 M = TypeVar("M", bound=Message)
@@ -529,6 +530,26 @@ def test_cancel_escalates_to_sigkill(sup: FakeFlow, tmp_path: Path) -> None:
     assert done.error["type"] == "WorkflowCancelled"
     assert not alive(pid)  # SIGTERM was ignored; SIGKILL was not
     assert run(sup, assign("pid")).output != pid
+
+
+def test_cancel_escalation_reaches_the_processes_a_task_started(
+        sup: FakeFlow, tmp_path: Path) -> None:
+    """Only the worker was signalled: its task's subprocess ran on, an orphan, and
+    the retry started another."""
+    path = tmp_path / "pids"
+    a = assign("stubborn_parent", str(path))
+    sup.send(a)
+    def both() -> list[int] | None:
+        pids = path.read_text().split() if path.exists() else []
+        return [int(p) for p in pids] if len(pids) == 2 else None
+
+    found = wait_for(both, TIMEOUT, message="no pids")
+    assert found is not None
+    worker, child = found
+    sup.send(CancelTask(workflow_id="wf", node=a.node, attempt=1))
+    sup.expect(Finish, lambda f: f.node == a.node)
+    assert not alive(worker)
+    wait_for(lambda: not running(child), TIMEOUT, message="the task's subprocess lives")
 
 
 def test_reconnect_after_flow_restarts_resends_the_unacknowledged_finish() -> None:

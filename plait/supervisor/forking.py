@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger("plait.supervisor")
 
@@ -86,3 +87,33 @@ def fork_call(run: Callable[[], int | None],
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, parent pid)`` of process ``pid`` from /proc; None if it is gone."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces or parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int, depth: int = 1) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren...) from /proc;
+    with ``depth=2``, grandchildren and below."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        stat = proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is not None and stat[0] != "Z":  # None: not a process, or it exited
+            parents.setdefault(stat[1], []).append(int(entry.name))
+    found: list[int] = []
+    todo = [(pid, 0)]
+    while todo:
+        parent, level = todo.pop()
+        for child in parents.get(parent, []):
+            if level + 1 >= depth:
+                found.append(child)
+            todo.append((child, level + 1))
+    return found

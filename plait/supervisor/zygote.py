@@ -48,7 +48,13 @@ from typing import Any, NoReturn
 from plait import memory
 from plait.errors import PlaitError
 from plait.protocol import codec
-from plait.supervisor.forking import STOP_SIGNALS, die_with_parent, fork_call, single_threaded
+from plait.supervisor.forking import (
+    STOP_SIGNALS,
+    descendants,
+    die_with_parent,
+    fork_call,
+    single_threaded,
+)
 
 log = logging.getLogger("plait.supervisor")
 
@@ -229,8 +235,7 @@ def serve(sock: socket.socket) -> None:
                 children.add(pid)
                 sock.send(codec.pack({"op": "forked", "pid": pid}))
             elif message.get("op") == "signal" and message.get("pid") in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(message["pid"]), int(message["sig"]))
+                _signal(int(message["pid"]), int(message["sig"]))
     except (BrokenPipeError, ConnectionResetError):
         return  # the supervisor is gone
     finally:
@@ -244,6 +249,18 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
             children.discard(pid)
             sock.send(codec.pack({"op": "exited", "pid": pid,
                                   "code": os.waitstatus_to_exitcode(status)}))
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal a worker and, first, the processes its task started: a cancelled
+    task's subprocess outlived its killed worker, and the retry started another.
+    (Not by process group: a worker in a group of its own would escape a signal to
+    its supervisor's.)"""
+    for below in descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(below, sig)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
 
 
 def _fork_worker(argv: list[str], sock: socket.socket, pipe: tuple[int, int]) -> int:
