@@ -542,6 +542,29 @@ def test_schedule_overlap_cancel_cancels_the_previous_run_first(
     assert result(client, second.workflow_id).output == "ok"
 
 
+def test_a_schedule_replaced_or_added_again_keeps_to_its_overlap_policy(
+        flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
+    """Added again after a removal it forgot the run still live, and overlapped it;
+    replaced by a "skip" one, the old "queue" policy's queued tick still started."""
+    sup = supervisor("job")
+    add_schedule(client, "q", overlap="queue")
+    clock.advance(40)
+    first = sup.assign()
+    tick(client, clock, "q", 60)  # queued behind the live run
+    assert isinstance(add_schedule(client, "q", overlap="skip"), Ack)  # replaced
+    sup.finish(first, 1)
+    assert result(client, first.workflow_id).output == 1
+    sup.none(Assign, within=0.2)  # the queued tick is dropped with its policy
+    clock.advance(60)
+    second = sup.assign()
+    assert isinstance(client.request(RemoveSchedule(name="q")), Ack)
+    assert isinstance(add_schedule(client, "q"), Ack)  # again, "skip"
+    tick(client, clock, "q", 60)
+    sup.none(Assign, within=0.2)  # second still runs: skipped
+    assert schedules(client)["q"].last_run == second.workflow_id
+    sup.finish(second, 2)
+
+
 def test_bad_schedules_are_refused(client: Peer) -> None:
     bad = add_schedule(client, "x", cron="61 * * * *")
     assert isinstance(bad, Error)

@@ -92,6 +92,9 @@ class Scheduler(pykka.ThreadingActor):
         self.timers, self.start_run = timers, start_run
         self.schedules: dict[str, Schedule] = {}
         self.armed: set[float] = set()  # times a ScheduleDue is on its way for
+        # name -> the last run of a schedule removed since Flow started: added again,
+        # it still counts for overlap while it runs
+        self.removed_runs: dict[str, str] = {}
         for body in stored:
             try:
                 s = Schedule.from_body(body)
@@ -123,10 +126,13 @@ class Scheduler(pykka.ThreadingActor):
         if isinstance(msg, AddSchedule):
             self._add(identity, msg)
         elif isinstance(msg, RemoveSchedule):
-            if self.schedules.pop(msg.name, None) is None:
+            removed = self.schedules.pop(msg.name, None)
+            if removed is None:
                 self._write(identity, Error(id=msg.id, code="not_found",
                                             reason=f"no schedule {msg.name!r}"))
             else:
+                if removed.info.last_run is not None:
+                    self.removed_runs[msg.name] = removed.info.last_run
                 self._write(identity, Ack(id=msg.id), ScheduleChange(msg.name, None))
         elif isinstance(msg, ListSchedules):
             self._write(identity, ScheduleList(
@@ -143,7 +149,12 @@ class Scheduler(pykka.ThreadingActor):
         if old is not None:  # replaced: its runs so far still count for overlap
             s.info = s.info.model_copy(update={"last_run": old.info.last_run,
                                                "last_fired": old.info.last_fired})
-            s.queued = old.queued
+            # A tick the old policy queued starts only if the new one queues too.
+            s.queued = old.queued if s.info.overlap != "skip" else None
+        else:  # added again after a removal: a run of the removed one still counts
+            last = self.removed_runs.pop(s.info.name, None)
+            if self._live(last):
+                s.info = s.info.model_copy(update={"last_run": last})
         self.schedules[s.info.name] = s
         self._write(identity, Ack(id=msg.id), self._change(s))
         self._arm(s)
