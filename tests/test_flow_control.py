@@ -555,6 +555,7 @@ def test_a_schedule_replaced_or_added_again_keeps_to_its_overlap_policy(
     sup.finish(first, 1)
     assert result(client, first.workflow_id).output == 1
     sup.none(Assign, within=0.2)  # the queued tick is dropped with its policy
+    wait_for(lambda: first.workflow_id not in flow.registry.live(), message="the retirement")
     clock.advance(60)
     second = sup.assign()
     assert isinstance(client.request(RemoveSchedule(name="q")), Ack)
