@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import traceback
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -222,9 +223,9 @@ class Task(Generic[P, R]):
         self.queue = queue
         for what, seconds in (("timeout", timeout), ("schedule_to_start", schedule_to_start),
                               ("heartbeat_timeout", heartbeat_timeout)):
-            if seconds is not None and not seconds > 0:
-                raise PlaitError(f"task {self.name}: {what} must be a positive number of "
-                                 f"seconds, got {seconds!r}")
+            if seconds is not None and not 0 < seconds < math.inf:
+                raise PlaitError(f"task {self.name}: {what} must be a positive, finite "
+                                 f"number of seconds, got {seconds!r}")
         self.timeout = timeout
         self.schedule_to_start = schedule_to_start
         self.heartbeat_timeout = heartbeat_timeout

@@ -40,6 +40,7 @@ from plait.actors.history import WorkflowState
 from plait.actors.mail import Lost, Start, Tick, Welcomed, Write
 from plait.actors.membership import Membership
 from plait.actors.registry import Registry
+from plait.actors.retry import RetryPolicy
 from plait.client import Client
 from plait.errors import DatabaseInUse
 from plait.protocol.codec import PROTOCOL_VERSION, decode, encode, pack
@@ -568,6 +569,39 @@ def test_an_unreadable_request_is_answered_under_its_own_id(client: Peer) -> Non
     reply = client.next(lambda m: m.id == "odd-1", timeout=5)
     assert isinstance(reply, Error)
     assert reply.code == "malformed"
+
+
+def test_nan_or_inf_in_a_number_is_refused_and_timers_go_on(
+        flow: Flow, client: Peer, supervisor: SupervisorFactory) -> None:
+    """A nan timer sat at the top of the timers' heap, never due: every durable timer
+    of every workflow stopped, and a core spun. A nan timeout, stored, came back
+    at every start."""
+    nan_task = {"v": PROTOCOL_VERSION, "id": "nan-1", "type": "hello", "supervisor_id": "x",
+                "slots": 1, "tasks": [{"name": "t", "timeout": float("nan")}]}
+    client.send_raw(pack(nan_task))
+    refused = client.next(lambda m: m.id == "nan-1", timeout=5)
+    assert isinstance(refused, Error)
+    assert refused.code == "invalid"
+    sup = supervisor(TaskInfo(name="a", retry={"initial": 0.05, "max_attempts": 2}))
+    wf = submit(client, diff(spec("a")))
+    a = sup.assign()
+    sup.send_raw(pack({"v": PROTOCOL_VERSION, "id": "nan-2", "type": "wait", "workflow_id": wf,
+                       "node": "a", "attempt": 1, "timer": float("inf"), "seq": 0}))
+    assert isinstance(sup.next(lambda m: m.id == "nan-2", timeout=5), Error)
+    sup.finish(a, ok=False, error={"type": "E", "message": "", "retryable": True})
+    retried = sup.assign()  # after its 50 ms backoff: a timer, so timers still run
+    assert retried.attempt == 2
+    sup.finish(retried, "ok")
+    assert result(client, wf).output == "ok"
+
+
+def test_a_steep_retry_backoff_is_capped_not_an_overflow() -> None:
+    """An OverflowError failed the Finish as internal; the supervisor dropped it,
+    and the node stayed running for ever."""
+    policy = RetryPolicy.from_dict({"max_attempts": 100, "backoff": 1e5, "maximum": 3600})
+    assert policy.delay(70) == 3600
+    assert RetryPolicy.from_dict({"max_attempts": float("inf"),
+                                  "initial": float("nan")}) == RetryPolicy()
 
 
 def test_graph_history_and_status(client: Peer, supervisor: SupervisorFactory) -> None:

@@ -105,12 +105,13 @@ def test_durability_options_reach_task_info() -> None:
         True, "2", 5.0, 2.0)
 
 
+@pytest.mark.parametrize("value", [0, float("inf"), float("nan")])
 @pytest.mark.parametrize("option", ["timeout", "schedule_to_start", "heartbeat_timeout"])
-def test_timeouts_must_be_positive(option: str) -> None:
+def test_timeouts_must_be_positive_and_finite(option: str, value: float) -> None:
     def f(ctx: Any) -> None: ...
 
-    options: dict[str, Any] = {option: 0}
-    with pytest.raises(PlaitError, match=f"{option} must be a positive number"):
+    options: dict[str, Any] = {option: value}
+    with pytest.raises(PlaitError, match=f"{option} must be a positive, finite number"):
         Task(f, **options)
 
 

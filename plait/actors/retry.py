@@ -7,6 +7,7 @@ falls back to the default for anything missing or malformed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,10 +58,16 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before the attempt after ``attempt``."""
-        return float(min(self.initial * self.backoff ** min(max(0, attempt - 1), 64), self.maximum))
+        try:
+            grown = self.initial * self.backoff ** min(max(0, attempt - 1), 64)
+        except OverflowError:  # a steep backoff: long past the cap
+            return self.maximum
+        return float(min(grown, self.maximum))
 
 
 def _number(value: Any, default: Any, kind: type) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+    # Finite only: inf attempts made int() raise, inf or nan delays broke the timers.
+    if isinstance(value, int | float) and not isinstance(value, bool) \
+            and 0 <= value < math.inf:
         return kind(value)
     return default

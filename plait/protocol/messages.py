@@ -45,7 +45,7 @@ os.register_at_fork(after_in_child=_forked)
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     v: int = PROTOCOL_VERSION
     id: str = Field(default_factory=new_id, max_length=128)
@@ -114,7 +114,7 @@ class GetStatus(Message):
 
 
 class RunInfo(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     workflow_id: str
     name: str
@@ -196,7 +196,7 @@ class AttemptRef(BaseModel):
     it any more; only its durable Wait, which Flow has not acknowledged, is on its way
     (Flow must not take the attempt for lost, nor for running there)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     workflow_id: str
     node: str
@@ -207,14 +207,14 @@ class AttemptRef(BaseModel):
 class TaskInfo(BaseModel):
     """What Flow needs to know of a task without importing its code."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     name: str
     queue: str = "default"
     retry: dict[str, Any] | None = None  # Retry.to_dict(); None = the default policy
-    timeout: float | None = None  # start-to-close, seconds
-    schedule_to_start: float | None = None  # seconds a ready node may wait for a worker
-    heartbeat_timeout: float | None = None  # seconds between ctx.heartbeat() calls, at most
+    timeout: float | None = Field(None, gt=0)  # start-to-close, seconds
+    schedule_to_start: float | None = Field(None, gt=0)  # seconds a ready node may wait
+    heartbeat_timeout: float | None = Field(None, gt=0)  # between ctx.heartbeat() calls
     cache: bool = False  # reuse the recorded result of an identical call, across workflows
     version: str = ""  # part of the cache key: change it when the task's meaning changes
 
@@ -263,7 +263,7 @@ class Recorded(BaseModel):
     ``site`` is the caller's ``file:line``, shown when a replay diverges.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     seq: int = Field(ge=0)
     kind: str
@@ -275,7 +275,7 @@ class PreviousChild(BaseModel):
     """A child an earlier attempt spawned at spawn sequence ``seq``: a new attempt
     that spawns the same task with the same inputs at that ``seq`` reuses it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     seq: int
     id: str
@@ -288,7 +288,7 @@ class PreviousStep(BaseModel):
     step: a new attempt whose step of that index calls the same function gets
     ``value`` back without running it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     index: int = Field(ge=0)
     name: str
@@ -309,7 +309,7 @@ class History(BaseModel):
     wait for children takes the old path).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     recorded: list[Recorded] = Field(default_factory=list)
     results: dict[str, NodeResult] = Field(default_factory=dict)
@@ -408,7 +408,7 @@ class Wait(Message):
 
 
 class NodeResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     state: str
     output: Any = None
@@ -565,7 +565,7 @@ class QueryReply(Message):
 
 
 class ScheduleInfo(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     name: str
     cron: str
