@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 from plait.errors import ShapeError
 from plait.protocol.codec import pack, unpack
-from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff
+from plait.protocol.diff import AttrChange, EdgeSpec, NodeSpec, NodeState, PlanDiff
 from plait.protocol.plan import Outcome, Plan
 from plait.protocol.promises import (
     MaxNodes,
@@ -223,6 +223,21 @@ def test_max_parallel_is_recorded_for_the_dispatcher_not_enforced_by_the_plan() 
     assert plan.violations == []
     assert propose(plan, "r.1", ("r.1.0", "x")).ok
     assert plan.limits("r.1.0") == [("wf:r:MaxParallel(2)", 2)]  # transitively
+
+
+def test_labels_are_a_list_of_strings() -> None:
+    """An int failed the node's queueing (it was never sent to a worker, and after
+    a restart the keeper died at start); a string matched its substrings."""
+    plan = root(MaxParallel(1, "gpu"))
+    for labels in (5, "xgpux", ["gpu", 3]):
+        out = plan.apply(PlanDiff("r", (NodeSpec("r.0", "x", {}, {"labels": labels}, "r"),)))
+        assert out.rejection is not None
+        assert "labels must be a list of strings" in out.rejection.reason
+    assert plan.apply(PlanDiff("r", (NodeSpec("r.0", "x", {}, {"labels": ["gpu"]}, "r"),))).ok
+    out = plan.apply(PlanDiff(None, attrs=(AttrChange("labels", 5, node="r.0"),)))
+    assert out.rejection is not None
+    with pytest.raises(ValueError, match="label is a string"):
+        MaxParallel(1, 3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [0, -3, False])

@@ -192,7 +192,8 @@ class Plan:
         """MaxParallel limits binding a node, as (key, n); the dispatcher enforces them."""
         node = self.nodes[node_id]
         found = []
-        labels = node.attrs.get("labels") or ()
+        labels = node.attrs.get("labels")
+        labels = labels if isinstance(labels, list | tuple) else ()  # stored before checks
         for tracker in self.in_force(node.creator) if node.creator else ():
             promise = tracker.promise
             if promise.schedules:

@@ -438,6 +438,8 @@ class MaxParallel(Promise):
     def __init__(self, n: int, label: str | None = None) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"MaxParallel needs a positive integer, got {n!r}")
+        if label is not None and not isinstance(label, str):
+            raise ValueError(f"MaxParallel's label is a string, got {label!r}")
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "label", label)
 

@@ -9,7 +9,7 @@ existing node, the search of what lies downstream of that node).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plait.protocol.diff import EdgeSpec, NodeSpec, NodeState, PlanDiff, Rejection
 from plait.protocol.promises import ShapeTracker, Staged, Tracker, Verdict
@@ -146,6 +146,7 @@ class Staging:
                 raise self._fail(f"{proposer} cannot create {spec.id} on behalf of {spec.creator}")
             if spec.creator is not None and not self._exists(spec.creator):
                 raise self._fail(f"node {spec.id} names unknown creator {spec.creator}")
+            self._check_labels(spec.id, spec.attrs.get("labels"))
             self._specs[spec.id] = spec
             self.new_node_specs.append(spec)
 
@@ -206,8 +207,17 @@ class Staging:
                 continue
             self.new_trackers.append((owner, promise.tracker(owner)))
 
+    def _check_labels(self, node_id: str, labels: Any) -> None:
+        """``labels`` is what MaxParallel limits read: a list of strings (an int made
+        the node's queueing fail, a string matched its substrings)."""
+        if labels is not None and not (isinstance(labels, list | tuple)
+                                       and all(isinstance(x, str) for x in labels)):
+            raise self._fail(f"{node_id}'s labels must be a list of strings, got {labels!r}")
+
     def _check_attrs(self) -> None:
         for change in self.diff.attrs:
+            if change.node is not None and change.key == "labels":
+                self._check_labels(change.node, change.value)
             if change.node is not None and not self._exists(change.node):
                 raise self._fail(f"attribute change names unknown node {change.node}")
             target = change.node or (change.edge[1] if change.edge else None)
