@@ -53,6 +53,7 @@ from plait.protocol.messages import (
     SendSignal,
     SetState,
     TaskInfo,
+    Wait,
 )
 from plait.testing import wait_for
 
@@ -187,6 +188,24 @@ def test_a_resident_wait_that_turns_durable(client: Peer, supervisor: Factory) -
     sup.finish(again, "done")
     assert result(client, wf).output == "done"
     assert [e["type"] for e in history(client, wf)].count("wait") == 1
+
+
+def test_a_wait_for_itself_or_its_creator_is_refused(
+        client: Peer, supervisor: Factory) -> None:
+    """It suspended the node on itself for ever, holding its worker if resident."""
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    p = sup.assign(node="parent")
+    assert sup.propose(p, kids("parent", "child")).ok
+    c = sup.assign(node="parent.1")
+    for waiter, handle in ((p, "parent"), (c, "parent")):
+        refused = sup.request(Wait(workflow_id=wf, node=waiter.node, attempt=1,
+                                   handles=[handle]))
+        assert isinstance(refused, Error)
+        assert "would wait for ever" in refused.reason
+    sup.finish(c, 1)
+    sup.finish(p, "done")
+    assert result(client, wf).output == "done"
 
 
 def test_a_restart_of_a_node_a_resident_task_waits_on_is_waited_for_again(

@@ -31,9 +31,13 @@ class WaitMixin(KeeperBase):
             return
         plan = self.st.plan
         unknown = [h for h in msg.handles if h not in plan.nodes]
-        if not self._current(msg.node, msg.attempt) or unknown:
+        own = self._own_line(msg.node) if not unknown and msg.node in plan.nodes else set()
+        circular = [h for h in msg.handles if h in own]
+        if not self._current(msg.node, msg.attempt) or unknown or circular:
             self.ctx.counters.add("dropped.wait")
             reason = (f"unknown handles {unknown[:5]}" if unknown
+                      else f"{msg.node} cannot wait for {circular[0]}: it would wait for "
+                           "ever (itself, or a node that ends only after it)" if circular
                       else f"{msg.node} attempt {msg.attempt} is not running")
             self._send(identity, Error(id=msg.id, code="invalid", reason=reason))
             return
@@ -57,6 +61,15 @@ class WaitMixin(KeeperBase):
             self._answer_now(identity, msg, rec)
         else:
             self._suspend(identity, msg, rec)
+
+    def _own_line(self, node_id: str) -> set[str]:
+        """The node and the nodes that created it, up to the root: none of them can
+        end while it waits."""
+        line, node = set(), self.st.plan.nodes.get(node_id)
+        while node is not None:
+            line.add(node.id)
+            node = node.creator
+        return line
 
     def _stale(self, msg: Wait) -> bool:
         """A durable wait this attempt already made and got over: the node was
