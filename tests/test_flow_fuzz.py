@@ -253,6 +253,36 @@ def test_oversized_frame_gets_its_id_back(flow: Flow) -> None:
     serves_a_workflow(flow)
 
 
+def _nested(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_values_nested_too_deep_are_refused_and_flow_serves_on(flow: Flow) -> None:
+    """A value near msgpack's own limit decoded; Flow stored it a few levels deeper,
+    and the commit failed (Flow stopped) or the reply did (the keeper died)."""
+    assert decode(pack({"v": PROTOCOL_VERSION, "id": "ok", "type": "send_signal",
+                        "workflow_id": "w", "name": "go", "payload": _nested(200)}))
+    peer = Peer(flow.endpoint)
+    try:
+        submitted = peer.request(Submit(name="w", root="a", diff=diff(spec("a", "idle", 1)),
+                                        workflow_id="w"))  # a task nobody serves: it waits
+        assert isinstance(submitted, Submitted)
+        for i, payload in enumerate((_nested(1021), _nested(300))):
+            peer.send_raw(pack({"v": PROTOCOL_VERSION, "id": f"deep-{i}", "type": "set_attrs",
+                                "workflow_id": "w", "changes": [
+                                    {"key": "color", "value": payload, "node": "a"}]}))
+            reply = peer.next(lambda m, i=i: m.id == f"deep-{i}", timeout=5)
+            assert isinstance(reply, Error)
+            assert (reply.code, reply.reason) == ("malformed", "values nest deeper than 256 "
+                                                               "levels")
+    finally:
+        peer.close()
+    serves_a_workflow(flow)
+
+
 @pytest.mark.parametrize("msg", SEEDS, ids=lambda m: m.type)
 def test_encode_packs_what_model_dump_gives(msg: Message) -> None:
     """encode reads fields itself (model_dump is slow on big Any values): same map,

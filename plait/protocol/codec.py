@@ -87,11 +87,35 @@ def _nested(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} in a message")
 
 
+MAX_DEPTH = 256  # nesting of a message's values (msgpack packs about 1,000 levels)
+
+
+def _too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether containers nest deeper than ``limit`` (iteratively: no recursion).
+    Flow stores and answers values inside a few more levels than they came in: a
+    value near msgpack's own limit decoded, then failed the commit (Flow stopped)
+    or the reply (its keeper died)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values()
+                         if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+    return False
+
+
 def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> AnyMessage:
     """One frame to a validated message, or ProtocolError with a stable code."""
     data = unpack(frame, max_size=max_size)
     if not isinstance(data, dict):
         raise ProtocolError("malformed", f"a message is a map, got {type(data).__name__}")
+    # Each level takes a byte at least: a shorter frame cannot nest deeper.
+    if len(frame) > MAX_DEPTH and _too_deep(data):
+        raise ProtocolError("malformed", f"values nest deeper than {MAX_DEPTH} levels")
     version = data.get("v")
     if version != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"protocol version {version!r} is not supported "
