@@ -270,11 +270,12 @@ def test_values_nested_too_deep_are_refused_and_flow_serves_on(flow: Flow) -> No
         submitted = peer.request(Submit(name="w", root="a", diff=diff(spec("a", "idle", 1)),
                                         workflow_id="w"))  # a task nobody serves: it waits
         assert isinstance(submitted, Submitted)
-        for i, payload in enumerate((_nested(1021), _nested(300))):
-            peer.send_raw(pack({"v": PROTOCOL_VERSION, "id": f"deep-{i}", "type": "set_attrs",
-                                "workflow_id": "w", "changes": [
-                                    {"key": "color", "value": payload, "node": "a"}]}))
-            reply = peer.next(lambda m, i=i: m.id == f"deep-{i}", timeout=5)
+        for levels in (1021, 300):
+            peer.send_raw(pack({"v": PROTOCOL_VERSION, "id": f"deep-{levels}",
+                                "type": "set_attrs", "workflow_id": "w", "changes": [
+                                    {"key": "color", "value": _nested(levels), "node": "a"}]}))
+            reply = peer.next(Error, timeout=5)
+            assert reply.id == f"deep-{levels}"
             assert isinstance(reply, Error)
             assert (reply.code, reply.reason) == ("malformed", "values nest deeper than 256 "
                                                                "levels")
