@@ -225,6 +225,20 @@ def test_max_parallel_is_recorded_for_the_dispatcher_not_enforced_by_the_plan() 
     assert plan.limits("r.1.0") == [("wf:r:MaxParallel(2)", 2)]  # transitively
 
 
+def test_a_new_promise_for_a_node_that_has_ended_is_refused() -> None:
+    """Its region opened empty and never closed: the promise was never judged, its
+    placeholder was drawn for ever, and a node after it waited for ever."""
+    plan = root()
+    child(plan, "r", "r.0", "c")
+    child(plan, "r.0", "r.0.0", "d")
+    plan.set_state("r.0", S.SUCCEEDED)
+    out = propose(plan, "r", promises=(("r.0", NoNewNodes()),))
+    assert out.rejection is not None
+    assert "r.0 has ended: a new promise for it (NoNewNodes()) could never be kept" \
+        in out.rejection.reason
+    assert propose(plan, "r.0.0", ("r.0.0.0", "e")).ok  # nothing was promised
+
+
 def test_labels_are_a_list_of_strings() -> None:
     """An int failed the node's queueing (it was never sent to a worker, and after
     a restart the keeper died at start); a string matched its substrings."""

@@ -205,6 +205,11 @@ class Staging:
                 continue
             if any(o == owner and t.promise == promise for o, t in self.new_trackers):
                 continue
+            if node is not None and not node.live:
+                # Its region would open empty and never close: the promise unjudged,
+                # its placeholder drawn for ever, and a node after the owner waiting.
+                raise self._fail(f"{owner} has ended: a new promise for it ({promise}) "
+                                 "could never be kept or broken")
             self.new_trackers.append((owner, promise.tracker(owner)))
 
     def _check_labels(self, node_id: str, labels: Any) -> None:
