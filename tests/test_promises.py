@@ -239,6 +239,19 @@ def test_a_new_promise_for_a_node_that_has_ended_is_refused() -> None:
     assert propose(plan, "r.0.0", ("r.0.0.0", "e")).ok  # nothing was promised
 
 
+def test_an_edge_from_after_a_region_into_it_would_close_a_cycle() -> None:
+    """B runs after O, so after O's Shape region closes; an edge B -> O.0 made the
+    region wait for B: the three waited for each other for ever."""
+    plan = root()
+    assert propose(plan, "r", ("o", "o"), ("b", "b"), edges=(("o", "b"),)).ok
+    assert propose(plan, "r", promises=(("o", Shape(Repeat("a"))),)).ok
+    plan.set_state("o", S.RUNNING)
+    out = propose(plan, "o", ("o.0", "a"), edges=(("b", "o.0"),))
+    assert out.rejection is not None
+    assert "edge b -> o.0 would close a cycle" in out.rejection.reason
+    assert propose(plan, "o", ("o.0", "a")).ok  # without it: fine
+
+
 def test_labels_are_a_list_of_strings() -> None:
     """An int failed the node's queueing (it was never sent to a worker, and after
     a restart the keeper died at start); a string matched its substrings."""

@@ -8,6 +8,7 @@ existing node, the search of what lies downstream of that node).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -175,13 +176,37 @@ class Staging:
             yield from node.succs
         yield from self._out.get(node_id, ())
 
+    def _region_exits(self, node_id: str) -> Iterator[str]:
+        """What waits for the node without an edge: the successors of the owner of
+        an open Shape region it is in (outside that region) wait for it to close."""
+        for region in self._regions_of(node_id):
+            if not region.closed:
+                for succ in self.successors(region.owner):
+                    if region not in self._regions_of(succ):
+                        yield succ
+
+    def _regions_of(self, node_id: str) -> tuple[Region, ...]:
+        node = self.plan.nodes.get(node_id)
+        if node is not None:
+            return node.regions
+        spec = self._specs.get(node_id)
+        if spec is None or spec.creator is None:
+            return ()
+        creator = self.plan.nodes.get(spec.creator)
+        if creator is None:
+            return self._regions_of(spec.creator)
+        return creator.regions + ((creator.region,) if creator.region else ())
+
     def _reaches(self, start: str, goal: str) -> bool:
         # Started nodes cannot gain predecessors, so a path that matters runs
-        # only through nodes downstream of `start`: usually a handful.
+        # only through nodes downstream of `start`: usually a handful. A region's
+        # waiting counts as an edge (else: a node after the region's owner, made a
+        # predecessor of a node in the region, and all three wait for ever).
         seen = {start}
         stack = [start]
         while stack:
-            for succ in self.successors(stack.pop()):
+            node = stack.pop()
+            for succ in itertools.chain(self.successors(node), self._region_exits(node)):
                 if succ == goal:
                     return True
                 if succ not in seen:
