@@ -281,6 +281,27 @@ def test_many_siblings_fold_into_one_node() -> None:
     assert set(wildcards(v)) == {folded.id, "B"}
 
 
+def test_an_earlier_attempts_children_fold_apart_and_keep_their_wildcards() -> None:
+    """Folded with the retry's own children, they borrowed a closed bound: no "?" was
+    drawn, though each could still create a node under the first attempt's budget."""
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("C", "c"),), (), (("C", MaxNodes(10)),))).ok
+    plan.set_state("C", NodeState.RUNNING)
+    first = [NodeSpec(f"C.{i}", "t", {"i": i}, creator="C") for i in range(1, 10)]
+    assert plan.apply(PlanDiff("C", tuple(first))).ok
+    plan.set_state("C", NodeState.READY)  # a retry
+    plan.set_state("C", NodeState.RUNNING)
+    assert plan.apply(PlanDiff("C", tuple(first[:5]))).ok  # taken back
+    assert plan.apply(PlanDiff("C", tuple(NodeSpec(f"C.{i}@2", "t", {"j": i}, creator="C")
+                                           for i in range(6, 11)))).ok
+    plan.set_state("C", NodeState.SUCCEEDED)
+    v = view(plan)
+    assert sorted(n.count for n in v.nodes if n.members) == [10]
+    assert {f"C.{i}" for i in range(6, 10)} <= set(wildcards(v))
+    plan.set_state("C.6", NodeState.RUNNING)
+    assert plan.apply(PlanDiff("C.6", (NodeSpec("C.6.0", "z", creator="C.6"),))).ok
+
+
 def test_few_siblings_do_not_fold_and_unfold_shows_all() -> None:
     assert all(n.members is None for n in view(fan_out(8)).nodes)
     v = view(fan_out(20), unfold=True)

@@ -228,7 +228,10 @@ def _fold(plan: Plan, threshold: int, marked: Iterable[str]) -> dict[str, list[N
                frozenset(node.succs) if node.succs else _NO_IDS,
                # What the view shows of a node on its own: a colour, a label, cached,
                # a retry. Siblings alike in it still fold (a map's shared labels).
-               _shown_attrs(node.attrs) if node.attrs else (), node.attempt)
+               _shown_attrs(node.attrs) if node.attrs else (), node.attempt,
+               # An earlier attempt's child may still gain children under that
+               # attempt's promises: its group's bound is not a claimed sibling's.
+               node.unclaimed)
         members = groups.get(key)
         if members is None:
             groups[key] = [node]
