@@ -252,6 +252,35 @@ def test_an_edge_from_after_a_region_into_it_would_close_a_cycle() -> None:
     assert propose(plan, "o", ("o.0", "a")).ok  # without it: fine
 
 
+def _retried_with_a_child() -> Plan:
+    """r's first attempt created r.0 (c), which created r.0.0 (x); r is retried."""
+    plan = root()
+    child(plan, "r", "r.0", "c")
+    child(plan, "r.0", "r.0.0", "x")
+    plan.set_state("r", S.READY)
+    plan.set_state("r", S.RUNNING)
+    return plan
+
+
+def test_a_promise_made_in_a_retry_counts_its_scope_by_branches() -> None:
+    """An earlier attempt's child is history with all it created (its own child was
+    counted), and a child taken back in the very diff of the promise is in scope
+    (it was not counted: MaxNodes(1) broken silently, Seq(c, d) refused)."""
+    history = _retried_with_a_child()
+    assert propose(history, "r", ("r.1", "d"), promises=(("r", MaxNodes(1)),)).ok
+    assert propose(_retried_with_a_child(), "r", ("r.1", "d"),
+                   promises=(("r", Shape(Repeat("d"))),)).ok
+    taken = _retried_with_a_child()
+    out = propose(taken, "r", ("r.0", "c"), ("r.1", "d"), promises=(("r", MaxNodes(1)),))
+    broken(out, MaxNodes(1), "r", "r")
+    again = root()
+    child(again, "r", "r.0", "c")
+    again.set_state("r", S.READY)
+    again.set_state("r", S.RUNNING)
+    assert propose(again, "r", ("r.0", "c"), ("r.1", "d"), edges=(("r.0", "r.1"),),
+                   promises=(("r", Shape(Seq("c", "d"))),)).ok
+
+
 def test_labels_are_a_list_of_strings() -> None:
     """An int failed the node's queueing (it was never sent to a worker, and after
     a restart the keeper died at start); a string matched its substrings."""

@@ -282,9 +282,7 @@ class Staging:
         back: dict[str, Node] = {}
         for node in (*self.claimed, *self.revived):
             back[node.id] = node
-            for below in self.plan.descendants(node):
-                if not (below.unclaimed or below.superseded):
-                    back[below.id] = below
+            back.update((below.id, below) for below in self._in_scope_below(node))
         members = [(n.id, n.task) for n in sorted(back.values(), key=lambda n: n.rank)
                    if not tracker.counted(n.id)]
         if not members:
@@ -315,12 +313,30 @@ class Staging:
         existing descendants, and this diff's nodes when the owner proposed it."""
         node = self.plan.nodes.get(owner)
         members: list[tuple[str, str]] = []
-        if node is not None:  # history (unclaimed, superseded) is not in scope any more
-            members = [(n.id, n.task) for n in self.plan.descendants(node)
-                       if not (n.unclaimed or n.superseded)]
+        if node is not None:
+            members = [(n.id, n.task) for n in self._in_scope_below(node)]
         if owner == self.diff.proposer:
             members += self.new_nodes
         return tracker.adopt(_Members(self, owner, members))
+
+    def _in_scope_below(self, root: Node) -> list[Node]:
+        """``root``'s descendants in scope, in creation order. History (an earlier
+        attempt's child, a superseded one) is out of it with everything it created,
+        unless this diff takes it back: then it and its branch are in again. (Judged
+        node by node, a history child's own children were counted, and a child
+        taken back in this very diff was not.)"""
+        back = {n.id for n in (*self.claimed, *self.revived)}
+        found: list[Node] = []
+        stack = [root]
+        while stack:
+            for child_id in stack.pop().children:
+                child = self.plan.nodes[child_id]
+                if (child.unclaimed or child.superseded) and child.id not in back:
+                    continue
+                found.append(child)
+                stack.append(child)
+        found.sort(key=lambda n: n.rank)
+        return found
 
 
 class _Members:
