@@ -281,6 +281,19 @@ def test_a_promise_made_in_a_retry_counts_its_scope_by_branches() -> None:
                    promises=(("r", Shape(Seq("c", "d"))),)).ok
 
 
+def test_a_retry_taking_back_a_later_part_is_matched_in_the_diffs_order() -> None:
+    """Seq(a, b): the retry made a anew and took b back in one diff; b was matched
+    first, before the new a, and the honest retry was refused."""
+    plan = root(Shape(Seq("a", "b")))
+    first = (NodeSpec("r.0", "a", {"v": 1}, {}, "r"), NodeSpec("r.1", "b", {}, {}, "r"))
+    assert plan.apply(PlanDiff("r", first, (EdgeSpec("r.0", "r.1"),))).ok
+    plan.set_state("r", S.READY)
+    plan.set_state("r", S.RUNNING)
+    again = (NodeSpec("r.0@2", "a", {"v": 2}, {}, "r"), NodeSpec("r.1", "b", {}, {}, "r"))
+    out = plan.apply(PlanDiff("r", again, (EdgeSpec("r.0@2", "r.1"),)))
+    assert out.ok, out.rejection
+
+
 def test_labels_are_a_list_of_strings() -> None:
     """An int failed the node's queueing (it was never sent to a worker, and after
     a restart the keeper died at start); a string matched its substrings."""

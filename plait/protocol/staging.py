@@ -279,15 +279,23 @@ class Staging:
         back from history, with what they created since, unless it counted them."""
         if not (self.claimed or self.revived) or not tracker.counts_nodes:
             return self
-        back: dict[str, Node] = {}
+        # In the diff's order: each node taken back, with its branch, where the diff
+        # names it, among the diff's new nodes (all taken back first, a Seq whose
+        # first part the retry made anew was refused).
+        where = {spec.id: i for i, spec in enumerate(self.diff.nodes)}
+        placed: list[tuple[int, int, str, str]] = []
+        seen: set[str] = set()
         for node in (*self.claimed, *self.revived):
-            back[node.id] = node
-            back.update((below.id, below) for below in self._in_scope_below(node))
-        members = [(n.id, n.task) for n in sorted(back.values(), key=lambda n: n.rank)
-                   if not tracker.counted(n.id)]
-        if not members:
+            for k, n in enumerate((node, *self._in_scope_below(node))):
+                if n.id not in seen and not tracker.counted(n.id):
+                    seen.add(n.id)
+                    placed.append((where[node.id], k, n.id, n.task))
+        if not placed:
             return self
-        return _Members(self, tracker.owner, members + list(self.new_nodes), known=tracker.counted)
+        placed += [(where[spec.id], 0, spec.id, spec.task) for spec in self.new_node_specs]
+        placed.sort(key=lambda p: (p[0], p[1]))
+        members = [(node_id, task) for _, _, node_id, task in placed]
+        return _Members(self, tracker.owner, members, known=tracker.counted)
 
     def outside_shapes(self, asked: list[Tracker]) -> list[Tracker]:
         """Shape promises of regions this diff adds edges into from outside their
