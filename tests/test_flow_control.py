@@ -28,6 +28,7 @@ from plait.actors.clock import FakeClock
 from plait.actors.database import Database
 from plait.actors.flow import Flow
 from plait.actors.history import WorkflowState
+from plait.actors.keeper_base import _encoded
 from plait.actors.plan_keeper import AWAITS_PER_PEER
 from plait.actors.registry import Registry
 from plait.actors.schedules import run_id
@@ -46,6 +47,7 @@ from plait.protocol.messages import (
     ListSchedules,
     Message,
     PauseWorkflow,
+    QueryReply,
     RemoveSchedule,
     RestartNode,
     ResumeWorkflow,
@@ -795,6 +797,14 @@ def test_a_restarted_cached_node_runs_again(
     sup.finish(again, "redone")
     assert result(client, wf).output == "redone"
     assert flow.counters.get("cache.hits") == 0
+
+
+def test_a_reply_that_cannot_be_encoded_becomes_an_error_not_a_dead_keeper() -> None:
+    """Raised in the keeper's flush, it lost the batch's events and ended the keeper."""
+    frame = _encoded(QueryReply(id="q-1", workflow_id="w", state=object()))
+    reply = unpack(frame)
+    assert (reply["type"], reply["id"], reply["code"]) == ("error", "q-1", "internal")
+    assert "could not be encoded" in reply["reason"]
 
 
 def test_a_cache_key_tells_apart_what_json_would_merge() -> None:

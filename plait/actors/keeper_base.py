@@ -26,7 +26,7 @@ from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_te
 from plait.actors.timers import Timers
 from plait.protocol.codec import encode
 from plait.protocol.diff import NodeState, PlanDiff
-from plait.protocol.messages import Ack, Message, NodeResult, Recorded, Wait
+from plait.protocol.messages import Ack, Error, Message, NodeResult, Recorded, Wait
 from plait.protocol.plan import TERMINAL, Node, Outcome
 from plait.protocol.promises import Shape
 
@@ -161,7 +161,7 @@ class KeeperBase(pykka.ThreadingActor):
 
     def _flush(self) -> None:
         if self._events or self._out or self._then or self._cache or self._finished:
-            out = [(identity, encode(message)) for identity, message in self._out]
+            out = [(identity, _encoded(message)) for identity, message in self._out]
             out += [(identity, encode(Ack(id=ids[0], more=ids[1:])))
                     for identity, ids in self._finished.items()]
             self.ctx.store.tell(Write(self._events, out, self._then, cache=self._cache))
@@ -386,3 +386,14 @@ def _restarted(node: Node) -> bool:
     """The first attempt of a run an operator restarted (the node or one upstream):
     it runs for real, or the restart would hand back the result it was to redo."""
     return node.attempt > 1 and node.attempt == node.base_attempt
+
+
+def _encoded(message: Message) -> bytes:
+    """A reply's frame; one that cannot be encoded is answered with an Error instead.
+    Raised here, it lost the whole batch's events and ended the keeper."""
+    try:
+        return encode(message)
+    except (TypeError, ValueError) as exc:
+        log.exception("keeper: a %s could not be encoded", type(message).__name__)
+        return encode(Error(id=message.id, code="internal",
+                            reason=f"the reply could not be encoded: {exc}"))
