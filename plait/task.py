@@ -101,8 +101,8 @@ class Retry:
                  = ()) -> None:
         if max_attempts < 1:
             raise ValueError("Retry.max_attempts must be at least 1")
-        if initial < 0 or maximum < 0 or backoff < 1:
-            raise ValueError("Retry needs initial >= 0, maximum >= 0 and backoff >= 1")
+        if not (0 <= initial < math.inf and 0 <= maximum < math.inf and 1 <= backoff < math.inf):
+            raise ValueError("Retry needs finite initial >= 0, maximum >= 0 and backoff >= 1")
         object.__setattr__(self, "max_attempts", int(max_attempts))
         object.__setattr__(self, "initial", float(initial))
         object.__setattr__(self, "backoff", float(backoff))

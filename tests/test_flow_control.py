@@ -794,7 +794,10 @@ def test_a_restarted_cached_node_runs_again(
     assert isinstance(client.request(RestartNode(workflow_id=wf, node="f")), Ack)
     again = sup.assign()
     assert again.attempt == 2
-    sup.finish(again, "redone")
+    sup.finish(again, ok=False, error={"type": "E", "message": "", "retryable": True})
+    retried = sup.assign()  # the restarted run's retry runs too
+    assert retried.attempt == 3
+    sup.finish(retried, "redone")
     assert result(client, wf).output == "redone"
     assert flow.counters.get("cache.hits") == 0
 

@@ -294,6 +294,49 @@ def test_a_retry_taking_back_a_later_part_is_matched_in_the_diffs_order() -> Non
     assert out.ok, out.rejection
 
 
+def test_a_promise_made_after_a_retry_took_a_node_back_matches_it_in_run_order() -> None:
+    """b, taken back behind the retry's new A, kept its first rank: it was matched
+    before A, and Seq(A, B) terminated an honest workflow."""
+    plan = root()
+    assert propose(plan, "r", ("r.0", "A"), ("r/b", "B"), edges=(("r.0", "r/b"),)).ok
+    plan.set_state("r", S.READY)
+    plan.set_state("r", S.RUNNING)
+    assert propose(plan, "r", ("r.0@2", "A")).ok
+    assert propose(plan, "r", ("r/b", "B"), edges=(("r.0@2", "r/b"),)).ok
+    out = propose(plan, "r", promises=(("r", Shape(Seq("A", "B"))),))
+    assert out.ok, out.rejection
+
+
+def test_a_stored_diff_is_folded_as_it_was_applied() -> None:
+    """Checks added since refuse what a proposer sends now, not the events of a
+    workflow that ran before them: it must still rebuild after an upgrade."""
+    plan = root(MaxNodes(1))
+    child(plan, "r", "r.0", "c")
+    plan.set_state("r.0", S.SUCCEEDED)
+    odd = PlanDiff("r", (NodeSpec("r.1", "x", {}, {"labels": "gpu"}, "r"),),
+                   promises=(("r.0", NoNewNodes()),))
+    assert plan.apply(odd).rejection is not None  # from a proposer: refused
+    out = plan.apply(odd, stored=True)  # recorded as applied (and over MaxNodes(1) now)
+    assert out.rejection is None
+    assert "r.1" in plan.nodes
+    stored = promise_from_dict({"kind": "MaxParallel", "n": 1, "label": 3})
+    assert isinstance(stored, MaxParallel)
+    assert stored.label == "3"
+
+
+def test_a_restart_may_give_a_node_it_takes_back_a_new_promise() -> None:
+    """The usual fix: new code promises more for a child, and the operator restarts
+    its creator, which proposes the child again with the promise."""
+    plan = root()
+    child(plan, "r", "r.0", "c")
+    plan.set_state("r.0", S.SUCCEEDED)
+    plan.set_state("r", S.FAILED)
+    assert plan.restart("r", operator=True).rejection is None
+    plan.set_state("r", S.RUNNING)
+    out = propose(plan, "r", ("r.0", "c"), promises=(("r.0", MaxNodes(3)),))
+    assert out.ok, out.rejection
+
+
 def test_labels_are_a_list_of_strings() -> None:
     """An int failed the node's queueing (it was never sent to a worker, and after
     a restart the keeper died at start); a string matched its substrings."""

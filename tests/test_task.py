@@ -131,6 +131,8 @@ def test_retry_policy() -> None:
     assert Retry(non_retryable=KeyError).non_retryable == ("KeyError",)
     with pytest.raises(ValueError, match="max_attempts"):
         Retry(max_attempts=0)
+    with pytest.raises(ValueError, match="finite"):  # Flow would read it as its default
+        Retry(maximum=float("inf"))
 
 
 def test_inputs_are_validated_and_become_data() -> None:

@@ -302,6 +302,25 @@ def test_an_earlier_attempts_children_fold_apart_and_keep_their_wildcards() -> N
     assert plan.apply(PlanDiff("C.6", (NodeSpec("C.6.0", "z", creator="C.6"),))).ok
 
 
+def test_children_of_two_earlier_attempts_fold_apart() -> None:
+    """Left by two attempts, each judged by its own attempt's MaxNodes, they folded
+    together under the first's closed bound: the second's "?" was not drawn."""
+    plan = Plan("w")
+    assert plan.apply(PlanDiff(None, (NodeSpec("T", "t"),), (), (("T", MaxNodes(7)),))).ok
+    plan.set_state("T", NodeState.RUNNING)
+    for attempt, count in (("a", 7), ("b", 2)):
+        assert plan.apply(PlanDiff("T", tuple(
+            NodeSpec(f"T/{attempt}{i}", "x", creator="T", key=f"{attempt}{i}")
+            for i in range(count)))).ok
+        plan.set_state("T", NodeState.READY)  # a retry: these are history now
+        plan.set_state("T", NodeState.RUNNING)
+    plan.set_state("T", NodeState.SUCCEEDED)
+    for node_id in [n for n in plan.nodes if n.startswith("T/")]:
+        plan.set_state(node_id, NodeState.RUNNING)
+    assert {"T/b0", "T/b1"} <= set(wildcards(view(plan)))
+    assert plan.apply(PlanDiff("T/b1", (NodeSpec("T/b1.0", "z", creator="T/b1"),))).ok
+
+
 def test_few_siblings_do_not_fold_and_unfold_shows_all() -> None:
     assert all(n.members is None for n in view(fan_out(8)).nodes)
     v = view(fan_out(20), unfold=True)

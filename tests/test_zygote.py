@@ -19,7 +19,7 @@ import zmq
 
 from plait.protocol import codec
 from plait.protocol.messages import WorkerReady, new_id
-from plait.supervisor.forking import fork_call
+from plait.supervisor.forking import descendants, fork_call, process_tree
 from plait.supervisor.zygote import Zygote, ZygoteGone
 from plait.testing import alive, wait_for
 
@@ -233,3 +233,13 @@ def test_a_stop_signal_sent_during_the_fork_waits_for_the_child_s_handlers() -> 
     os.close(read)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_process_tree_reads_children_without_scanning_every_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        assert child.pid in process_tree(os.getpid())
+        assert child.pid in descendants(os.getpid())  # what the whole scan finds
+    finally:
+        child.communicate(b"")

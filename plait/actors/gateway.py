@@ -26,7 +26,7 @@ from plait.actors.dispatcher import Dispatcher
 from plait.actors.mail import LATE, Join, Request, Supply, Write
 from plait.actors.registry import Catalog, Counters, Registry, Sessions, safe_tell
 from plait.errors import ProtocolError
-from plait.protocol.codec import correlation_of, decode, encode, error_reply
+from plait.protocol.codec import ACCEPTED_DEPTH, correlation_of, decode, encode, error_reply
 from plait.protocol.messages import (
     Ack,
     AddSchedule,
@@ -216,7 +216,7 @@ class Gateway:
 
     def _one(self, identity: bytes, frame: bytes) -> None:
         try:
-            msg = decode(frame, max_size=self.max_size)
+            msg = decode(frame, max_size=self.max_size, max_depth=ACCEPTED_DEPTH)
         except ProtocolError as exc:
             self._fail(identity, exc, frame)
             return

@@ -221,7 +221,7 @@ class WorkflowState:
         return out
 
     def _fold_diff(self, event: Mapping[str, Any]) -> Outcome:
-        out = self.apply(PlanDiff.from_dict(event["diff"]))
+        out = self.apply(PlanDiff.from_dict(event["diff"]), stored=True)
         if out.rejection is not None:
             raise ValueError(f"{self.workflow_id}: stored diff {self.seq + 1} no longer applies: "
                              f"{out.rejection.message()}")
@@ -315,10 +315,10 @@ class WorkflowState:
 
     # --- changes shared by the keeper and the fold --------------------------------
 
-    def apply(self, diff: PlanDiff) -> Outcome:
+    def apply(self, diff: PlanDiff, *, stored: bool = False) -> Outcome:
         """Apply a diff to the plan, noting which attempt of its creator made each node."""
         new = [s for s in diff.nodes if s.creator is not None and s.id not in self.plan.nodes]
-        out = self.plan.apply(diff)
+        out = self.plan.apply(diff, stored=stored)
         if out.rejection is None:
             for spec in new:
                 self.born[spec.id] = self.plan.nodes[str(spec.creator)].attempt

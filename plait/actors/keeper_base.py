@@ -383,9 +383,9 @@ def _must_create(node: Node) -> bool:
 
 
 def _restarted(node: Node) -> bool:
-    """The first attempt of a run an operator restarted (the node or one upstream):
-    it runs for real, or the restart would hand back the result it was to redo."""
-    return node.attempt > 1 and node.attempt == node.base_attempt
+    """A run an operator restarted (the node or one upstream), retries included: it
+    runs for real, or the restart would hand back the result it was to redo."""
+    return node.base_attempt > 1
 
 
 def _encoded(message: Message) -> bytes:

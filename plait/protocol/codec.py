@@ -87,7 +87,11 @@ def _nested(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} in a message")
 
 
-MAX_DEPTH = 256  # nesting of a message's values (msgpack packs about 1,000 levels)
+# Nesting of a message's values (msgpack packs about 1,000 levels). Flow accepts
+# less than anybody reads: it answers a value a few levels deeper than it came (a
+# child's output inside a parent's Assign, a history), and that answer must decode.
+MAX_DEPTH = 512
+ACCEPTED_DEPTH = 256  # what Flow takes in (the Gateway)
 
 
 def _too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
@@ -108,14 +112,15 @@ def _too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> AnyMessage:
+def decode(frame: bytes, *, max_size: int = DEFAULT_MAX_SIZE,
+           max_depth: int = MAX_DEPTH) -> AnyMessage:
     """One frame to a validated message, or ProtocolError with a stable code."""
     data = unpack(frame, max_size=max_size)
     if not isinstance(data, dict):
         raise ProtocolError("malformed", f"a message is a map, got {type(data).__name__}")
     # Each level takes a byte at least: a shorter frame cannot nest deeper.
-    if len(frame) > MAX_DEPTH and _too_deep(data):
-        raise ProtocolError("malformed", f"values nest deeper than {MAX_DEPTH} levels")
+    if len(frame) > max_depth and _too_deep(data, max_depth):
+        raise ProtocolError("malformed", f"values nest deeper than {max_depth} levels")
     version = data.get("v")
     if version != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"protocol version {version!r} is not supported "

@@ -205,12 +205,17 @@ class Plan:
 
     # --- diffs --------------------------------------------------------------
 
-    def apply(self, diff: PlanDiff) -> Outcome:
-        """Validate ``diff`` and apply it whole, or reject it whole."""
-        staging = Staging(self, diff)
+    def apply(self, diff: PlanDiff, *, stored: bool = False) -> Outcome:
+        """Validate ``diff`` and apply it whole, or reject it whole. ``stored``: a diff
+        folded from the events, applied when it was recorded: checks added since
+        for what a proposer may send do not refuse it again, nor does a promise
+        judged differently now (the workflow must rebuild as it ran)."""
+        staging = Staging(self, diff, stored=stored)
         rejection = staging.validate()
         if rejection is None:
             rejection = self._check_promises(staging)
+            if stored and rejection is not None and rejection.kind == "violation":
+                rejection = None  # its trackers stay as they were; the nodes are applied
         if rejection is not None:
             self.rejected.append((rejection, diff))
             if rejection.kind == "violation":

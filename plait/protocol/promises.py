@@ -448,7 +448,8 @@ class MaxParallel(Promise):
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> MaxParallel:
-        return cls(fields["n"], fields.get("label"))
+        label = fields.get("label")  # a stored one may predate the check: as text
+        return cls(fields["n"], label if label is None else str(label))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "n": self.n, "label": self.label}

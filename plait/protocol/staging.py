@@ -8,6 +8,7 @@ existing node, the search of what lies downstream of that node).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,13 +53,15 @@ class _Failed(Exception):
 class Staging:
     """One diff, checked against one plan; what it would add, once validated."""
 
-    def __init__(self, plan: Plan, diff: PlanDiff) -> None:
+    def __init__(self, plan: Plan, diff: PlanDiff, *, stored: bool = False) -> None:
         self.plan = plan
         self.diff = diff
+        self.stored = stored  # folded from the events (see Plan.apply)
         self.new_node_specs: list[NodeSpec] = []
         self.new_edge_specs: list[EdgeSpec] = []
         self.new_trackers: list[tuple[str, Tracker]] = []
         self.revived: list[Node] = []  # superseded by a restart, proposed again
+        self._back: set[str] | None = None
         self.claimed: list[Node] = []  # an earlier attempt's children, proposed again
         self._specs: dict[str, NodeSpec] = {}
         self._in: dict[str, list[str]] = {}
@@ -206,7 +209,8 @@ class Staging:
         stack = [start]
         while stack:
             node = stack.pop()
-            for succ in itertools.chain(self.successors(node), self._region_exits(node)):
+            exits = () if self.stored else self._region_exits(node)
+            for succ in itertools.chain(self.successors(node), exits):
                 if succ == goal:
                     return True
                 if succ not in seen:
@@ -230,7 +234,8 @@ class Staging:
                 continue
             if any(o == owner and t.promise == promise for o, t in self.new_trackers):
                 continue
-            if node is not None and not node.live:
+            if node is not None and not node.live and not self.stored \
+                    and node.id not in self._taken_back:
                 # Its region would open empty and never close: the promise unjudged,
                 # its placeholder drawn for ever, and a node after the owner waiting.
                 raise self._fail(f"{owner} has ended: a new promise for it ({promise}) "
@@ -240,7 +245,7 @@ class Staging:
     def _check_labels(self, node_id: str, labels: Any) -> None:
         """``labels`` is what MaxParallel limits read: a list of strings (an int made
         the node's queueing fail, a string matched its substrings)."""
-        if labels is not None and not (isinstance(labels, list | tuple)
+        if labels is not None and not self.stored and not (isinstance(labels, list | tuple)
                                        and all(isinstance(x, str) for x in labels)):
             raise self._fail(f"{node_id}'s labels must be a list of strings, got {labels!r}")
 
@@ -327,13 +332,20 @@ class Staging:
             members += self.new_nodes
         return tracker.adopt(_Members(self, owner, members))
 
+    @property
+    def _taken_back(self) -> set[str]:
+        """The nodes this diff takes back from history (set once validated)."""
+        if self._back is None:
+            self._back = {n.id for n in (*self.claimed, *self.revived)}
+        return self._back
+
     def _in_scope_below(self, root: Node) -> list[Node]:
         """``root``'s descendants in scope, in creation order. History (an earlier
         attempt's child, a superseded one) is out of it with everything it created,
         unless this diff takes it back: then it and its branch are in again. (Judged
         node by node, a history child's own children were counted, and a child
         taken back in this very diff was not.)"""
-        back = {n.id for n in (*self.claimed, *self.revived)}
+        back = self._taken_back
         found: list[Node] = []
         stack = [root]
         while stack:
@@ -343,8 +355,7 @@ class Staging:
                     continue
                 found.append(child)
                 stack.append(child)
-        found.sort(key=lambda n: n.rank)
-        return found
+        return _in_order(found)
 
 
 class _Members:
@@ -377,3 +388,24 @@ class _Members:
 
     def preds(self, node_id: str) -> Iterable[str]:
         return self._staging.preds(node_id)
+
+
+def _in_order(nodes: list[Node]) -> list[Node]:
+    """Creation order, but never a node before one it runs after: a node a retry took
+    back keeps its first rank, older than the retry's new node it now follows (its
+    match came first, and an honest Seq was refused)."""
+    ids = {n.id for n in nodes}
+    waiting = {n.id: sum(1 for p in n.preds if p in ids) for n in nodes}
+    ready = [(n.rank, n.id, n) for n in nodes if not waiting[n.id]]
+    heapq.heapify(ready)
+    ordered: list[Node] = []
+    by_id = {n.id: n for n in nodes}
+    while ready:
+        _, _, node = heapq.heappop(ready)
+        ordered.append(node)
+        for succ in node.succs:
+            if succ in waiting:
+                waiting[succ] -= 1
+                if not waiting[succ]:
+                    heapq.heappush(ready, (by_id[succ].rank, succ, by_id[succ]))
+    return ordered if len(ordered) == len(nodes) else sorted(nodes, key=lambda n: n.rank)

@@ -230,8 +230,9 @@ def _fold(plan: Plan, threshold: int, marked: Iterable[str]) -> dict[str, list[N
                # a retry. Siblings alike in it still fold (a map's shared labels).
                _shown_attrs(node.attrs) if node.attrs else (), node.attempt,
                # An earlier attempt's child may still gain children under that
-               # attempt's promises: its group's bound is not a claimed sibling's.
-               node.unclaimed)
+               # attempt's promises: it folds only with that attempt's others (their
+               # bound is not a claimed sibling's, nor another attempt's).
+               id(node.retired) if node.unclaimed else None)
         members = groups.get(key)
         if members is None:
             groups[key] = [node]

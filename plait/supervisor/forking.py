@@ -117,3 +117,28 @@ def descendants(pid: int, depth: int = 1) -> list[int]:
                 found.append(child)
             todo.append((child, level + 1))
     return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """Every process below ``pid``, read from its threads' ``children`` files (a
+    few reads, not a scan of every process on the host); the whole scan where the
+    kernel does not offer those files."""
+    if not Path(f"/proc/self/task/{threading.get_native_id()}/children").exists():
+        return descendants(pid)
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # it ended meanwhile
+        for tid in tasks:
+            try:
+                children = [int(c) for c in
+                            Path(f"/proc/{parent}/task/{tid}/children").read_text().split()]
+            except OSError:
+                continue  # the thread ended meanwhile
+            found += children
+            todo += children
+    return found

@@ -50,9 +50,9 @@ from plait.errors import PlaitError
 from plait.protocol import codec
 from plait.supervisor.forking import (
     STOP_SIGNALS,
-    descendants,
     die_with_parent,
     fork_call,
+    process_tree,
     single_threaded,
 )
 
@@ -256,7 +256,7 @@ def _signal(pid: int, sig: int) -> None:
     task's subprocess outlived its killed worker, and the retry started another.
     (Not by process group: a worker in a group of its own would escape a signal to
     its supervisor's.)"""
-    for below in descendants(pid):
+    for below in process_tree(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(below, sig)
     with contextlib.suppress(ProcessLookupError):
