@@ -785,7 +785,7 @@ def test_a_result_of_other_code_than_its_key_was_made_for_is_not_cached(
 
 
 def test_a_restarted_cached_node_runs_again(
-        flow: Flow, client: Peer, supervisor: Factory) -> None:
+        flow: Flow, client: Peer, supervisor: Factory, clock: FakeClock) -> None:
     """Its first run filled the cache; the restart hit that entry and redid nothing."""
     sup = supervisor(TaskInfo(name="f", cache=True, version="1"))
     wf = submit(client, diff(spec("f", "f", 1)), root="f")
@@ -795,6 +795,7 @@ def test_a_restarted_cached_node_runs_again(
     again = sup.assign()
     assert again.attempt == 2
     sup.finish(again, ok=False, error={"type": "E", "message": "", "retryable": True})
+    clock.advance(60)  # its backoff
     retried = sup.assign()  # the restarted run's retry runs too
     assert retried.attempt == 3
     sup.finish(retried, "redone")
