@@ -150,23 +150,22 @@ def message_size(text: str) -> int:
 def seconds(text: str) -> float:
     """A duration: a positive, finite number of seconds (inf overflowed a poll,
     0 or less read as "Flow unreachable", nan broke the arithmetic)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (0 < value < math.inf):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
-    return value
+    return _finite(text, "a positive, finite number of seconds", zero=False)
 
 
 def scale(text: str) -> float:
     """A factor of zero or more (finite)."""
+    return _finite(text, "a finite number of zero or more", zero=True)
+
+
+def _finite(text: str, what: str, *, zero: bool) -> float:
+    """A finite number above zero (or from zero, with ``zero``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0 <= value < math.inf):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number of zero or more")
+    if not ((value >= 0 if zero else value > 0) and value < math.inf):
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
     return value
 
 

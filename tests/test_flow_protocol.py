@@ -808,7 +808,7 @@ def test_after_a_restart_the_wait_for_claims_counts_from_when_flow_serves(
     start = Gateway.start
 
     def slow_start(self: Gateway, timeout: float = 10.0) -> str:
-        time.sleep(1.0)  # the injected fault: a restore twice the wait below
+        time.sleep(1.0)  # wait-ok: the injected fault, a restore twice the wait below
         return start(self, timeout)
 
     monkeypatch.setattr(Gateway, "start", slow_start)
