@@ -60,6 +60,7 @@ from plait.protocol.messages import (
     WorkflowResult,
 )
 from plait.protocol.promises import Shape
+from plait.protocol.shape import Seq
 from plait.testing import wait_for
 
 Factory = Callable[..., FakeSupervisor]
@@ -809,6 +810,26 @@ def test_a_reply_that_cannot_be_encoded_becomes_an_error_not_a_dead_keeper() -> 
     reply = unpack(frame)
     assert (reply["type"], reply["id"], reply["code"]) == ("error", "q-1", "internal")
     assert "could not be encoded" in reply["reason"]
+
+
+def test_a_cached_task_inside_an_ancestors_shape_runs_instead_of_breaking_it(
+        client: Peer, supervisor: Factory) -> None:
+    """Shape(Seq(f, g)) on the root, with f creating g: a hit on f created no g,
+    and the root's region closed incomplete (violated) on every hit."""
+    sup = supervisor(TaskInfo(name="f", cache=True, version="1"), "g", "root")
+    for run in range(2):
+        wf = submit(client, diff(spec("r", "root"), promises=[("r", Shape(Seq("f", "g")))]),
+                    root="r")
+        r = sup.assign(node="r")
+        assert sup.propose(r, diff(spec("r.1", "f", 1, creator="r"), proposer="r")).ok
+        f = sup.assign(node="r.1")
+        assert sup.propose(f, diff(spec("r.1.1", "g", creator="r.1"), edges=[("r.1", "r.1.1")],
+                                   proposer="r.1")).ok  # ctx.then(g)
+        sup.finish(f, "f")
+        sup.finish(sup.assign(node="r.1.1"), "g")  # after f
+        sup.finish(r, f"run {run}")
+        done = result(client, wf)
+        assert (done.status, done.output) == ("succeeded", f"run {run}")
 
 
 def test_a_cache_key_tells_apart_what_json_would_merge() -> None:

@@ -376,10 +376,13 @@ class KeeperBase(pykka.ThreadingActor):
 
 
 def _must_create(node: Node) -> bool:
-    """Whether the node promised a Shape its region cannot match empty: a cache hit,
-    which creates nothing, would break that promise and end an honest workflow."""
+    """Whether what the node creates may be needed by a Shape: its own one, unless
+    it matches nothing at all, or an open region of an ancestor's it is in (what
+    it creates is part of that region). A cache hit, which creates nothing, would
+    break the promise and end an honest workflow."""
     return any(t.owner == node.id and isinstance(t.promise, Shape)
-               and not t.promise.expr.nullable for t in node.trackers)
+               and not t.promise.expr.nullable for t in node.trackers) \
+        or any(not region.closed for region in node.regions)
 
 
 def _restarted(node: Node) -> bool:
