@@ -104,6 +104,9 @@ def feed_address(address: str) -> str:
     return tcp(parts.hostname, port + 1)
 
 
+_LAST_LOOK = 0.5  # seconds a result() past its timeout may still take to read an end
+
+
 class Client:
     """Talks to one Flow. Usable from several threads (requests are serialised).
 
@@ -415,6 +418,31 @@ class Client:
         Flow (:class:`FlowUnavailable`) and a Flow restart that forgot the wait.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def late() -> ResultTimeout:
+            return ResultTimeout(f"workflow {workflow_id} did not finish within {timeout:g} s")
+
+        def ask_within(message: Message, expect: type[_M]) -> _M:
+            """A request bounded by what is left of the caller's timeout (a last
+            look gets a moment of grace): each took Flow's whole timeout, so a
+            stalled Flow held the caller twice that, then raised FlowUnavailable."""
+            if deadline is None:
+                return self.request(message, expect)
+            budget = min(self.timeout, max(deadline - time.monotonic(), _LAST_LOOK))
+            try:
+                return self.request(message, expect, timeout=budget)
+            except FlowUnavailable:
+                if budget < self.timeout:
+                    raise late() from None
+                raise
+
+        def ended() -> bool:
+            runs = ask_within(GetStatus(workflow_id=workflow_id), StatusReply).runs
+            found = next((r for r in runs if r.workflow_id == workflow_id), None)
+            if found is None:
+                raise NotFound("not_found", f"no workflow {workflow_id!r}")
+            return found.status in TERMINAL
+
         ask = AwaitResult(workflow_id=workflow_id)
         self.send(ask)
         try:
@@ -422,11 +450,10 @@ class Client:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     # Ended meanwhile, or timeout=0 on an ended workflow: its result.
-                    if self.run_info(workflow_id).status in TERMINAL:
-                        return self.request(AwaitResult(workflow_id=workflow_id),
-                                            WorkflowResult)
-                    raise ResultTimeout(
-                        f"workflow {workflow_id} did not finish within {timeout:g} s")
+                    if ended():
+                        return ask_within(AwaitResult(workflow_id=workflow_id),
+                                          WorkflowResult)
+                    raise late()
                 pause = self.poll_interval if left is None else min(left, self.poll_interval)
                 reply = self.receive(ask.id, pause)
                 if isinstance(reply, Error) and reply.code == "unavailable":
@@ -440,7 +467,7 @@ class Client:
                     raise error_from_reply(reply)
                 if isinstance(reply, WorkflowResult):
                     return reply
-                if self.run_info(workflow_id).status in TERMINAL or ask.id not in self._wanted:
+                if ended() or ask.id not in self._wanted:
                     self._forget(ask.id)
                     ask = AwaitResult(workflow_id=workflow_id)  # answered at once if ended
                     self.send(ask)

@@ -763,6 +763,19 @@ def test_a_submit_retried_only_after_a_timeout(fake: Callable[[Script], FakeFlow
     assert names == ["late", "late", "taken", "lost", "lost"]
 
 
+def test_result_keeps_to_its_timeout_when_flow_stalls(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """Each status request inside took the client's whole timeout: a stalled Flow
+    held result(timeout=0.5) for 3.5 s, which then raised FlowUnavailable."""
+    flow = fake(lambda msg, _: [])  # answers nothing
+    with Client(flow.address, feed=flow.feed, timeout=3, poll_interval=0.2) as client:
+        started = time.monotonic()
+        with pytest.raises(ResultTimeout):
+            client.run("wf-1").result(timeout=0.5)
+        # Its 0.5 s and the last look's 0.5 s, well under the client's 3 s per request.
+        assert time.monotonic() - started < 2.5
+
+
 def test_a_wait_given_up_is_forgotten_and_timeout_zero_reads_an_ended_result(
         fake: Callable[[Script], FakeFlow]) -> None:
     """A loop of short ``result(timeout=...)`` calls leaves no asks behind whose
