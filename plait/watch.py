@@ -174,8 +174,8 @@ class Watch(Iterator[FeedEvent]):
             return
         if event.seq > last + 1:
             yield from self.catch_up(wid)  # we missed some: fill the gap
-            if event.seq <= self.last.get(wid, 0):
-                return
+            if event.seq <= self.last.get(wid, 0) or self.done:
+                return  # caught up, or the gap held the end (a restart after it too)
         yield from self.deliver(event)
 
     def deliver(self, event: FeedEvent) -> Iterator[FeedEvent]:

@@ -315,6 +315,35 @@ def test_watch_snapshots_then_fills_a_gap_from_history(
     assert got == [(2, "snapshot"), (3, "state"), (4, "state"), (5, "diff"), (6, "workflow")]
 
 
+def test_a_watch_whose_gap_held_the_end_yields_nothing_after_it(
+        fake: Callable[[Script], FakeFlow]) -> None:
+    """The feed lost 3 to 6: the end (4), an operator's restart (5) and more. The
+    watch filled the gap up to the end, then yielded the event that revealed it."""
+    wid = "wf-1"
+    events: list[dict[str, Any]] = [
+        {"type": "submitted", "name": "wf", "root": "r"}, {"type": "diff", "diff": {}},
+        {"type": "state", "node": "r", "state": "succeeded", "attempt": 1},
+        {"type": "workflow", "status": "succeeded"}, {"type": "restart", "node": "r"},
+        {"type": "state", "node": "r", "state": "running", "attempt": 2},
+        {"type": "state", "node": "r", "state": "succeeded", "attempt": 2}]
+    stored = [{**e, "seq": i} for i, e in enumerate(events, start=1)]
+
+    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
+        if isinstance(msg, GetGraph):
+            flow.pending = [FeedEvent(workflow_id=wid, seq=7, event=stored[6])]
+            return [codec.encode(GraphReply(id=msg.id, workflow_id=wid, seq=2,
+                                            graph={"nodes": [], "edges": []}))]
+        if isinstance(msg, GetHistory):
+            return [codec.encode(HistoryReply(id=msg.id, workflow_id=wid, events=stored))]
+        assert isinstance(msg, GetStatus)
+        return [codec.encode(StatusReply(id=msg.id, runs=[_info(wid)]))]
+
+    flow = fake(script)
+    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client:
+        got = [(e.seq, e.event["type"]) for e in client.watch(wid)]
+    assert got == [(2, "snapshot"), (3, "state"), (4, "workflow")]
+
+
 def test_a_watch_of_one_workflow_finds_its_lost_end_on_a_feed_busy_with_others(
         fake: Callable[[Script], FakeFlow]) -> None:
     """Topics match by prefix: watching "wf-1" brings "wf-12"'s events too, which

@@ -155,8 +155,12 @@ def test_a_socket_left_open_does_not_hang_the_stop(
         assert _stops_within(flow, 10)
         assert not flow.stopped_cleanly
         assert "a socket is still open after stop" in caplog.text
+        # Something of it may still write: its database stays locked meanwhile.
+        with pytest.raises(DatabaseInUse):
+            Flow(settings(tmp_path)).start()
     finally:
         stray.close(linger=0)  # the context's term, left waiting, ends
+        flow._lock.release()  # what the process's exit would do
 
 
 def test_one_database_serves_one_flow_at_a_time(flow: Flow, client: Peer) -> None:
@@ -602,6 +606,20 @@ def test_a_steep_retry_backoff_is_capped_not_an_overflow() -> None:
     assert policy.delay(70) == 3600
     assert RetryPolicy.from_dict({"max_attempts": float("inf"),
                                   "initial": float("nan")}) == RetryPolicy()
+
+
+def test_odd_query_arguments_are_refused_not_misread(client: Peer) -> None:
+    """at=0 said "no workflow" for one that exists, a huge at overflowed inside Flow,
+    and an empty id listed every workflow."""
+    wf = submit(client, diff(spec("a")))
+    for at in (0, 2**63):
+        client.send_raw(pack({"v": PROTOCOL_VERSION, "id": f"at-{at}", "type": "get_graph",
+                              "workflow_id": wf, "at": at}))
+        refused = client.next(Error, timeout=5)
+        assert (refused.id, refused.code) == (f"at-{at}", "invalid")
+    nobody = client.request(GetStatus(workflow_id=""))
+    assert isinstance(nobody, Error)
+    assert nobody.code == "not_found"
 
 
 def test_graph_history_and_status(client: Peer, supervisor: SupervisorFactory) -> None:

@@ -194,7 +194,7 @@ class Database:
     def runs(self, workflow_id: str | None = None,
              ended_since: float | None = None) -> list[RunInfo]:
         query = "SELECT id, name, status, created, finished, nodes FROM workflows"
-        if workflow_id:
+        if workflow_id is not None:  # "" names no workflow, not every one
             rows = self.conn.execute(query + " WHERE id = ?", (workflow_id,))
         elif ended_since is not None:
             rows = self.conn.execute(query + " WHERE finished >= ? ORDER BY finished",

@@ -110,7 +110,8 @@ class Flow:
         self.feed_endpoint = ""
         self._actors: list[pykka.ActorRef[Any]] = []
         self._stopped = False
-        self.stopped_cleanly = False  # every socket closed at stop (see _term)
+        self.stopped_cleanly = False  # every actor stopped, every socket closed (_term)
+        self._all_stopped = True
         self._lock = DatabaseLock(settings.db)
         self.registry = Registry()
 
@@ -210,7 +211,7 @@ class Flow:
         for workflow_id, events in streams:
             try:
                 state = WorkflowState.rebuild(workflow_id, events)
-            except (ValueError, KeyError, TypeError):
+            except Exception:  # one workflow must not keep Flow from starting
                 log.exception("flow: workflow %s cannot be rebuilt; left as is", workflow_id)
                 continue
             self.registry.add(workflow_id,
@@ -229,19 +230,21 @@ class Flow:
         if hasattr(self, "gateway"):
             self.gateway.stop()
         if hasattr(self, "scheduler"):
-            _stop(self.scheduler)  # it starts keepers: before them
+            self._all_stopped &= _stop(self.scheduler)  # it starts keepers: before them
         self.timers.stop()
         self.clock_timers.stop()
         # Closed first: the Reader may be reviving an ended workflow right now, and
         # a keeper started after this list was taken would never be stopped.
         stopping = [keeper.stop(block=False) for keeper in self.registry.close()]
         for future in stopping:  # all at once: a thousand keepers stop in parallel
-            _wait(future)
+            self._all_stopped &= _wait(future)
         for ref in reversed(self._actors):  # membership, dispatcher, reader, store, publisher
-            _stop(ref)
+            self._all_stopped &= _stop(ref)
         self._actors.clear()
-        self.stopped_cleanly = _term(self.zctx)
-        self._lock.release()  # last: the Store, its only writer, has stopped
+        self.stopped_cleanly = _term(self.zctx) and self._all_stopped
+        if self.stopped_cleanly:
+            self._lock.release()  # last: the Store, its only writer, has stopped
+        # Else an actor may still write: the lock stays until the process exits.
 
 
 def _term(zctx: zmq.Context[Any]) -> bool:
@@ -264,15 +267,18 @@ def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
     safe_tell(ref, message)
 
 
-def _stop(ref: pykka.ActorRef[Any]) -> None:
-    _wait(ref.stop(block=False))
+def _stop(ref: pykka.ActorRef[Any]) -> bool:
+    return _wait(ref.stop(block=False))
 
 
-def _wait(future: pykka.Future[Any]) -> None:
+def _wait(future: pykka.Future[Any]) -> bool:
+    """Whether the actor stopped in time."""
     try:
         future.get(timeout=STOP_TIMEOUT)
     except pykka.Timeout:
         log.error("flow: an actor did not stop in %.0fs", STOP_TIMEOUT)
+        return False
+    return True
 
 
 def run_flow(settings: FlowSettings, ready: threading.Event | None = None,

@@ -154,7 +154,7 @@ class GetGraph(Message):
 
     type: Literal["get_graph"] = "get_graph"
     workflow_id: str
-    at: int | None = None
+    at: int | None = Field(default=None, ge=1, le=2**63 - 1)  # events count from 1
     unfold: bool = False
 
 
