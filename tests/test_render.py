@@ -150,6 +150,22 @@ def test_quote_escapes_quotes_backslashes_and_newlines() -> None:
     assert quote("\\N") == '"\\\\N"'  # not Graphviz's "node name" escape
 
 
+def test_control_characters_and_long_text_still_make_a_picture() -> None:
+    """A carriage return was dropped (so "cr\\rx" and "crx" drew as one node), a NUL
+    failed the whole picture, and Graphviz refuses a quoted string over 16,384
+    characters (a long promises tooltip)."""
+    assert quote("a\r\nb\rc\x00d") == '"a\\nb\\nc\ufffdd"'
+    long = "x\\" * 9_000  # 18,000 characters, every other one escaped
+    pieces = quote(long)
+    assert pieces.count('" + "') == 3
+    v = View("w", 1, [committed("cr\rx", "t"), committed("crx", "t"),
+                      committed("nul\x00", "t"), committed("long", long)], [])
+    dot = to_dot(v)
+    parses(dot)
+    assert len({line.split(" [")[0] for line in dot.splitlines()
+                if line.startswith('  "') and " [label=" in line}) == 4  # four nodes
+
+
 def test_hostile_names_cannot_break_the_dot_text() -> None:
     evil = 'x" ]; "injected" [label="gotcha'
     v = View(evil, 1, [committed(evil, evil + "\\l\n{<>|}"), wildcard(evil, [evil])],

@@ -10,6 +10,7 @@ task name cannot break or inject into the DOT text.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,10 +57,34 @@ _EDGE_STYLE = {
 }
 
 
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_PIECE = 8_000  # Graphviz refuses a quoted string over 16,384 characters
+
+
 def quote(text: str) -> str:
-    """``text`` as a DOT double-quoted string; newlines become centred line breaks."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'
+    """``text`` as a DOT double-quoted string; newlines (and carriage returns,
+    which merged "a\\rb" with "ab") become centred line breaks, and other control
+    characters (a NUL failed the whole picture) a visible replacement. A long one
+    is cut into pieces joined by DOT's ``+``."""
+    text = _CONTROLS.sub("\ufffd", text.replace("\r\n", "\n").replace("\r", "\n"))
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if len(escaped) <= _PIECE:
+        return '"' + escaped + '"'
+    pieces, start = [], 0
+    while start < len(escaped):
+        end = min(start + _PIECE, len(escaped))
+        while end < len(escaped) and _odd_backslashes(escaped, start, end):
+            end -= 1  # never between a backslash and what it escapes
+        pieces.append('"' + escaped[start:end] + '"')
+        start = end
+    return " + ".join(pieces)
+
+
+def _odd_backslashes(text: str, start: int, end: int) -> bool:
+    count = 0
+    while end - 1 - count >= start and text[end - 1 - count] == "\\":
+        count += 1
+    return count % 2 == 1
 
 
 def _short(text: str, limit: int) -> str:
