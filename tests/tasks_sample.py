@@ -89,8 +89,8 @@ def stubborn(ctx: Context, path: str) -> None:
 def stubborn_parent(ctx: Context, path: str) -> None:
     """Like stubborn, with a subprocess of its own: "<worker pid> <child pid>"."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen(  # wait-ok: the subprocess's work is to run until killed
-        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=False)
+    work = "import time; time.sleep(600)"  # wait-ok: its work is to run until killed
+    child = subprocess.Popen([sys.executable, "-c", work], start_new_session=False)
     Path(path).write_text(f"{os.getpid()} {child.pid}")
     while True:
         time.sleep(0.05)  # wait-ok: the task itself runs until killed

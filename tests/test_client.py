@@ -296,12 +296,20 @@ def test_watch_snapshots_then_fills_a_gap_from_history(
               {"type": "workflow", "status": "succeeded"}]
     stored = [{**e, "seq": i} for i, e in enumerate(events, start=1)]
 
+    # Published after the snapshot, with event 4 lost on the way.
+    published = [FeedEvent(workflow_id="wf-10", seq=9, event=events[0]),
+                 *(FeedEvent(workflow_id=wid, seq=s, event=stored[s - 1]) for s in (3, 5))]
+    got = _watched(fake, wid, stored, published)
+    assert got == [(2, "snapshot"), (3, "state"), (4, "state"), (5, "diff"), (6, "workflow")]
+
+
+def _watched(fake: Callable[[Script], FakeFlow], wid: str, stored: list[dict[str, Any]],
+             published: list[FeedEvent]) -> list[tuple[int, str]]:
+    """What a watch of ``wid`` yields: a snapshot at seq 2, then ``published`` on the
+    feed, and ``stored`` as the history that fills gaps."""
     def script(msg: Message, flow: FakeFlow) -> list[bytes]:
         if isinstance(msg, GetGraph):
-            # Published after the snapshot, with event 4 lost on the way.
-            flow.pending = [FeedEvent(workflow_id=wid, seq=s, event=stored[s - 1])
-                            for s in (3, 5)]
-            flow.pending.insert(0, FeedEvent(workflow_id="wf-10", seq=9, event=events[0]))
+            flow.pending = list(published)
             return [codec.encode(GraphReply(id=msg.id, workflow_id=wid, seq=2,
                                             graph={"nodes": [], "edges": []}))]
         if isinstance(msg, GetHistory):
@@ -311,8 +319,7 @@ def test_watch_snapshots_then_fills_a_gap_from_history(
 
     flow = fake(script)
     with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client:
-        got = [(e.seq, e.event["type"]) for e in client.watch(wid)]
-    assert got == [(2, "snapshot"), (3, "state"), (4, "state"), (5, "diff"), (6, "workflow")]
+        return [(e.seq, e.event["type"]) for e in client.watch(wid)]
 
 
 def test_a_watch_whose_gap_held_the_end_yields_nothing_after_it(
@@ -328,19 +335,7 @@ def test_a_watch_whose_gap_held_the_end_yields_nothing_after_it(
         {"type": "state", "node": "r", "state": "succeeded", "attempt": 2}]
     stored = [{**e, "seq": i} for i, e in enumerate(events, start=1)]
 
-    def script(msg: Message, flow: FakeFlow) -> list[bytes]:
-        if isinstance(msg, GetGraph):
-            flow.pending = [FeedEvent(workflow_id=wid, seq=7, event=stored[6])]
-            return [codec.encode(GraphReply(id=msg.id, workflow_id=wid, seq=2,
-                                            graph={"nodes": [], "edges": []}))]
-        if isinstance(msg, GetHistory):
-            return [codec.encode(HistoryReply(id=msg.id, workflow_id=wid, events=stored))]
-        assert isinstance(msg, GetStatus)
-        return [codec.encode(StatusReply(id=msg.id, runs=[_info(wid)]))]
-
-    flow = fake(script)
-    with Client(flow.address, feed=flow.feed, timeout=5, poll_interval=0.1) as client:
-        got = [(e.seq, e.event["type"]) for e in client.watch(wid)]
+    got = _watched(fake, wid, stored, [FeedEvent(workflow_id=wid, seq=7, event=stored[6])])
     assert got == [(2, "snapshot"), (3, "state"), (4, "workflow")]
 
 
