@@ -251,12 +251,16 @@ def _term(zctx: zmq.Context[Any]) -> bool:
     """Terminate the context, which waits for every socket to close: one left open
     by a thread that never stopped must not keep Flow from stopping for ever.
     False if it was left so."""
+    # What is still open, named before term() (which closes nothing) runs: a hint
+    # at whose socket it is, should it hang.
+    left = [f"{s.socket_type.name} {s.getsockopt_string(zmq.LAST_ENDPOINT) or '(unbound)'}"
+            for s in list(getattr(zctx, "_sockets", None) or ()) if not s.closed]
     terminating = threading.Thread(target=zctx.term, name="plait-term", daemon=True)
     terminating.start()
     terminating.join(STOP_TIMEOUT)
     if terminating.is_alive():
-        log.error("flow: a socket is still open after stop (threads alive: %s); "
-                  "the process's exit closes it",
+        log.error("flow: a socket is still open after stop (open: %s; threads alive: %s); "
+                  "the process's exit closes it", ", ".join(left) or "none, closed lingering",
                   ", ".join(t.name for t in threading.enumerate()
                             if t is not terminating and t is not threading.current_thread()))
         return False
