@@ -253,7 +253,7 @@ def _term(zctx: zmq.Context[Any]) -> bool:
     False if it was left so."""
     # What is still open, named before term() (which closes nothing) runs: a hint
     # at whose socket it is, should it hang.
-    left = [f"{s.socket_type.name} {s.getsockopt_string(zmq.LAST_ENDPOINT) or '(unbound)'}"
+    left = [f"{zmq.SocketType(s.type).name} {s.getsockopt_string(zmq.LAST_ENDPOINT) or '(unbound)'}"
             for s in list(getattr(zctx, "_sockets", None) or ()) if not s.closed]
     terminating = threading.Thread(target=zctx.term, name="plait-term", daemon=True)
     terminating.start()
