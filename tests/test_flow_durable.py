@@ -116,6 +116,17 @@ def rebuilt_equals_live(client: Peer, wf: str) -> None:
 # --- suspension and resumption ---------------------------------------------------------
 
 
+def parent_of(client: Peer, supervisor: Factory, children: int
+              ) -> tuple[FakeSupervisor, str, Assign]:
+    """A workflow whose running root ``parent`` has spawned ``children`` children
+    (``parent.1``...): the supervisor, the workflow, the parent's Assign."""
+    sup = supervisor("parent", "child")
+    wf = submit(client, diff(spec("parent")), root="parent")
+    p = sup.assign(node="parent")
+    assert sup.propose(p, kids("parent", *["child"] * children)).ok
+    return sup, wf, p
+
+
 def test_durable_wait_frees_the_worker_and_resumes_with_history(
         client: Peer, supervisor: Factory) -> None:
     sup = supervisor("parent", "child")
@@ -159,10 +170,7 @@ def test_durable_wait_frees_the_worker_and_resumes_with_history(
 
 def test_durable_wait_already_satisfied_reassigns_at_once(
         client: Peer, supervisor: Factory) -> None:
-    sup = supervisor("parent", "child")
-    wf = submit(client, diff(spec("parent")), root="parent")
-    p = sup.assign(node="parent")
-    assert sup.propose(p, kids("parent", "child")).ok
+    sup, wf, p = parent_of(client, supervisor, 1)
     sup.finish(sup.assign(node="parent.1"), 1)
     sup.wait(p, ["parent.1"], resident=False)  # evicted anyway: assigned again
     again = sup.assign(node="parent")
@@ -173,10 +181,7 @@ def test_durable_wait_already_satisfied_reassigns_at_once(
 
 
 def test_a_resident_wait_that_turns_durable(client: Peer, supervisor: Factory) -> None:
-    sup = supervisor("parent", "child")
-    wf = submit(client, diff(spec("parent")), root="parent")
-    p = sup.assign(node="parent")
-    assert sup.propose(p, kids("parent", "child")).ok
+    sup, wf, p = parent_of(client, supervisor, 1)
     sup.wait(p, ["parent.1"])  # resident first
     child = sup.assign(node="parent.1")
     sup.wait(p, ["parent.1"], resident=False)  # the supervisor needed the room: evicted
@@ -193,10 +198,7 @@ def test_a_resident_wait_that_turns_durable(client: Peer, supervisor: Factory) -
 def test_a_wait_for_itself_or_its_creator_is_refused(
         client: Peer, supervisor: Factory) -> None:
     """It suspended the node on itself for ever, holding its worker if resident."""
-    sup = supervisor("parent", "child")
-    wf = submit(client, diff(spec("parent")), root="parent")
-    p = sup.assign(node="parent")
-    assert sup.propose(p, kids("parent", "child")).ok
+    sup, wf, p = parent_of(client, supervisor, 1)
     c = sup.assign(node="parent.1")
     for waiter, handle in ((p, "parent"), (c, "parent")):
         refused = sup.request(Wait(workflow_id=wf, node=waiter.node, attempt=1,
@@ -212,10 +214,7 @@ def test_a_restart_of_a_node_a_resident_task_waits_on_is_waited_for_again(
         client: Peer, supervisor: Factory) -> None:
     """The wait was answered when the other child ended, with the restarted node's
     "ready" state, which the task took for a failure."""
-    sup = supervisor("parent", "child")
-    wf = submit(client, diff(spec("parent")), root="parent")
-    p = sup.assign(node="parent")
-    assert sup.propose(p, kids("parent", "child", "child")).ok
+    sup, wf, p = parent_of(client, supervisor, 2)
     sup.wait(p, ["parent.1", "parent.2"])  # resident: the task is in its worker
     c1, c2 = sup.assign(node="parent.1"), sup.assign(node="parent.2")
     sup.finish(c1, ok=False, error={"type": "E", "message": "flaky", "retryable": False})
