@@ -90,6 +90,7 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:7100"
 OVERLAP = ("skip", "queue", "cancel")  # what a cron tick does while the last run is live
 _RETRY_PAUSE = 0.05  # seconds between asks for what Flow is about to commit
 _M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
 
 
 def feed_address(address: str) -> str:
@@ -322,8 +323,8 @@ class Client:
         after that time (Flow's clock: ``RunInfo.finished``)."""
         return list(self.request(GetStatus(ended_since=ended_since), StatusReply).runs)
 
-    def run_info(self, workflow_id: str) -> RunInfo:
-        runs = self.request(GetStatus(workflow_id=workflow_id), StatusReply).runs
+    def run_info(self, workflow_id: str, *, timeout: float | None = None) -> RunInfo:
+        runs = self.request(GetStatus(workflow_id=workflow_id), StatusReply, timeout).runs
         for info in runs:
             if info.workflow_id == workflow_id:
                 return info
@@ -422,26 +423,23 @@ class Client:
         def late() -> ResultTimeout:
             return ResultTimeout(f"workflow {workflow_id} did not finish within {timeout:g} s")
 
-        def ask_within(message: Message, expect: type[_M]) -> _M:
-            """A request bounded by what is left of the caller's timeout (a last
-            look gets a moment of grace): each took Flow's whole timeout, so a
-            stalled Flow held the caller twice that, then raised FlowUnavailable."""
+        def within(ask: Callable[[float | None], _T]) -> _T:
+            """``ask(timeout)``, a request bounded by what is left of the caller's
+            timeout (a last look gets a moment of grace): each took Flow's whole
+            timeout, so a stalled Flow held the caller twice that, then raised
+            FlowUnavailable."""
             if deadline is None:
-                return self.request(message, expect)
+                return ask(None)
             budget = min(self.timeout, max(deadline - time.monotonic(), _LAST_LOOK))
             try:
-                return self.request(message, expect, timeout=budget)
+                return ask(budget)
             except FlowUnavailable:
                 if budget < self.timeout:
                     raise late() from None
                 raise
 
         def ended() -> bool:
-            runs = ask_within(GetStatus(workflow_id=workflow_id), StatusReply).runs
-            found = next((r for r in runs if r.workflow_id == workflow_id), None)
-            if found is None:
-                raise NotFound("not_found", f"no workflow {workflow_id!r}")
-            return found.status in TERMINAL
+            return within(lambda t: self.run_info(workflow_id, timeout=t)).status in TERMINAL
 
         ask = AwaitResult(workflow_id=workflow_id)
         self.send(ask)
@@ -451,8 +449,8 @@ class Client:
                 if left is not None and left <= 0:
                     # Ended meanwhile, or timeout=0 on an ended workflow: its result.
                     if ended():
-                        return ask_within(AwaitResult(workflow_id=workflow_id),
-                                          WorkflowResult)
+                        return within(lambda t: self.request(
+                            AwaitResult(workflow_id=workflow_id), WorkflowResult, timeout=t))
                     raise late()
                 pause = self.poll_interval if left is None else min(left, self.poll_interval)
                 reply = self.receive(ask.id, pause)
