@@ -94,6 +94,12 @@ class Node:
         return self.state not in TERMINAL
 
     @property
+    def child_regions(self) -> tuple[Region, ...]:
+        """The Shape regions a node it creates lies inside: the ones it is in, and
+        its own."""
+        return self.regions + ((self.region,) if self.region else ())
+
+    @property
     def tries(self) -> int:
         """Attempts in the current run, this one included (what retry policies count)."""
         return self.attempt - self.base_attempt + 1
@@ -290,7 +296,7 @@ class Plan:
         node = Node(spec, creator, len(self.order))
         if creator is not None:
             creator.children.append(node.id)
-            node.regions = creator.regions + ((creator.region,) if creator.region else ())
+            node.regions = creator.child_regions
         for region in node.regions:
             region.live += 1
         self.live_count += 1

@@ -198,7 +198,7 @@ class Staging:
         creator = self.plan.nodes.get(spec.creator)
         if creator is None:
             return self._regions_of(spec.creator)
-        return creator.regions + ((creator.region,) if creator.region else ())
+        return creator.child_regions
 
     def _reaches(self, start: str, goal: str) -> bool:
         # Started nodes cannot gain predecessors, so a path that matters runs
