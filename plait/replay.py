@@ -264,7 +264,7 @@ class Recorder:
         past = self._past.get(seq)
         if past is not None and past.kind == "timed_out":
             return bool(self._consume(past))
-        if past is not None or seq in self._timers or seq in self._signals:
+        if self._held(seq):
             return False
         return bool(self._new("timed_out", wait(), site))
 
@@ -278,7 +278,7 @@ class Recorder:
                 and past.value[0] == change_id:
             decided = self._versions[change_id] = bool(self._consume(past)[1])
             return decided
-        if past is not None or seq in self._timers or seq in self._signals:
+        if self._held(seq):
             # The history was written by code without this call: take the old path
             # and leave this seq to the old code's call that recorded it.
             return self._versions.setdefault(change_id, False)
@@ -349,6 +349,10 @@ class Recorder:
         self.values.append(rec)
         self._outbox.append(rec)
         return value
+
+    def _held(self, seq: int) -> bool:
+        """Whether the history holds a call at ``seq`` (a value, a sleep, a signal)."""
+        return seq in self._past or seq in self._timers or seq in self._signals
 
     def _check_free(self, seq: int, actual: str, site: str) -> None:
         past = self._past.get(seq)
